@@ -1,0 +1,77 @@
+"""The DiT block of EC-DiT (Sec. 2.3, Fig. 2), JAX twin of reference/blocks.py:
+
+    x_s = x + gate_msa * SelfAttn(modulate(LN(x)))
+    x'  = x_s + MHCA(x_s, Enc(y))                                    (4)
+    x_p = modulate(LN(x'))                                           router and expert input
+    out = x' + gate_mlp * (FFN(x_p) or MoE(x_p))
+
+Shapes: B batch, S image tokens, L text tokens, D width, F_t timestep-frequency width.
+"""
+import jax.numpy as jnp
+import numpy as np
+
+from accelerated._jit import checked_jit
+from accelerated.attention import cross_attention, self_attention
+from accelerated.primitives import feed_forward, layer_norm, silu
+from accelerated.routing import expert_choice_moe, group_tokens, ungroup_tokens
+from ecdit import validate
+
+
+# ---------------------------------------------------------------------------------------------
+# Conditioning: timestep embedding and AdaLN
+# ---------------------------------------------------------------------------------------------
+
+@checked_jit(validate.sinusoidal_embedding, static_argnames=("dim", "scale", "max_period"))
+def sinusoidal_embedding(t, dim, scale=1000.0, max_period=10000.0):
+    """Sinusoidal features of 1000 t: [cos(1000 t freq_j), sin(1000 t freq_j)]."""
+    half = dim // 2
+    freqs = jnp.asarray(np.exp(-np.log(max_period) * np.arange(half) / half).astype(t.dtype))  # (dim/2,)
+    args = (scale * t)[:, None] * freqs[None, :]                 # (B, dim/2)
+    return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)  # (B, dim)
+
+
+@checked_jit(validate.timestep_mlp)
+def timestep_mlp(t_freq, params):
+    """The two-layer timestep MLP: c = W2 SiLU(W1 t_freq + b1) + b2."""
+    hidden = silu(t_freq @ params["w1"] + params["b1"])          # (B, D)
+    return hidden @ params["w2"] + params["b2"]                  # (B, D)
+
+
+@checked_jit(validate.adaln_modulation)
+def adaln_modulation(c, params):
+    """AdaLN: six (B, D) vectors, Linear(SiLU(c)) split in six (DiT)."""
+    mod = silu(c) @ params["w"] + params["b"]                    # (B, 6 D)
+    names = ("shift_msa", "scale_msa", "gate_msa", "shift_mlp", "scale_mlp", "gate_mlp")
+    return dict(zip(names, jnp.split(mod, 6, axis=-1)))          # 6 x (B, D)
+
+
+@checked_jit(validate.modulate)
+def modulate(x, shift, scale):
+    """AdaLN's affine: x * (1 + scale) + shift."""
+    return x * (1.0 + scale[:, None, :]) + shift[:, None, :]     # (B, S, D)
+
+
+# ---------------------------------------------------------------------------------------------
+# The block
+# ---------------------------------------------------------------------------------------------
+
+@checked_jit(validate.dit_block, static_argnames=("num_heads", "num_kv_heads", "capacity_factor", "group_size"))
+def dit_block(x, c, y, params, num_heads, num_kv_heads, capacity_factor=2.0, group_size=None, text_mask=None):
+    """One EC-DiT block (Fig. 2); dense if params has 'ffn', expert-choice MoE if it has 'moe'.
+    Returns (out (B, S, D), routing or None)."""
+    b, s, d = x.shape
+    mod = adaln_modulation(c, params["adaln"])                   # 6 x (B, D)
+    h = modulate(layer_norm(x), mod["shift_msa"], mod["scale_msa"])          # (B, S, D)
+    x_s = x + mod["gate_msa"][:, None, :] * self_attention(h, params["self_attn"], num_heads, num_kv_heads)  # (B, S, D)
+    x_prime = x_s + cross_attention(x_s, y, params["cross_attn"], num_heads, text_mask)  # (B, S, D)  Eq. 4
+    x_p = modulate(layer_norm(x_prime), mod["shift_mlp"], mod["scale_mlp"])  # (B, S, D)
+    if "ffn" in params:
+        ffn_out = feed_forward(x_p, params["ffn"]["w1"], params["ffn"]["w2"])  # (B, S, D)
+        routing = None
+    else:
+        moe = params["moe"]
+        grouped = group_tokens(x_p, s if group_size is None else group_size)  # (G, group_size, D)
+        out_g, routing = expert_choice_moe(grouped, moe["w_router"], moe["w1"], moe["w2"], capacity_factor)
+        ffn_out = ungroup_tokens(out_g, b)                        # (B, S, D)
+        routing = dict(routing, experts_per_token=routing["experts_per_token"].reshape(b, s))  # (B, S)
+    return x_prime + mod["gate_mlp"][:, None, :] * ffn_out, routing          # (B, S, D)
