@@ -1,0 +1,56 @@
+"""Test helpers: hypothesis strategies that draw a configuration first, then arrays from a seeded
+NumPy generator (bounded, unit-scale values, no subnormals), and routing-margin utilities.
+
+Drawing arrays through `np.random.default_rng(seed)` keeps examples cheap while hypothesis still
+shrinks the shapes and the seed; values with deliberate ties come from `tied_values`.
+"""
+import numpy as np
+from hypothesis import strategies as st
+
+seeds = st.integers(min_value=0, max_value=2**32 - 1)
+
+
+def normal(rng, shape, scale=1.0, dtype=np.float32):
+    return (scale * rng.standard_normal(shape)).astype(dtype)
+
+
+def tied_values(rng, shape, levels=4, dtype=np.float32):
+    """Values from a handful of levels, so top-C must break many exact ties."""
+    return (rng.integers(0, levels, size=shape) / levels).astype(dtype)
+
+
+@st.composite
+def moe_shapes(draw, max_groups=3, max_tokens=24, max_width=16, max_experts=8):
+    """(G, S, D, E, F, capacity_factor) with a valid capacity 1 <= C <= S."""
+    g = draw(st.integers(1, max_groups))
+    s = draw(st.integers(2, max_tokens))
+    d = draw(st.integers(1, max_width))
+    e = draw(st.integers(1, max_experts))
+    f = draw(st.integers(1, max_width))
+    low = max(0.6 * e / s, 0.05)                                  # keeps C = round(S f / E) >= 1
+    capacity_factor = draw(st.floats(low, float(e), allow_nan=False).map(lambda v: round(v, 2)))
+    capacity_factor = min(max(capacity_factor, low), float(e))
+    return g, s, d, e, f, capacity_factor
+
+
+def topc_margin(affinity, capacity):
+    """Smallest gap, over groups and experts, between the C-th and (C+1)-th largest affinity.
+
+    When it is tiny, float32 rounding differences between NumPy and XLA may legitimately pick a
+    different token; equivalence tests of whole layers skip such draws (ties are tested exactly
+    on the gating function itself, with identical inputs)."""
+    per_expert = np.sort(np.swapaxes(np.asarray(affinity, np.float64), 1, 2), axis=-1)[..., ::-1]  # (G, E, S)
+    if capacity >= per_expert.shape[-1]:
+        return np.inf
+    return float(np.min(per_expert[..., capacity - 1] - per_expert[..., capacity]))
+
+
+def dense_gating(gating, index, num_tokens):
+    """Eq. 6's dense form (G, S, E) from the compact (gating, index) pair (G, E, C)."""
+    gating, index = np.asarray(gating), np.asarray(index)
+    g, e, c = index.shape
+    dense = np.zeros((g, num_tokens, e), gating.dtype)
+    for gi in range(g):
+        for ei in range(e):
+            dense[gi, index[gi, ei], ei] = gating[gi, ei]
+    return dense
