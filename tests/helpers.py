@@ -5,7 +5,14 @@ Drawing arrays through `np.random.default_rng(seed)` keeps examples cheap while 
 shrinks the shapes and the seed; values with deliberate ties come from `tied_values`.
 """
 import numpy as np
+from hypothesis import settings
 from hypothesis import strategies as st
+
+
+def fewer_examples(divisor=3):
+    """A third (by default) of the active profile's examples, for tests that compile a whole block
+    per drawn shape; still scales up under the 'thorough' profile."""
+    return settings(max_examples=max(4, settings.default.max_examples // divisor))
 
 seeds = st.integers(min_value=0, max_value=2**32 - 1)
 

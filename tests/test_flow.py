@@ -1,0 +1,110 @@
+"""Rectified flow (Eq. 1, project convention): accelerated == reference, and the invariants of the
+straight path: endpoints, d x_t / dt = target, zero loss at the target, Euler lands on a point mass."""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import accelerated.flow as acc
+import reference.flow as ref
+from tests.helpers import normal, seeds
+from tests.tolerances import assert_close
+
+HALVES = [pytest.param(ref, id="reference"), pytest.param(acc, id="accelerated")]
+shapes = st.tuples(st.integers(1, 4), st.integers(1, 6), st.integers(1, 5))
+
+
+@given(b=st.integers(1, 16), mu=st.floats(-2, 2), sigma=st.floats(0.1, 3), seed=seeds)
+def test_logit_normal_timesteps_match_reference_and_lie_in_0_1(b, mu, sigma, seed):
+    z = normal(np.random.default_rng(seed), (b,))
+    t = ref.logit_normal_timesteps(z, mu, sigma)
+    assert_close(acc.logit_normal_timesteps(z, mu, sigma), t)
+    assert ((t > 0) & (t < 1)).all()
+    np.testing.assert_allclose(np.log(t / (1 - t)), mu + sigma * z, rtol=1e-3, atol=1e-3)   # logit(t) ~ N(mu, sigma)
+
+
+def test_logit_normal_median_is_sigmoid_of_mu():
+    z = np.random.default_rng(0).standard_normal(20001).astype(np.float32)
+    t = ref.logit_normal_timesteps(z, 0.5, 1.0)
+    assert abs(np.median(t) - 1 / (1 + np.exp(-0.5))) < 0.01
+
+
+@given(shape=shapes, seed=seeds)
+def test_interpolate_velocity_and_loss_match_reference(shape, seed):
+    rng = np.random.default_rng(seed)
+    x0, noise, v = normal(rng, shape), normal(rng, shape), normal(rng, shape)
+    t = rng.random(shape[0]).astype(np.float32)
+    assert_close(acc.interpolate(x0, noise, t), ref.interpolate(x0, noise, t))
+    assert_close(acc.velocity_target(x0, noise), ref.velocity_target(x0, noise))
+    assert_close(acc.rectified_flow_loss(v, x0, noise), ref.rectified_flow_loss(v, x0, noise))
+
+
+@pytest.mark.parametrize("half", HALVES)
+@given(shape=shapes, seed=seeds)
+def test_path_runs_from_data_at_t0_to_noise_at_t1(half, shape, seed):
+    rng = np.random.default_rng(seed)
+    x0, noise = normal(rng, shape), normal(rng, shape)
+    b = shape[0]
+    assert_close(half.interpolate(x0, noise, np.zeros(b, np.float32)), x0)
+    assert_close(half.interpolate(x0, noise, np.ones(b, np.float32)), noise)
+
+
+@given(shape=shapes, seed=seeds)
+def test_velocity_target_is_the_time_derivative_of_the_path(shape, seed):
+    rng = np.random.default_rng(seed)
+    x0, noise = rng.standard_normal(shape), rng.standard_normal(shape)   # float64
+    t = rng.uniform(0.1, 0.9, shape[0])
+    h = 1e-6
+    derivative = (ref.interpolate(x0, noise, t + h) - ref.interpolate(x0, noise, t - h)) / (2 * h)
+    np.testing.assert_allclose(derivative, ref.velocity_target(x0, noise), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("half", HALVES)
+@given(shape=shapes, seed=seeds)
+def test_flow_loss_is_zero_at_the_target_and_positive_elsewhere(half, shape, seed):
+    rng = np.random.default_rng(seed)
+    x0, noise = normal(rng, shape), normal(rng, shape)
+    target = noise - x0
+    assert float(half.rectified_flow_loss(target, x0, noise)) == 0.0
+    assert float(half.rectified_flow_loss(target + 0.5, x0, noise)) == pytest.approx(0.25, rel=1e-5)
+
+
+@pytest.mark.parametrize("half", HALVES)
+@given(shape=shapes, steps=st.integers(1, 12), seed=seeds)
+def test_euler_with_the_exact_velocity_of_a_point_mass_lands_on_it(half, shape, steps, seed):
+    """For data = a point p, x_t = (1 - t) p + t n, so the exact velocity is v(x, t) = (x - p) / t
+    and each Euler step x <- x - dt (x - p) / t scales x - p by (1 - dt / t): the last step (t = dt)
+    lands exactly on p."""
+    rng = np.random.default_rng(seed)
+    point, noise = normal(rng, shape), normal(rng, shape)
+
+    def exact_velocity(x, t):
+        return (x - point) / t.reshape((-1,) + (1,) * (x.ndim - 1))
+
+    assert_close(half.euler_sample(exact_velocity, noise, steps), point)
+
+
+@given(shape=shapes, steps=st.integers(1, 8), seed=seeds)
+def test_euler_sample_matches_reference_step_for_step(shape, steps, seed):
+    rng = np.random.default_rng(seed)
+    noise, a = normal(rng, shape), normal(rng, shape)
+
+    def velocity(x, t):                                           # a smooth field depending on x and t
+        return a * t.reshape((-1,) + (1,) * (x.ndim - 1)) - 0.5 * x
+
+    assert_close(acc.euler_sample(velocity, noise, steps), ref.euler_sample(velocity, noise, steps))
+
+
+@pytest.mark.parametrize("half", HALVES)
+def test_euler_integrates_from_t1_down_to_t0(half):
+    seen = []
+
+    def record(x, t):
+        seen.append(t)
+        return np.zeros_like(x) if isinstance(x, np.ndarray) else x * 0
+
+    half.euler_sample(record, np.zeros((2, 3), np.float32), 4)
+    if half is ref:
+        np.testing.assert_allclose([t[0] for t in seen], [1.0, 0.75, 0.5, 0.25])
+    else:
+        assert len(seen) == 1                                       # traced once inside fori_loop
