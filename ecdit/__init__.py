@@ -1,1 +1,1 @@
-"""EC-DiT: an expert-choice Mixture-of-Experts text-to-image diffusion transformer, reimplemented small."""
+"""ecdit: the command-line tool, configuration, parameter initialisation, shared checks and the captioned-shapes data set around the two halves (reference/ and accelerated/)."""

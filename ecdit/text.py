@@ -1,0 +1,90 @@
+"""Closed-vocabulary, word-level tokenizer for the captioned-shapes grammar.
+
+EC-DiT conditions on a frozen text encoder's token embeddings. Our captions come from a tiny
+grammar (`ecdit.shapes`), so a word-level vocabulary covers them exactly: no sub-words, no
+out-of-vocabulary fallback. An unknown word is a bug in the caller (or a prompt outside the
+grammar), so it raises rather than mapping to an <unk> token.
+
+Special tokens: index 0 ``<pad>`` fills positions after the caption (mask False); index 1
+``<null>`` is the whole of the empty caption "" that classifier-free guidance uses as its
+unconditional input (one valid token, so attention over the text never sees an all-False mask).
+The other words follow in sorted order, so ids are stable as long as the grammar is.
+"""
+from __future__ import annotations
+
+from itertools import chain
+
+import numpy as np
+
+from ecdit.shapes import CATEGORIES, all_prompts, grammar_words
+
+PAD, NULL = "<pad>", "<null>"
+VOCAB: tuple[str, ...] = (PAD, NULL) + grammar_words()
+WORD_TO_ID: dict[str, int] = {w: i for i, w in enumerate(VOCAB)}
+PAD_ID, NULL_ID = WORD_TO_ID[PAD], WORD_TO_ID[NULL]
+_WORD_IDS = {w: i for w, i in WORD_TO_ID.items() if w not in (PAD, NULL)}  # what captions may use
+
+# Longest caption the grammar can emit ("a circle to the right of a triangle": 8 words).
+MAX_LEN: int = max(len(p.text.split()) for p in chain.from_iterable(all_prompts(c) for c in CATEGORIES))
+
+
+def _check_max_len(max_len) -> int:
+    if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) or max_len < 1:
+        raise ValueError(f"max_len: expected a positive int, got {max_len!r}")
+    return int(max_len)
+
+
+def tokenize(text: str, max_len: int = MAX_LEN) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and validity mask of one caption.
+
+    Lower-cases, splits on whitespace, maps each word to its id; "" (or only whitespace)
+    becomes the single <null> token. Returns (ids (max_len,) int32, mask (max_len,) bool), padded
+    with <pad> / False. Raises ValueError for an unknown word (naming it) or for more than
+    `max_len` words.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"text: expected a str, got {type(text).__name__}")
+    max_len = _check_max_len(max_len)
+    words = text.lower().split()
+    if len(words) > max_len:
+        raise ValueError(f"text: {len(words)} words exceed max_len={max_len}: {text!r}")
+    for w in words:
+        if w not in _WORD_IDS:
+            raise ValueError(f"text: unknown word {w!r} in {text!r} (the vocabulary is the "
+                             f"{len(VOCAB) - 2} words of the captioned-shapes grammar, ecdit.text.VOCAB)")
+    ids = np.full((max_len,), PAD_ID, dtype=np.int32)                         # (L,)
+    mask = np.zeros((max_len,), dtype=bool)                                  # (L,)
+    row = [_WORD_IDS[w] for w in words] or [NULL_ID]
+    ids[:len(row)] = row
+    mask[:len(row)] = True
+    return ids, mask
+
+
+def tokenize_batch(texts, max_len: int = MAX_LEN) -> tuple[np.ndarray, np.ndarray]:
+    """Tokenize a sequence of captions: (ids (B, max_len) int32, mask (B, max_len) bool)."""
+    if isinstance(texts, str):
+        raise ValueError("texts: expected a sequence of str, got a single str")
+    texts = list(texts)
+    max_len = _check_max_len(max_len)
+    ids = np.full((len(texts), max_len), PAD_ID, dtype=np.int32)              # (B, L)
+    mask = np.zeros((len(texts), max_len), dtype=bool)                       # (B, L)
+    for b, t in enumerate(texts):
+        try:
+            ids[b], mask[b] = tokenize(t, max_len)
+        except ValueError as e:
+            raise ValueError(f"texts[{b}]: {e}") from None
+    return ids, mask
+
+
+def detokenize(ids, mask=None) -> str:
+    """Inverse of `tokenize` for one row: the caption text ("" for <null>). ids (L,), mask (L,)."""
+    ids = np.asarray(ids)
+    if ids.ndim != 1:
+        raise ValueError(f"ids: expected shape (L,), got {ids.shape}")
+    keep = ids != PAD_ID if mask is None else np.asarray(mask, dtype=bool)
+    words = []
+    for i in ids[keep]:
+        if not 0 <= int(i) < len(VOCAB):
+            raise ValueError(f"ids: token id {int(i)} outside the vocabulary (size {len(VOCAB)})")
+        words.append(VOCAB[int(i)])
+    return "" if words in ([], [NULL]) else " ".join(words)

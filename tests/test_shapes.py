@@ -1,0 +1,291 @@
+"""Tests for the captioned-shapes data set (ecdit/shapes.py)."""
+import hashlib
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from ecdit import shapes as S
+from ecdit.shapes import ObjectSpec, SceneObject, make_prompt, parse_prompt
+
+ALL_PROMPTS = [p for c in S.CATEGORIES for p in S.all_prompts(c)]
+
+
+# --------------------------------------------------------------------------- palette & constants
+
+def test_categories_and_vocabulary_of_the_world():
+    assert S.CATEGORIES == ("single_object", "two_objects", "counting", "colours", "position",
+                            "colour_attribution")
+    assert {"circle", "square", "triangle"} <= set(S.SHAPES) and 5 <= len(S.SHAPES) <= 6
+    assert len(S.COLOURS) >= 6
+    assert set(S.PLURALS) == set(S.SHAPES)
+
+
+def test_palette_is_far_apart():
+    cols = np.array(list(S.COLOURS.values()))                                # (C, 3)
+    assert np.all((cols >= 0) & (cols <= 1))
+    d = np.linalg.norm(cols[:, None] - cols[None], axis=-1)                  # (C, C)
+    assert d[~np.eye(len(cols), dtype=bool)].min() >= 0.99
+    assert np.linalg.norm(cols - np.array(S.BACKGROUND), axis=-1).min() >= 0.85
+
+
+def test_shape_constants_match_geometry():
+    assert S.SHAPE_FILL["square"] == pytest.approx(1.0)
+    assert S.SHAPE_FILL["circle"] == pytest.approx(np.pi / 4, abs=2e-3)
+    assert S.SHAPE_FILL["triangle"] == pytest.approx(0.5, abs=2e-3)
+    assert S.SHAPE_FILL["diamond"] == pytest.approx(0.5, abs=3e-3)
+    assert S.SHAPE_CENTROID_DY["triangle"] == pytest.approx(1 / 6, abs=2e-3)
+    assert all(S.SHAPE_CENTROID_DY[s] == 0.0 for s in S.SHAPES if s != "triangle")
+
+
+# --------------------------------------------------------------------------- rendering
+
+def test_render_empty_scene_is_background():
+    img = S.render([], 32)
+    assert img.shape == (32, 32, 3) and img.dtype == np.float32
+    np.testing.assert_array_equal(img, np.broadcast_to(np.float32(S.BACKGROUND), (32, 32, 3)))
+
+
+@pytest.mark.parametrize("image_size", [16, 32, 64])
+@pytest.mark.parametrize("shape", S.SHAPES)
+def test_render_scales_and_covers_the_right_area(shape, image_size):
+    obj = SceneObject(shape, "red", 0.5, 0.5, 0.4)
+    img = S.render([obj], image_size)
+    assert img.shape == (image_size, image_size, 3) and img.dtype == np.float32
+    assert img.min() >= 0.0 and img.max() <= 1.0
+    # red channel: background 0.5 -> colour 1.0, so coverage = 2 * (R - 0.5)
+    mass = float((2 * (img[..., 0] - 0.5)).sum())
+    side = 0.4 * image_size
+    # supersampling puts each edge within 1 / (2 * SUPERSAMPLE) px; perimeters are < 8 sides
+    assert mass == pytest.approx(S.SHAPE_FILL[shape] * side ** 2, abs=8 * side / (2 * S.SUPERSAMPLE))
+
+
+def test_render_rejects_bad_input():
+    with pytest.raises(ValueError, match="image_size"):
+        S.render([], 4)
+    with pytest.raises(ValueError, match="image_size"):
+        S.render([], 32.0)
+    with pytest.raises(ValueError, match="hexagon"):
+        S.render([SceneObject("hexagon", "red", 0.5, 0.5, 0.3)])
+    with pytest.raises(ValueError, match="purple"):
+        S.render([SceneObject("circle", "purple", 0.5, 0.5, 0.3)])
+    with pytest.raises(ValueError, match="objects"):
+        S.render([("circle", "red", 0.5, 0.5, 0.3)])
+
+
+# --------------------------------------------------------------------------- captions
+
+def test_grammar_sizes_and_uniqueness():
+    n = {c: len(S.all_prompts(c)) for c in S.CATEGORIES}
+    k, c = len(S.SHAPES), len(S.COLOURS)
+    assert n == {"single_object": k, "two_objects": k * (k - 1), "counting": 3 * k,
+                 "colours": k * c, "position": 4 * k * (k - 1),
+                 "colour_attribution": k * (k - 1) * c * (c - 1)}
+    texts = [p.text for p in ALL_PROMPTS]
+    assert len(set(texts)) == len(texts)
+
+
+def test_example_captions():
+    o = ObjectSpec
+    assert make_prompt("single_object", [o("circle")]).text == "a circle"
+    assert make_prompt("two_objects", [o("circle"), o("square")]).text == "a circle and a square"
+    assert make_prompt("counting", [o("triangle", None, 3)]).text == "three triangles"
+    assert make_prompt("counting", [o("cross", None, 2)]).text == "two crosses"
+    assert make_prompt("colours", [o("circle", "red")]).text == "a red circle"
+    assert make_prompt("position", [o("circle"), o("square")], "left of").text == \
+        "a circle to the left of a square"
+    assert make_prompt("colour_attribution", [o("circle", "red"), o("square", "blue")]).text == \
+        "a red circle and a blue square"
+
+
+def test_parse_prompt_round_trips_every_caption_of_the_grammar():
+    for p in ALL_PROMPTS:
+        assert parse_prompt(p.text) == p
+
+
+def test_parse_prompt_is_case_and_space_insensitive():
+    assert parse_prompt("  A RED   Circle ") == parse_prompt("a red circle")
+    assert parse_prompt("A RED Circle").text == "a red circle"
+
+
+@pytest.mark.parametrize("text, word", [
+    ("a purple circle", "purple"),
+    ("a circle and a hexagon", "hexagon"),
+    ("five circles", "five"),
+    ("a circle next to a square", "next"),
+])
+def test_parse_prompt_names_unknown_words(text, word):
+    with pytest.raises(ValueError, match=f"unknown word '{word}'"):
+        parse_prompt(text)
+
+
+@pytest.mark.parametrize("text, word", [
+    ("a circle square", "square"),          # missing 'and'
+    ("circle", "circle"),                   # missing article
+    ("a red", "ends early"),
+    ("two circle", "circle"),               # singular after a number
+    ("three circles and a square", "and"),
+    ("a circle and a circle", "circle"),    # same shape twice
+    ("a red circle and a square", "red"),   # colour on one object only
+    ("a red circle above a blue square", "red"),  # colours not in position prompts
+    ("a red circle and a red square", "red"),     # same colour twice
+    ("a circle to the left a square", "a"),
+    ("a circle and a square and", "and"),
+])
+def test_parse_prompt_names_the_offending_word(text, word):
+    with pytest.raises(ValueError, match=word):
+        parse_prompt(text)
+
+
+def test_parse_prompt_rejects_non_strings_and_empty():
+    with pytest.raises(ValueError, match="text"):
+        parse_prompt(3)
+    with pytest.raises(ValueError, match="empty"):
+        parse_prompt("   ")
+
+
+def test_make_prompt_rejects_requests_outside_the_grammar():
+    with pytest.raises(ValueError, match="category"):
+        make_prompt("style", [ObjectSpec("circle")])
+    with pytest.raises(ValueError, match="counting"):
+        make_prompt("counting", [ObjectSpec("circle", None, 5)])
+    with pytest.raises(ValueError, match="relation"):
+        make_prompt("position", [ObjectSpec("circle"), ObjectSpec("square")], "behind")
+    with pytest.raises(ValueError, match="relation"):
+        make_prompt("two_objects", [ObjectSpec("circle"), ObjectSpec("square")], "above")
+
+
+def test_combination_is_wording_free():
+    c = lambda t: S.combination(parse_prompt(t))  # noqa: E731
+    assert c("a circle and a square") == c("a square and a circle")
+    assert c("a circle to the left of a square") == c("a square to the right of a circle")
+    assert c("a circle above a square") == c("a square below a circle")
+    assert c("a circle above a square") != c("a circle below a square")
+    assert c("a red circle and a blue square") == c("a blue square and a red circle")
+    assert c("a red circle and a blue square") != c("a blue circle and a red square")
+
+
+# --------------------------------------------------------------------------- held-out set
+
+def test_heldout_fraction_and_single_object_exception():
+    for cat in S.CATEGORIES:
+        combos = {S.combination(p) for p in S.all_prompts(cat)}
+        held = S.heldout_combinations(cat)
+        assert held <= combos
+        if cat == "single_object":
+            assert held == frozenset()          # six prompts only: items are prompt x seed
+        else:
+            assert len(held) == round(S.HELDOUT_FRACTION * len(combos)) > 0
+            # every wording of a held-out combination is out of training
+            assert not any(S.combination(p) in held for p in S.training_prompts(cat))
+            # every shape is still trained in every category
+            assert {o.shape for p in S.training_prompts(cat) for o in p.objects} == set(S.SHAPES)
+
+
+def test_heldout_items_structure():
+    items = S.heldout_items()
+    assert len(items) == 50 * len(S.CATEGORIES)
+    for cat in S.CATEGORIES:
+        mine = [it for it in items if it.category == cat]
+        assert len(mine) == 50
+        for it in mine:
+            assert it.spec.category == cat and it.spec.text == it.text
+            assert parse_prompt(it.text) == it.spec
+            if cat != "single_object":
+                assert S.is_heldout(it.spec)
+        # small categories repeat prompts, but never with the same seed
+        assert len({it.seed for it in mine}) == 50
+    assert {it.text for it in items if it.category == "single_object"} == \
+        {p.text for p in S.all_prompts("single_object")}
+    assert len(S.heldout_items(per_category=7)) == 7 * len(S.CATEGORIES)
+    with pytest.raises(ValueError, match="per_category"):
+        S.heldout_items(0)
+
+
+def test_heldout_items_are_deterministic():
+    a, b = S.heldout_items(), S.heldout_items()
+    assert a == b
+    # Pinned digest: the set must be identical on every machine (SHA-256 based, no RNG).
+    digest = hashlib.sha256(repr([(i.category, i.text, i.seed) for i in a]).encode()).hexdigest()
+    assert digest == PINNED_HELDOUT_DIGEST
+
+
+PINNED_HELDOUT_DIGEST = "f3f7db02b563e04313999abbaef3deb372777f537f70825aac9f48c6c2bc81e6"
+
+
+def test_training_captions_never_hit_a_heldout_combination():
+    rng = np.random.default_rng(0)
+    _, captions = S.sample_batch(rng, 3000, image_size=16)
+    held = set().union(*(S.heldout_combinations(c) for c in S.CATEGORIES))
+    specs = [parse_prompt(t) for t in captions]           # every sampled caption parses
+    assert not any(S.combination(s) in held for s in specs)
+    # categories are mixed uniformly (3000 draws, 500 expected each)
+    counts = {c: sum(s.category == c for s in specs) for c in S.CATEGORIES}
+    assert all(400 < n < 600 for n in counts.values()), counts
+    # and the sampler reaches most of the training captions of the big categories
+    assert len({s.text for s in specs}) > 400
+
+
+def test_sample_batch_shapes_and_determinism():
+    imgs, caps = S.sample_batch(np.random.default_rng(7), 5, image_size=32)
+    assert imgs.shape == (5, 32, 32, 3) and imgs.dtype == np.float32 and len(caps) == 5
+    assert imgs.min() >= 0 and imgs.max() <= 1
+    imgs2, caps2 = S.sample_batch(np.random.default_rng(7), 5, image_size=32)
+    np.testing.assert_array_equal(imgs, imgs2)
+    assert caps == caps2
+    with pytest.raises(ValueError, match="batch_size"):
+        S.sample_batch(np.random.default_rng(0), 0)
+    with pytest.raises(ValueError, match="rng"):
+        S.sample_batch(0, 2)
+
+
+# --------------------------------------------------------------------------- scenes
+
+def _check_scene(spec, objs, image_size):
+    """Assert that `objs` is exactly what `spec` asks for, laid out by the rules."""
+    assert len(objs) == sum(o.count for o in spec.objects)
+    for want in spec.objects:              # shapes within one prompt are distinct
+        mine = [o for o in objs if o.shape == want.shape]
+        assert len(mine) == want.count
+        assert want.colour is None or all(o.colour == want.colour for o in mine)
+    gap, border = S._gap(image_size), S._border(image_size)
+    for o in objs:
+        assert o.shape in S.SHAPES and o.colour in S.COLOURS
+        assert o.size >= S.MIN_SIZE - 1e-9                       # >= 8 px at 32x32
+        for c in (o.cx, o.cy):
+            assert border + o.size / 2 - 1e-9 <= c <= 1 - border - o.size / 2 + 1e-9
+    for a, b in itertools.combinations(objs, 2):
+        assert S._boxes_apart(a, b, gap - 1e-9)
+    if spec.category == "position":
+        a, b = objs
+        assert (a.shape, b.shape) == (spec.objects[0].shape, spec.objects[1].shape)
+        dx, dy = np.subtract(a.centroid, b.centroid)
+        along, perp = (dx, dy) if spec.relation in ("left of", "right of") else (dy, dx)
+        sign = -1 if spec.relation in ("left of", "above") else 1
+        assert sign * along > 0
+        assert abs(perp) <= S.POSITION_SLOPE * abs(along) + 1e-9
+
+
+@settings(max_examples=60, deadline=None)
+@given(idx=st.integers(0, len(ALL_PROMPTS) - 1), seed=st.integers(0, 2**32 - 1),
+       image_size=st.sampled_from([16, 32, 64]))
+def test_scene_for_prompt_satisfies_its_prompt(idx, seed, image_size):
+    spec = ALL_PROMPTS[idx]
+    objs = S.scene_for_prompt(spec, np.random.default_rng(seed), image_size)
+    _check_scene(spec, objs, image_size)
+
+
+def test_scene_for_prompt_every_heldout_item():
+    for it in S.heldout_items():
+        _check_scene(it.spec, S.scene_for_prompt(it.spec, np.random.default_rng(it.seed)), 32)
+
+
+def test_scene_for_prompt_is_seeded_and_accepts_text():
+    a = S.scene_for_prompt("four rings", np.random.default_rng(3))
+    b = S.scene_for_prompt(parse_prompt("four rings"), np.random.default_rng(3))
+    assert a == b and len(a) == 4
+    with pytest.raises(ValueError, match="rng"):
+        S.scene_for_prompt("four rings", 3)
+    with pytest.raises(ValueError, match="spec"):
+        S.scene_for_prompt(None, np.random.default_rng(0))

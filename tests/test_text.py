@@ -1,0 +1,91 @@
+"""Tests for the closed-vocabulary tokenizer (ecdit/text.py)."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from ecdit import shapes as S
+from ecdit.text import MAX_LEN, VOCAB, detokenize, tokenize, tokenize_batch
+
+ALL_CAPTIONS = [p.text for c in S.CATEGORIES for p in S.all_prompts(c)]
+WORDS = VOCAB[2:]
+
+
+def test_vocab_layout():
+    assert VOCAB[0] == "<pad>" and VOCAB[1] == "<null>"
+    assert len(set(VOCAB)) == len(VOCAB)
+    assert list(WORDS) == sorted(WORDS)
+
+
+def test_vocab_covers_every_word_the_grammar_can_emit():
+    emitted = {w for t in ALL_CAPTIONS for w in t.split()}
+    assert emitted == set(WORDS)          # covers all, and holds nothing the grammar never says
+    assert MAX_LEN == max(len(t.split()) for t in ALL_CAPTIONS) == 8
+
+
+def test_every_caption_tokenizes_and_round_trips():
+    ids, mask = tokenize_batch(ALL_CAPTIONS)
+    assert ids.shape == mask.shape == (len(ALL_CAPTIONS), MAX_LEN)
+    assert ids.dtype == np.int32 and mask.dtype == bool
+    for t, row, m in zip(ALL_CAPTIONS, ids, mask):
+        assert detokenize(row, m) == t
+
+
+def test_tokenize_layout():
+    ids, mask = tokenize("A Red  CIRCLE")
+    assert ids.shape == mask.shape == (MAX_LEN,) and ids.dtype == np.int32 and mask.dtype == bool
+    assert [VOCAB[i] for i in ids[:3]] == ["a", "red", "circle"]
+    assert mask.tolist() == [True] * 3 + [False] * (MAX_LEN - 3)
+    assert np.all(ids[3:] == 0)
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n"])
+def test_empty_caption_is_the_null_token(text):
+    ids, mask = tokenize(text)
+    assert ids.tolist() == [1] + [0] * (MAX_LEN - 1)
+    assert mask.tolist() == [True] + [False] * (MAX_LEN - 1)
+
+
+def test_unknown_word_is_named_and_message_is_short():
+    with pytest.raises(ValueError, match="unknown word 'purple'") as e:
+        tokenize("a purple circle")
+    assert len(str(e.value)) < 200
+    with pytest.raises(ValueError, match="unknown word '<null>'"):
+        tokenize("<null>")                        # special tokens are not words
+
+
+def test_too_many_words():
+    with pytest.raises(ValueError, match="max_len"):
+        tokenize("a circle to the right of a triangle", max_len=7)
+    tokenize("a circle to the right of a triangle", max_len=8)
+    with pytest.raises(ValueError, match="max_len"):
+        tokenize("a circle", max_len=0)
+
+
+def test_bad_types():
+    with pytest.raises(ValueError, match="text"):
+        tokenize(None)
+    with pytest.raises(ValueError, match="texts"):
+        tokenize_batch("a circle")
+
+
+def test_batch_error_names_the_row_and_word():
+    with pytest.raises(ValueError, match=r"texts\[1\].*'hexagon'"):
+        tokenize_batch(["a circle", "a hexagon"])
+
+
+def test_batch_with_empty_caption_and_custom_length():
+    ids, mask = tokenize_batch(["", "two rings"], max_len=4)
+    assert ids.shape == (2, 4)
+    assert ids[0].tolist() == [1, 0, 0, 0] and mask.sum(axis=1).tolist() == [1, 2]
+    ids, mask = tokenize_batch([])
+    assert ids.shape == (0, MAX_LEN)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.sampled_from(WORDS), min_size=0, max_size=MAX_LEN))
+def test_any_word_sequence_round_trips(words):
+    text = " ".join(words)
+    ids, mask = tokenize(text)
+    assert mask.sum() == max(len(words), 1)
+    assert np.all(mask[:mask.sum()]) and not np.any(mask[mask.sum():])
+    assert detokenize(ids, mask) == text
