@@ -305,17 +305,23 @@ def dispatch(x, index) -> None:
     finite("x", x)
 
 
-def expert_ffn(x_in, w1, w2) -> None:
-    g, e, c, d = array("x_in", x_in, 4, "(G, E, C, D)")
+def _expert_weights(w1, w2, e: int, d: int, per_expert: str) -> None:
+    """Stacked expert weights w1 (E, D, F) and w2 (E, F, D) for E experts of width D."""
     e1, d1, f = array("w1", w1, 3, "(E, D, F)")
-    dim("w1", "E", e1, e, "one expert per row of x_in")
-    dim("w1", "D", d1, d, "the last axis of x_in")
+    dim("w1", "E", e1, e, per_expert)
+    dim("w1", "D", d1, d, "the width of the expert input")
     e2, f2, d2 = array("w2", w2, 3, "(E, F, D)")
-    dim("w2", "E", e2, e, "one expert per row of x_in")
+    dim("w2", "E", e2, e, per_expert)
     dim("w2", "F", f2, f, "the last axis of w1")
     dim("w2", "D", d2, d, "the output width equals the input width")
-    for name, a in (("x_in", x_in), ("w1", w1), ("w2", w2)):
-        finite(name, a)
+    finite("w1", w1)
+    finite("w2", w2)
+
+
+def expert_ffn(x_in, w1, w2) -> None:
+    g, e, c, d = array("x_in", x_in, 4, "(G, E, C, D)")
+    _expert_weights(w1, w2, e, d, "one expert per row of x_in")
+    finite("x_in", x_in)
 
 
 def combine(expert_out, gating, index, num_tokens) -> None:
@@ -337,19 +343,10 @@ def experts_per_token(index, num_tokens) -> None:
 
 
 def expert_choice_moe(x, w_router, w1, w2, capacity_factor) -> None:
-    g, s, d = array("x", x, 3, "(G, S, D)")
-    dr, e = array("w_router", w_router, 2, "(D, E)")
-    dim("w_router", "D", dr, d, "the last axis of x")
-    e1, d1, f = array("w1", w1, 3, "(E, D, F)")
-    dim("w1", "E", e1, e, "one expert per column of w_router")
-    dim("w1", "D", d1, d, "the last axis of x")
-    e2, f2, d2 = array("w2", w2, 3, "(E, F, D)")
-    dim("w2", "E", e2, e, "one expert per column of w_router")
-    dim("w2", "F", f2, f, "the last axis of w1")
-    dim("w2", "D", d2, d, "the output width equals the input width")
+    router_affinity(x, w_router)
+    d, e = shape_of("w_router", w_router)
+    _expert_weights(w1, w2, e, d, "one expert per column of w_router")
     positive_float("capacity_factor", capacity_factor)
-    for name, a in (("x", x), ("w_router", w_router), ("w1", w1), ("w2", w2)):
-        finite(name, a)
 
 
 def group_tokens(x, group_size) -> None:
