@@ -7,6 +7,15 @@ JAX: dispatch is one gather of E*C rows per group and combine one scatter-add; t
 as one batched matmul over the stacked weights (E, D, F). The (G, E, C, S) one-hot tensor of
 Algorithm 1 appears only in `expert_choice_moe_onehot`, kept for comparison and benchmarks.
 
+Layout (speed, not maths): the public per-stage functions keep the (G, E, C, .) layout of the
+reference, but the layer itself works expert-major: it gathers the chosen rows straight into
+(E, G*C, D), so each expert's G*C tokens are one contiguous matrix, the experts are a plain
+batched matmul with the batch axis leading (no transposes of the (., F) hidden activations), and
+the combine scatters from that layout. Same gather, same matmuls, same scatter-add (for a given
+token its contributions still add up in increasing expert order), same results; with the
+(G, E, C, D) layout XLA transposed the hidden activations around the expert einsums, which cost
+time and memory (docs/benchmarks.md measures the layer).
+
 Shapes: G routing groups, S tokens per group, D width, E experts, C capacity, F expert hidden.
 Ties in top-C break toward the lower token index (jax.lax.top_k's documented order).
 """
@@ -76,8 +85,17 @@ def dispatch(x, index):
 @checked_jit(validate.expert_ffn)
 def expert_ffn(x_in, w1, w2):
     """The experts, E_i(x) = GeLU(x W1^i) W2^i: one batched matmul over the stacked weights."""
-    hidden = gelu_tanh(jnp.einsum("gecd,edf->gecf", x_in, w1))  # (G, E, C, F)
-    return jnp.einsum("gecf,efd->gecd", hidden, w2)              # (G, E, C, D)
+    g, e, c, d = x_in.shape
+    x_e = jnp.swapaxes(x_in, 0, 1).reshape(e, g * c, d)           # (E, G C, D)  JAX: expert-major
+    out = _experts_by_expert(x_e, w1, w2)                         # (E, G C, D)
+    return jnp.swapaxes(out.reshape(e, g, c, d), 0, 1)            # (G, E, C, D)
+
+
+def _experts_by_expert(x_e, w1, w2):
+    """E_i on expert-major rows: x_e (E, N, D) -> (E, N, D), batch axis leading (a plain batched
+    matmul for XLA, no transposes of the (E, N, F) hidden activations)."""
+    hidden = gelu_tanh(jnp.einsum("end,edf->enf", x_e, w1))      # (E, N, F)
+    return jnp.einsum("enf,efd->end", hidden, w2)                # (E, N, D)
 
 
 @checked_jit(validate.combine, static_argnames=("num_tokens",))
@@ -108,14 +126,42 @@ def expert_choice_moe(x, w_router, w1, w2, capacity_factor):
     """The EC MoE layer, Eq. 5-8, with gather dispatch and scatter-add combine.
     Returns (out (G, S, D), {gating, index (G, E, C), experts_per_token (G, S)})."""
     g, s, d = x.shape
-    capacity = expert_capacity(s, w_router.shape[1], capacity_factor)
+    e = w_router.shape[1]
+    capacity = expert_capacity(s, e, capacity_factor)
     affinity = router_affinity(x, w_router)                      # (G, S, E)     Eq. 5
     gating, index = expert_choice_gating(affinity, capacity)     # (G, E, C) x2  Eq. 6
-    x_in = dispatch(x, index)                                    # (G, E, C, D)  Eq. 7
-    x_e = expert_ffn(x_in, w1, w2)                               # (G, E, C, D)
-    out = combine(x_e, gating, index, s)                         # (G, S, D)     Eq. 8
+    rows = _expert_major_rows(index, s)                          # (E, G C)      JAX: expert-major
+    x_in = _dispatch_by_expert(x, rows)                          # (E, G C, D)   Eq. 7
+    x_e = _experts_by_expert(x_in, w1, w2)                       # (E, G C, D)
+    out = _combine_by_expert(x_e, gating, rows, g, s)            # (G, S, D)     Eq. 8
     routing = {"gating": gating, "index": index, "experts_per_token": experts_per_token(index, s)}
     return out, routing
+
+
+# JAX: the layer's expert-major stages (see the module docstring). Row g*S + s of
+# x.reshape(G S, D) is token s of group g; `rows` (E, G C) lists expert e's chosen rows, group
+# after group, each group's in the top-C order of `index`.
+
+def _expert_major_rows(index, num_tokens):
+    """index (G, E, C) -> rows (E, G C) of the flattened (G S, D) tokens."""
+    g, e, c = index.shape
+    rows = index + (jnp.arange(g, dtype=index.dtype) * num_tokens)[:, None, None]  # (G, E, C)
+    return jnp.swapaxes(rows, 0, 1).reshape(e, g * c)            # (E, G C)
+
+
+def _dispatch_by_expert(x, rows):
+    """Eq. 7 as one gather: x (G, S, D) -> x_in (E, G C, D)."""
+    g, s, d = x.shape
+    return jnp.take(x.reshape(g * s, d), rows, axis=0, mode="clip")  # (E, G C, D)  rows are in range
+
+
+def _combine_by_expert(x_e, gating, rows, num_groups, num_tokens):
+    """Eq. 8 as one scatter-add from expert-major rows: x_e (E, G C, D) -> (G, S, D)."""
+    e, n, d = x_e.shape
+    weights = jnp.swapaxes(gating, 0, 1).reshape(e, n, 1)        # (E, G C, 1)   gating[g, e, c]
+    out = jnp.zeros((num_groups * num_tokens, d), dtype=x_e.dtype)  # (G S, D)
+    out = out.at[rows.reshape(-1)].add((weights * x_e).reshape(e * n, d), mode="promise_in_bounds")
+    return out.reshape(num_groups, num_tokens, d)                # (G, S, D)
 
 
 @checked_jit(validate.expert_choice_moe, static_argnames=("capacity_factor",))

@@ -1,0 +1,177 @@
+"""The whole EC-DiT (Sec. 2, Fig. 2), jit-compiled JAX twin of reference/model.py:
+
+    tokens = patchify(x_t) W_patch + b + pos       (B, S, D);  masking keeps (B, S', D)
+    c = MLP(sinusoid(1000 t)),  y = TextEncoder(ids)
+    tokens = block_l(tokens, c, y)                 dense / expert choice / token choice
+    v = Linear(modulate(LN(tokens), shift(c), scale(c)))   (B, S', P)
+
+Same functions, argument order and shape comments as the reference; `forward` compiles once per
+(config, group_size, input shapes). The sin-cos table is built on the host with the reference's
+NumPy function (a constant under jit).
+
+Shapes: B batch, H x W x Ch image, p patch, S tokens, S' kept tokens, P = p p Ch, D width,
+L text tokens, Dy text width.
+"""
+import jax
+import jax.numpy as jnp
+
+from accelerated.attention import cross_attention, self_attention
+from accelerated.blocks import adaln_modulation, dit_block, modulate, sinusoidal_embedding, timestep_mlp
+from accelerated.primitives import feed_forward, layer_norm, silu
+from accelerated.routing import group_tokens, ungroup_tokens
+from accelerated.token_choice import token_choice_moe
+from ecdit.config import check_forward
+from reference import model as _reference
+
+
+# ---------------------------------------------------------------------------------------------
+# Patches and positions
+# ---------------------------------------------------------------------------------------------
+
+def patchify(images, patch_size):
+    """Row-major p x p patches: (B, H, W, Ch) -> (B, S, p p Ch)."""
+    b, h, w, ch = images.shape
+    p = patch_size
+    x = images.reshape(b, h // p, p, w // p, p, ch)               # (B, H/p, p, W/p, p, Ch)
+    x = x.transpose(0, 1, 3, 2, 4, 5)                            # (B, H/p, W/p, p, p, Ch)
+    return x.reshape(b, (h // p) * (w // p), p * p * ch)         # (B, S, P)
+
+
+def unpatchify(patches, patch_size, height, width):
+    """Inverse of `patchify`: (B, S, p p Ch) -> (B, H, W, Ch)."""
+    b, s, pdim = patches.shape
+    p = patch_size
+    ch = pdim // (p * p)
+    x = patches.reshape(b, height // p, width // p, p, p, ch)    # (B, H/p, W/p, p, p, Ch)
+    x = x.transpose(0, 1, 3, 2, 4, 5)                            # (B, H/p, p, W/p, p, Ch)
+    return x.reshape(b, height, width, ch)                       # (B, H, W, Ch)
+
+
+def sincos_embedding_2d(grid_size, dim):
+    """Fixed 2-D sin-cos positions, (S, D). JAX: the reference's host table (a jit constant)."""
+    return jnp.asarray(_reference.sincos_embedding_2d(grid_size, dim))
+
+
+def positional_embedding(params, config):
+    """(S, D) positions: fixed sin-cos, or learned params['pos_embed']."""
+    if config.pos_embedding == "learned":
+        return params["pos_embed"]                               # (S, D)
+    return sincos_embedding_2d(config.grid_size, config.width)   # (S, D)
+
+
+def embed_patches(x_t, params, config):
+    """Linear patch embedding plus positions: (B, H, W, Ch) -> (B, S, D)."""
+    patches = patchify(x_t, config.patch_size)                   # (B, S, P)
+    tokens = patches @ params["patch_embed"]["w"] + params["patch_embed"]["b"]  # (B, S, D)
+    return tokens + positional_embedding(params, config)[None]   # (B, S, D)
+
+
+def keep_tokens(tokens, keep_index):
+    """Masking: keep tokens keep_index (B, S'); (B, S, D) -> (B, S', D)."""
+    return jnp.take_along_axis(tokens, keep_index[..., None], axis=1)  # (B, S', D)  JAX: one gather
+
+
+# ---------------------------------------------------------------------------------------------
+# Conditioning: text encoder and timestep
+# ---------------------------------------------------------------------------------------------
+
+def text_encoder(text_ids, text_mask, params, num_heads):
+    """Enc(y): embeddings + positions, pre-LN transformer layers, final LN. (B, L) -> (B, L, Dy)."""
+    l = text_ids.shape[1]
+    h = params["embed"][text_ids] + params["pos"][None, :l]      # (B, L, Dy)
+    for layer in params["layers"]:
+        hn = layer_norm(h)                                       # (B, L, Dy)
+        h = h + cross_attention(hn, hn, layer["attn"], num_heads, text_mask)  # (B, L, Dy)
+        h = h + feed_forward(layer_norm(h), layer["ffn"]["w1"], layer["ffn"]["w2"])  # (B, L, Dy)
+    return layer_norm(h)                                         # (B, L, Dy)
+
+
+def timestep_condition(t, params, config):
+    """c = MLP(sinusoid(1000 t)). (B,) -> (B, D)."""
+    t_freq = sinusoidal_embedding(t, config.freq_dim, scale=config.timestep_scale)  # (B, F_t)
+    return timestep_mlp(t_freq, params)                          # (B, D)
+
+
+def pooled_text(y, text_mask, params):
+    """Deviation (config.pooled_text): the masked mean of Enc(y), projected to D, added to c.
+    (B, L, Dy) -> (B, D)."""
+    w = text_mask[..., None].astype(y.dtype)                     # (B, L, 1)
+    pooled = (y * w).sum(axis=1) / w.sum(axis=1)                 # (B, Dy)
+    return pooled @ params["w"] + params["b"]                    # (B, D)
+
+
+# ---------------------------------------------------------------------------------------------
+# Blocks
+# ---------------------------------------------------------------------------------------------
+
+def token_choice_block(x, c, y, params, num_heads, num_kv_heads, capacity_factor=2.0,
+                       num_selected=2, group_size=None, text_mask=None):
+    """`dit_block` with a token-choice top-k MoE (GShard). Returns (out (B, S, D), routing)."""
+    b, s, d = x.shape
+    mod = adaln_modulation(c, params["adaln"])                   # 6 x (B, D)
+    h = modulate(layer_norm(x), mod["shift_msa"], mod["scale_msa"])          # (B, S, D)
+    x_s = x + mod["gate_msa"][:, None, :] * self_attention(h, params["self_attn"], num_heads, num_kv_heads)  # (B, S, D)
+    x_prime = x_s + cross_attention(x_s, y, params["cross_attn"], num_heads, text_mask)  # (B, S, D)  Eq. 4
+    x_p = modulate(layer_norm(x_prime), mod["shift_mlp"], mod["scale_mlp"])  # (B, S, D)
+    moe = params["token_choice"]
+    grouped = group_tokens(x_p, s if group_size is None else group_size)     # (G, group_size, D)
+    out_g, routing = token_choice_moe(grouped, moe["w_router"], moe["w1"], moe["w2"], capacity_factor, num_selected)
+    ffn_out = ungroup_tokens(out_g, b)                           # (B, S, D)
+    routing = dict(routing, experts_per_token=routing["experts_per_token"].reshape(b, s))  # (B, S)
+    return x_prime + mod["gate_mlp"][:, None, :] * ffn_out, routing          # (B, S, D)
+
+
+def model_block(x, c, y, params, config, group_size=None, text_mask=None):
+    """Layer dispatch: token choice for a 'token_choice' block, else dit_block (dense or EC)."""
+    if "token_choice" in params:
+        return token_choice_block(x, c, y, params, config.num_heads, config.num_kv_heads,
+                                  config.capacity_factor, config.num_selected, group_size, text_mask)
+    return dit_block(x, c, y, params, config.num_heads, config.num_kv_heads, config.capacity_factor,
+                     group_size, text_mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# Final layer and the model
+# ---------------------------------------------------------------------------------------------
+
+def final_layer(x, c, params):
+    """v = Linear(modulate(LN(x), shift, scale)); (B, S, D) -> (B, S, P)."""
+    mod = silu(c) @ params["adaln"]["w"] + params["adaln"]["b"]  # (B, 2 D)
+    shift, scale = jnp.split(mod, 2, axis=-1)                    # 2 x (B, D)
+    h = modulate(layer_norm(x), shift, scale)                    # (B, S, D)
+    return h @ params["linear"]["w"] + params["linear"]["b"]     # (B, S, P)
+
+
+def _forward(params, x_t, t, text_ids, text_mask, config, keep_index=None, group_size=None):
+    tokens = embed_patches(x_t, params, config)                  # (B, S, D)
+    if keep_index is not None:
+        tokens = keep_tokens(tokens, keep_index)                 # (B, S', D)
+    c = timestep_condition(t, params["t_mlp"], config)           # (B, D)
+    y = text_encoder(text_ids, text_mask, params["text"], config.text_heads)  # (B, L, Dy)
+    if config.pooled_text:
+        c = c + pooled_text(y, text_mask, params["text_pool"])  # (B, D)  deviation: pooled caption in AdaLN
+    routing = []
+    for block in params["blocks"]:
+        tokens, r = model_block(tokens, c, y, block, config, group_size, text_mask)  # (B, S', D)
+        routing.append(r)
+    return final_layer(tokens, c, params["final"]), routing      # (B, S', P)
+
+
+_forward_jit = jax.jit(_forward, static_argnames=("config", "group_size"))
+
+
+def forward(params, x_t, t, text_ids, text_mask, config, keep_index=None, group_size=None):
+    """v_theta(x_t, t, y) in patch space: (velocity (B, S', P), per-layer routing list).
+    Checked on the host, then one compiled call; inside another jit (train step, sampler) the
+    check sees tracers and only checks shapes."""
+    check_forward(params, x_t, t, text_ids, text_mask, config, keep_index, group_size)
+    return _forward_jit(params, x_t, t, text_ids, text_mask, config, keep_index, group_size)
+
+
+forward.jitted = _forward_jit
+
+
+def velocity(params, x_t, t, text_ids, text_mask, config, group_size=None):
+    """The full-image velocity (B, H, W, Ch): `forward` without masking, unpatchified."""
+    v, _ = forward(params, x_t, t, text_ids, text_mask, config, None, group_size)  # (B, S, P)
+    return unpatchify(v, config.patch_size, config.image_size, config.image_size)  # (B, H, W, Ch)

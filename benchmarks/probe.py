@@ -1,0 +1,39 @@
+"""One EC-vs-dense measurement in a fresh process, for settings that only act at process start
+(GLIBC_TUNABLES: the allocator reads them once). The report runs it under several environments
+and compares; it prints one JSON line.
+
+    python -m benchmarks.probe --S 1024 --D 512 --E 8 --fc 2 --G 8 --rounds 5
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.probe")
+    for name, kind, default in (("S", int, 1024), ("D", int, 512), ("E", int, 8), ("fc", float, 2.0),
+                                ("G", int, 8), ("rounds", int, 5)):
+        p.add_argument(f"--{name}", type=kind, default=default)
+    a = p.parse_args(argv)
+
+    from benchmarks import timing
+    from benchmarks import workloads as W
+    case = W.Case(S=a.S, D=a.D, E=a.E, fc=a.fc, G=a.G)
+    arrays = W.make_arrays(case)
+    variants = {"ec:jit": ("ec", "jit"), "dense:jit": ("dense", "jit"),
+                "ec:fwd": ("ec", "fwd"), "dense:fwd": ("dense", "fwd")}
+    calls = {name: W.make_call(kind, "acc", mode, case, arrays) for name, (kind, mode) in variants.items()}
+    samples = timing.time_interleaved(calls, a.rounds)
+    out = {"glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "case": case.label,
+           "median_s": {k: timing.median(v) for k, v in samples.items()},
+           "ratio_fwd": timing.median_ratio(samples["ec:fwd"], samples["dense:fwd"]),
+           "ratio_jit": timing.median_ratio(samples["ec:jit"], samples["dense:jit"])}
+    sys.stdout.write(json.dumps(out) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,504 @@
+"""The workloads every benchmark times: sizes, inputs, and one zero-argument callable per
+(variant, implementation, mode). Shared by the pytest-benchmark suites and the report, so both
+time exactly the same thing.
+
+Variants of the FFN/MoE layer (all take x (G, S, D) and return (G, S, D)):
+  ec      expert-choice MoE, gather dispatch + scatter-add combine (`expert_choice_moe`)
+  onehot  the same layer as the literal Algorithm 1, with the (G, E, C, S) one-hot tensor
+  tc      token-choice top-2 (GShard), the paper's Sec. 3.5 baseline (`token_choice_moe`)
+  dense   the FLOP-equal dense FFN: hidden width H = E C F / S (= f_c F when E C = S f_c), so it
+          does exactly the expert matmul FLOPs of `ec`, with no routing (the fair baseline)
+
+Implementations: `acc` (JAX, accelerated/) and `ref` (NumPy, reference/).
+Modes:
+  fwd     the public function: its shared argument check (shapes, and a finite-value scan of
+          every input array on the host side) and then its jit-compiled body
+  jit     the compiled body alone (`fn.jitted`), no argument check
+  fwdbwd  jax.jit(jax.value_and_grad(sum(layer(x, W) * cotangent))) w.r.t. x and every weight;
+          inside the trace the check sees tracers and only checks shapes
+  check   the argument check alone (what `fwd` pays over `jit`)
+
+FLOPs counted (`Case.flops`): the two expert matmuls, 2 * 2 * G * E * C * D * F. Router
+(2 G S D E), GELU and combine are not counted: they are the overhead being measured.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+LAYER_KINDS = ("ec", "onehot", "tc", "dense")
+LAYER_NAMES = {
+    "ec": "EC MoE (gather/scatter)",
+    "onehot": "EC MoE (one-hot Alg. 1)",
+    "tc": "token-choice top-2",
+    "dense": "dense FFN (FLOP-equal)",
+}
+_FUNCTIONS = {                      # kind -> (module under accelerated/ or reference/, function)
+    "ec": ("routing", "expert_choice_moe"),
+    "onehot": ("routing", "expert_choice_moe_onehot"),
+    "tc": ("token_choice", "token_choice_moe"),
+    "dense": ("primitives", "feed_forward"),
+}
+_CHECKS = {                         # kind -> (module, function) of the shared argument check
+    "ec": ("ecdit.validate", "expert_choice_moe"),
+    "onehot": ("ecdit.validate", "expert_choice_moe"),
+    "tc": ("ecdit.validate_token_choice", "token_choice_moe"),
+    "dense": ("ecdit.validate", "feed_forward"),
+}
+TOP_K = 2                           # token choice: top-2, the activation of f_c = 2 (Sec. 3.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sizes
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Case:
+    """One layer size: G groups of S tokens of width D, E experts of hidden F, capacity factor fc."""
+    S: int
+    D: int
+    E: int
+    fc: float
+    G: int = 1
+    F: int | None = None             # expert hidden width; None = 4 D (DiT; each expert = the dense FFN)
+    dtype: str = "float32"
+
+    @property
+    def hidden(self) -> int:
+        return 4 * self.D if self.F is None else self.F
+
+    @property
+    def C(self) -> int:
+        from reference.routing import expert_capacity
+        return expert_capacity(self.S, self.E, self.fc)
+
+    @property
+    def H(self) -> int:
+        """Hidden width of the FLOP-equal dense FFN: S H = E C F (exact when E C = S f_c)."""
+        return max(1, int(round(self.E * self.C * self.hidden / self.S)))
+
+    @property
+    def flop_equal(self) -> bool:
+        return self.E * self.C * self.hidden == self.S * self.H
+
+    @property
+    def tokens(self) -> int:
+        return self.G * self.S
+
+    @property
+    def flops(self) -> float:
+        """Expert matmul FLOPs of one forward call: 2 matmuls x 2 G E C D F."""
+        return 4.0 * self.G * self.E * self.C * self.D * self.hidden
+
+    @property
+    def dense_flops(self) -> float:
+        return 4.0 * self.G * self.S * self.D * self.H
+
+    def layer_flops(self, kind: str) -> float:
+        return self.dense_flops if kind == "dense" else self.flops
+
+    @property
+    def label(self) -> str:
+        fc = f"{self.fc:g}"
+        dt = "" if self.dtype == "float32" else f" {self.dtype}"
+        return f"S={self.S} D={self.D} E={self.E} fc={fc} G={self.G}{dt}"
+
+    @property
+    def key(self) -> str:
+        """A short id usable in test ids and file names."""
+        return f"S{self.S}-D{self.D}-E{self.E}-fc{self.fc:g}-G{self.G}" + ("" if self.dtype == "float32" else f"-{self.dtype}")
+
+    def weight_bytes(self) -> int:
+        return 4 * (2 * self.E * self.D * self.hidden + self.D * self.E)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------
+
+def _uniform(rng, shape, std) -> np.ndarray:
+    """Zero-mean uniform values of standard deviation `std`, float32 (fast for big weights)."""
+    a = rng.random(shape, dtype=np.float32)
+    a -= np.float32(0.5)
+    a *= np.float32(std * math.sqrt(12.0))
+    return a
+
+
+@functools.lru_cache(maxsize=8)
+def _expert_weights(d: int, e: int, f: int, seed: int):
+    """Router and expert weights, cached: the E sweep times every E of a row at once."""
+    rng = np.random.default_rng([seed, d, e, f])
+    w_router = (rng.standard_normal((d, e), dtype=np.float32) / np.float32(math.sqrt(d)))
+    return w_router, _uniform(rng, (e, d, f), 1 / math.sqrt(d)), _uniform(rng, (e, f, d), 1 / math.sqrt(f))
+
+
+def clear_weight_cache():
+    """Drop the cached expert weights (they reach GiBs at D = 1024, E = 64)."""
+    _expert_weights.cache_clear()
+
+
+@dataclass
+class Arrays:
+    """NumPy inputs of one case (float32) and, once `to_device` ran, their JAX twins."""
+    case: Case
+    host: dict
+    device: dict = field(default_factory=dict)
+
+    def to_device(self):
+        import jax.numpy as jnp
+        if not self.device:
+            dt = jnp.dtype(self.case.dtype)
+            self.device = {k: jnp.asarray(v, dtype=dt if v.dtype.kind == "f" else None)
+                           for k, v in self.host.items()}
+        return self.device
+
+    def release(self):
+        self.device = {}
+
+
+def make_arrays(case: Case, seed: int = 0) -> Arrays:
+    """x, router and expert weights (LeCun scale), the dense FFN's weights and a cotangent."""
+    rng = np.random.default_rng([seed, case.G, case.S, case.D])
+    d, h = case.D, case.H
+    w_router, w1, w2 = _expert_weights(d, case.E, case.hidden, seed)
+    host = {
+        "x": rng.standard_normal((case.G, case.S, d), dtype=np.float32),
+        "w_router": w_router, "w1": w1, "w2": w2,
+        "ffn_w1": _uniform(rng, (d, h), 1 / math.sqrt(d)),
+        "ffn_w2": _uniform(rng, (h, d), 1 / math.sqrt(h)),
+        "cotangent": rng.standard_normal((case.G, case.S, d), dtype=np.float32),
+    }
+    return Arrays(case, host)
+
+
+def dtype_support(dtype: str) -> str | None:
+    """None if every layer variant runs in `dtype` (forward and fwd+bwd, tiny sizes), else the
+    reason it does not (e.g. the shared argument checks refuse the dtype)."""
+    if dtype == "float32":
+        return None
+    case = Case(S=16, D=8, E=4, fc=2.0, G=1, dtype=dtype)
+    arrays = make_arrays(case)
+    try:
+        for kind in LAYER_KINDS:
+            for mode in ("fwd", "fwdbwd"):
+                make_call(kind, "acc", mode, case, arrays)()
+    except (ValueError, TypeError) as exc:
+        return f"{kind} {mode}: {exc}"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Callables
+# ---------------------------------------------------------------------------------------------
+
+def layer_function(kind: str, impl: str = "acc"):
+    """The public layer function of a variant in `accelerated/` (impl 'acc') or `reference/`."""
+    module, name = _FUNCTIONS[kind]
+    package = "accelerated" if impl == "acc" else "reference"
+    return getattr(importlib.import_module(f"{package}.{module}"), name)
+
+
+def check_function(kind: str):
+    module, name = _CHECKS[kind]
+    return getattr(importlib.import_module(module), name)
+
+
+def layer_args(kind: str, case: Case, arrays: dict) -> tuple:
+    """Positional arguments of the layer (static ones, capacity_factor and k, included)."""
+    if kind == "dense":
+        return arrays["x"], arrays["ffn_w1"], arrays["ffn_w2"]
+    args = (arrays["x"], arrays["w_router"], arrays["w1"], arrays["w2"], case.fc)
+    return args + (TOP_K,) if kind == "tc" else args
+
+
+@functools.lru_cache(maxsize=64)
+def fwdbwd_function(kind: str, fc: float):
+    """jit(value_and_grad) of sum(layer * cotangent) w.r.t. x and every weight of the layer."""
+    import jax
+    import jax.numpy as jnp
+    fn = layer_function(kind, "acc")
+    if kind == "dense":
+        def loss(x, w1, w2, ct):
+            return jnp.sum(fn(x, w1, w2) * ct)
+        argnums = (0, 1, 2)
+    else:
+        static = (fc, TOP_K) if kind == "tc" else (fc,)
+
+        def loss(x, w_router, w1, w2, ct):
+            out, _ = fn(x, w_router, w1, w2, *static)
+            return jnp.sum(out * ct)
+        argnums = (0, 1, 2, 3)
+    return jax.jit(jax.value_and_grad(loss, argnums=argnums))
+
+
+def _dynamic_args(kind: str, case: Case, arrays: dict) -> tuple:
+    """The array arguments only (what a fwdbwd function takes, cotangent last)."""
+    n = 3 if kind == "dense" else 4
+    return layer_args(kind, case, arrays)[:n] + (arrays["cotangent"],)
+
+
+def make_call(kind: str, impl: str, mode: str, case: Case, arrays: Arrays):
+    """A zero-argument callable running one layer call to completion (block_until_ready)."""
+    import jax
+    if impl == "ref":
+        if mode not in ("fwd", "check"):
+            raise ValueError(f"mode: the NumPy reference has only 'fwd' and 'check', got {mode!r}")
+        args = layer_args(kind, case, arrays.host)
+        fn = layer_function(kind, "ref") if mode == "fwd" else check_function(kind)
+        return lambda: fn(*args)
+    dev = arrays.to_device()
+    if mode == "fwdbwd":
+        g = fwdbwd_function(kind, case.fc)
+        dargs = _dynamic_args(kind, case, dev)
+        return lambda: jax.block_until_ready(g(*dargs))
+    args = layer_args(kind, case, dev)
+    if mode == "check":
+        fn = check_function(kind)
+        return lambda: fn(*args)
+    fn = layer_function(kind, "acc")
+    if mode == "jit":
+        fn = fn.jitted
+    elif mode != "fwd":
+        raise ValueError(f"mode: expected 'fwd', 'jit', 'fwdbwd' or 'check', got {mode!r}")
+    return lambda: jax.block_until_ready(fn(*args))
+
+
+def compiled_memory(kind: str, mode: str, case: Case, arrays: Arrays) -> dict | None:
+    """XLA's compiled memory analysis of one accelerated call: bytes of arguments, outputs and
+    temporaries (None where the backend does not report it). `mode` 'fwd' or 'fwdbwd'."""
+    dev = arrays.to_device()
+    if mode == "fwdbwd":
+        lowered = fwdbwd_function(kind, case.fc).lower(*_dynamic_args(kind, case, dev))
+    else:
+        lowered = layer_function(kind, "acc").jitted.lower(*layer_args(kind, case, dev))
+    try:
+        m = lowered.compile().memory_analysis()
+    except Exception:                                              # backend without the analysis
+        return None
+    if m is None:
+        return None
+    return {"argument": int(m.argument_size_in_bytes), "output": int(m.output_size_in_bytes),
+            "temp": int(m.temp_size_in_bytes),
+            "working": int(m.output_size_in_bytes + m.temp_size_in_bytes)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Where the EC layer's time goes: one compiled function per stage of Eq. 5-8
+# ---------------------------------------------------------------------------------------------
+
+def ec_stage_calls(case: Case, arrays: Arrays) -> dict:
+    """Zero-argument callables for each stage of the EC layer, each compiled alone and fed the
+    previous stage's real output: router (Eq. 5), top-C (Eq. 6), dispatch gather (Eq. 7), the
+    experts, combine scatter-add (Eq. 8), experts-per-token count.
+
+    The stages are the ones `accelerated.routing.expert_choice_moe` is built from (its
+    expert-major helpers where it has them, else the public per-stage functions), so the
+    profile follows the layer if its implementation changes."""
+    import jax
+    from accelerated import routing as R
+    dev = arrays.to_device()
+    x, wr, w1, w2 = dev["x"], dev["w_router"], dev["w1"], dev["w2"]
+    c, s, g = case.C, case.S, case.G
+    affinity = R.router_affinity.jitted(x, wr)
+    gating, index = R.expert_choice_gating.jitted(affinity, c)
+    done = jax.block_until_ready
+    calls = {
+        "router (x W_r, softmax)": lambda: done(R.router_affinity.jitted(x, wr)),
+        "top-C per expert": lambda: done(R.expert_choice_gating.jitted(affinity, c)),
+    }
+    if all(hasattr(R, n) for n in ("_expert_major_rows", "_dispatch_by_expert", "_experts_by_expert", "_combine_by_expert")):
+        rows_f = jax.jit(R._expert_major_rows, static_argnums=1)
+        gather_f = jax.jit(R._dispatch_by_expert)
+        experts_f = jax.jit(R._experts_by_expert)
+        combine_f = jax.jit(R._combine_by_expert, static_argnums=(3, 4))
+        rows = rows_f(index, s)
+        x_in = gather_f(x, rows)
+        x_e = experts_f(x_in, w1, w2)
+        calls.update({
+            "dispatch (gather)": lambda: done(gather_f(x, rows_f(index, s))),
+            "experts (2 matmuls + GELU)": lambda: done(experts_f(x_in, w1, w2)),
+            "combine (scatter-add)": lambda: done(combine_f(x_e, gating, rows, g, s)),
+        })
+    else:
+        x_in = R.dispatch.jitted(x, index)
+        x_e = R.expert_ffn.jitted(x_in, w1, w2)
+        calls.update({
+            "dispatch (gather)": lambda: done(R.dispatch.jitted(x, index)),
+            "experts (2 matmuls + GELU)": lambda: done(R.expert_ffn.jitted(x_in, w1, w2)),
+            "combine (scatter-add)": lambda: done(R.combine.jitted(x_e, gating, index, s)),
+        })
+    calls["experts per token"] = lambda: done(R.experts_per_token.jitted(index, s))
+    return calls
+
+
+# ---------------------------------------------------------------------------------------------
+# The DiT block
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BlockCase:
+    """A batch of B images of S tokens through one DiT block of width D (heads of 64)."""
+    B: int
+    S: int
+    D: int
+    E: int = 8
+    fc: float = 2.0
+    L: int = 16                      # text tokens
+    heads: int | None = None
+
+    @property
+    def num_heads(self) -> int:
+        return self.heads or max(1, self.D // 64)
+
+    @property
+    def num_kv_heads(self) -> int:
+        return max(1, self.num_heads // 2)
+
+    @property
+    def label(self) -> str:
+        return f"B={self.B} S={self.S} D={self.D} E={self.E} fc={self.fc:g}"
+
+    @property
+    def key(self) -> str:
+        return f"B{self.B}-S{self.S}-D{self.D}-E{self.E}-fc{self.fc:g}"
+
+
+BLOCK_KINDS = ("ec", "dense")       # EC block; dense block with the FLOP-equal FFN (hidden f_c F)
+
+
+def make_block(case: BlockCase, kind: str, seed: int = 0) -> tuple[tuple, dict]:
+    """(x, c, y, text_mask) as NumPy and the block's parameters (AdaLN not zero, so every path
+    computes). kind 'ec': MoE of E experts of hidden 4 D; 'dense': one FFN of hidden f_c 4 D."""
+    from ecdit import params as P
+    rng = np.random.default_rng([seed, case.B, case.S, case.D])
+    d, f = case.D, 4 * case.D
+    if kind == "ec":
+        params = P.init_block(rng, d, d, case.num_heads, case.num_kv_heads, f, num_experts=case.E, adaln_zero=False)
+    else:
+        params = P.init_block(rng, d, d, case.num_heads, case.num_kv_heads, int(round(case.fc * f)), adaln_zero=False)
+    x = rng.standard_normal((case.B, case.S, d), dtype=np.float32)
+    c = rng.standard_normal((case.B, d), dtype=np.float32)
+    y = rng.standard_normal((case.B, case.L, d), dtype=np.float32)
+    mask = np.ones((case.B, case.L), dtype=bool)
+    return (x, c, y, mask), params
+
+
+def make_block_call(case: BlockCase, kind: str, impl: str, mode: str = "fwd"):
+    """Zero-argument callable: one DiT block forward (public API) or fwd+bwd (jitted)."""
+    (x, c, y, mask), params = make_block(case, kind)
+    if impl == "ref":
+        from reference.blocks import dit_block
+        return lambda: dit_block(x, c, y, params, case.num_heads, case.num_kv_heads, case.fc, None, mask)
+    import jax
+    import jax.numpy as jnp
+
+    from accelerated.blocks import dit_block
+    from ecdit.params import to_jax
+    jp = to_jax(params)
+    jx, jc, jy, jm = (jnp.asarray(a) for a in (x, c, y, mask))
+    if mode == "fwd":
+        return lambda: jax.block_until_ready(
+            dit_block(jx, jc, jy, jp, case.num_heads, case.num_kv_heads, case.fc, None, jm))
+    g = _block_fwdbwd(case.num_heads, case.num_kv_heads, case.fc)
+    return lambda: jax.block_until_ready(g(jp, jx, jc, jy, jm))
+
+
+@functools.lru_cache(maxsize=16)
+def _block_fwdbwd(num_heads: int, num_kv_heads: int, fc: float):
+    """jit(value_and_grad) of a DiT block w.r.t. its parameters and x (one per static setting,
+    so equal shapes reuse the compiled function)."""
+    import jax
+    import jax.numpy as jnp
+
+    from accelerated.blocks import dit_block
+
+    def loss(p, x_, c_, y_, m_):     # every array an argument: closed-over arrays would be
+        out, _ = dit_block(x_, c_, y_, p, num_heads, num_kv_heads, fc, None, m_)
+        return jnp.sum(out * x_)     # constants of the trace, and their value check would fail
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole model: train step and sampler
+# ---------------------------------------------------------------------------------------------
+
+MODEL_KINDS = ("expert_choice", "dense", "dense_matched", "token_choice")
+MODEL_NAMES = {
+    "expert_choice": "EC-DiT",
+    "dense": "dense (hidden F)",
+    "dense_matched": "dense FLOP-equal (f_c F)",
+    "token_choice": "token choice top-2",
+}
+
+
+def model_config(size: str, kind: str):
+    """A model of preset `size` ('micro', 'tiny' or 'small') with its FFN kind set; 'micro' is a
+    two-layer toy for the smoke test."""
+    from ecdit.config import ModelConfig, preset
+    if size == "micro":
+        base = ModelConfig(name="micro", image_size=8, patch_size=2, depth=2, width=32, num_heads=2,
+                           num_kv_heads=1, num_experts=4, text_width=16, text_depth=1, text_heads=2,
+                           freq_dim=16)
+    else:
+        base = preset(size)
+    if kind == "dense_matched":
+        return base.replace(ffn_kind="dense", dense_matched=True)
+    return base.replace(ffn_kind=kind)
+
+
+def make_train_step_call(size: str, kind: str, batch_size: int):
+    """Zero-argument callable: one jit-compiled optimisation step (forward + backward + RMSProp)."""
+    import jax
+
+    from accelerated import train as T
+    from ecdit.config import TrainConfig
+    from ecdit.model_params import init_model
+    cfg = model_config(size, kind)
+    tcfg = TrainConfig(batch_size=batch_size, warmup_steps=0, mask_ratio=0.0)
+    state = T.init_state(init_model(cfg, 0), tcfg)
+    batch = T.make_batch(0, 0, cfg, tcfg)
+    return lambda: jax.block_until_ready(T.run_step(state, batch, cfg, tcfg))
+
+
+def make_sampler_call(size: str, kind: str, batch_size: int, num_steps: int):
+    """Zero-argument callable: Euler + classifier-free guidance sampling of a batch (the paper's
+    Fig. 4 measures this: inference time)."""
+    import jax
+    import jax.numpy as jnp
+
+    from accelerated import sample as SM
+    from ecdit import text
+    from ecdit.model_params import init_model, randomize_zero_init
+    cfg = model_config(size, kind)
+    params = jax.tree.map(jnp.asarray, randomize_zero_init(init_model(cfg, 0)))
+    ids, mask = text.tokenize_batch(["a red circle"] * batch_size, cfg.max_text_len)
+    noise = SM.sample_noise(np.random.default_rng(0), batch_size, cfg)
+    return lambda: jax.block_until_ready(SM.sample(params, noise, ids, mask, cfg, num_steps=num_steps))
+
+
+# ---------------------------------------------------------------------------------------------
+# Sizes of the pytest-benchmark suites (`pytest benchmarks/ --bench-size=...`)
+# ---------------------------------------------------------------------------------------------
+
+SUITE_LAYER_CASES = {
+    "smoke": [Case(S=32, D=16, E=8, fc=2.0, G=2)],
+    "quick": [Case(S=256, D=256, E=8, fc=2.0, G=16), Case(S=1024, D=256, E=8, fc=2.0, G=4),
+              Case(S=4096, D=256, E=8, fc=2.0, G=1)],
+    "full": [Case(S=s, D=d, E=8, fc=2.0, G=max(1, 8192 // s)) for d in (256, 512, 1024)
+             for s in (256, 1024, 4096)],
+}
+SUITE_REFERENCE_MAX_TOKENS = {"smoke": 10**9, "quick": 4096, "full": 4096}   # G S above which ref is skipped
+SUITE_BLOCK_CASES = {
+    "smoke": [BlockCase(B=2, S=16, D=32, E=4, L=4)],
+    "quick": [BlockCase(B=4, S=256, D=256)],
+    "full": [BlockCase(B=4, S=256, D=256), BlockCase(B=2, S=1024, D=512)],
+}
+SUITE_MODEL = {     # size, train batch, sampler batch, sampler steps
+    "smoke": ("micro", 4, 2, 2),
+    "quick": ("tiny", 32, 8, 10),
+    "full": ("tiny", 64, 16, 25),
+}

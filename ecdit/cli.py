@@ -1,0 +1,291 @@
+"""`ecdit`: the command line. Start with `ecdit demo`.
+
+Subcommands: demo, train, sample, eval, heatmap, compare, bench. Bad input (an unknown word, a bad
+config value, a missing or corrupt checkpoint) prints one line `ecdit: error: ...` and exits 2.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import sys
+
+EXIT_BAD_INPUT = 2
+
+
+class UsageError(ValueError):
+    """Bad command-line input (reported in one line, exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump) so every bad input reads the same."""
+
+    def error(self, message):
+        raise UsageError(f"{self.prog.split()[-1]}: {message} (see --help)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+def _overrides(pairs, what) -> dict:
+    """['width=64', 'ffn_kind=dense'] -> {'width': 64, 'ffn_kind': 'dense'} (Python literals, else str)."""
+    out = {}
+    for p in pairs or []:
+        if "=" not in p:
+            raise UsageError(f"--{what}: expected KEY=VALUE, got {p!r}")
+        k, v = p.split("=", 1)
+        try:
+            out[k.strip()] = ast.literal_eval(v)
+        except (ValueError, SyntaxError):
+            out[k.strip()] = v
+    return out
+
+
+def _positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _positive_float(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {v}")
+    return v
+
+
+def _checkpoint_path(path):
+    return os.path.join(path, "checkpoint.npz") if os.path.isdir(path) else path
+
+
+def _sampling_args(p, default_steps=20):
+    p.add_argument("--steps", type=_positive_int, default=default_steps, help="Euler steps (default %(default)s)")
+    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (default %(default)s)")
+    p.add_argument("--group-size", type=_positive_int, default=None,
+                   help="inference routing group in tokens (default: the config's, else one image)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default %(default)s)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Subcommands
+# ---------------------------------------------------------------------------------------------
+
+def cmd_demo(a):
+    from ecdit.report import run_demo
+    s = run_demo(a.out, steps=a.steps, minutes=a.minutes, per_category=a.per_category, sample_steps=a.sample_steps,
+                 guidance_scale=a.guidance, seed=a.seed, model_changes=_overrides(a.set, "set"),
+                 train_changes=_overrides(a.train_set, "train-set"), progress=not a.quiet)
+    from ecdit.report import scores_table
+    print(scores_table([("trained", s["trained"]), ("untrained", s["untrained"])]))
+    print(f"demo finished in {s['total_seconds'] / 60:.1f} min ({s['steps']} training steps); "
+          f"report: {os.path.join(a.out, 'report.md')}")
+    return 0
+
+
+def cmd_train(a):
+    from accelerated.train import train
+    from ecdit.config import preset, train_preset
+    cfg = preset(a.preset, **_overrides(a.set, "set"))
+    tc = train_preset(a.preset, **_overrides(a.train_set, "train-set"))
+    out = a.out or os.path.join("runs", cfg.name)
+    _, history = train(cfg, tc, a.steps, out, minutes=a.minutes, resume=not a.no_resume,
+                       checkpoint_every=a.checkpoint_every, progress=not a.quiet, desc=f"train {cfg.name}")
+    last = history[-1] if history else {}
+    print(f"step {last.get('step', 0)}: loss {last.get('loss', float('nan')):.4f}; "
+          f"checkpoint {os.path.join(out, 'checkpoint.npz')}, metrics {os.path.join(out, 'metrics.jsonl')}")
+    return 0
+
+
+def cmd_sample(a):
+    from accelerated.sample import generate
+    from ecdit.checkpoint import load_params
+    from ecdit.heatmap import save_image_grid
+    params, cfg, _ = load_params(_checkpoint_path(a.checkpoint))
+    images, _ = generate(params, cfg, [a.prompt] * a.num, seed=a.seed, num_steps=a.steps,
+                         guidance_scale=a.guidance, group_size=a.group_size, progress=not a.quiet)
+    if a.num == 1:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        plt.imsave(a.out, images[0])
+    else:
+        save_image_grid(images, a.out, columns=min(a.num, 8))
+    print(f"wrote {a.out}")
+    return 0
+
+
+def cmd_eval(a):
+    import json
+
+    from ecdit import shapes
+    from ecdit.checkpoint import load_params
+    from ecdit.report import evaluate_model, scores_table
+    params, cfg, meta = load_params(_checkpoint_path(a.checkpoint))
+    items = shapes.heldout_items(a.per_category)
+    res, _, _, secs = evaluate_model(params, cfg, items, num_steps=a.steps, guidance_scale=a.guidance, seed=a.seed,
+                                     progress=not a.quiet)
+    print(scores_table([(f"{cfg.name} @ step {meta.get('step')}", res)]))
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(res, f, indent=2)
+    return 0
+
+
+def cmd_heatmap(a):
+    from accelerated.sample import generate
+    from ecdit.checkpoint import load_params
+    from ecdit.heatmap import plot_allocation
+    params, cfg, _ = load_params(_checkpoint_path(a.checkpoint))
+    if not cfg.sparse_layers:
+        raise UsageError("heatmap: the checkpoint is a dense model; there is no expert allocation to draw")
+    images, experts = generate(params, cfg, [a.prompt], seed=a.seed, num_steps=a.steps, guidance_scale=a.guidance,
+                               group_size=a.group_size, progress=not a.quiet)
+    plot_allocation(images[0], experts[:, :, 0], a.out, sparse_layers=cfg.sparse_layers,
+                    num_experts=cfg.num_experts, prompt=a.prompt)
+    print(f"wrote {a.out}")
+    return 0
+
+
+def cmd_compare(a):
+    from ecdit.report import run_compare
+    kinds = tuple(k.strip() for k in a.kinds.split(",") if k.strip())
+    r = run_compare(a.out, steps=a.steps, per_category=a.per_category, sample_steps=a.sample_steps,
+                    guidance_scale=a.guidance, seed=a.seed, kinds=kinds, model_changes=_overrides(a.set, "set"),
+                    train_changes=_overrides(a.train_set, "train-set"), progress=not a.quiet)
+    print(r["markdown"])
+    print(f"table: {os.path.join(a.out, 'compare.md')}")
+    return 0
+
+
+def cmd_bench(a):
+    from benchmarks.report import run_report
+    run_report(full=a.full, out_dir=a.out, smoke=a.smoke)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Parser
+# ---------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="ecdit", description=(
+        "EC-DiT: expert-choice MoE diffusion transformers (Sun et al.) on a captioned-shapes data set. "
+        "Start with `ecdit demo`."))
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    d = sub.add_parser("demo", help="train the tiny EC-DiT on CPU, sample, score, draw, write a report",
+                       description="Train the `tiny` EC-DiT on captioned shapes for a few minutes on CPU, sample the "
+                                   "held-out prompts with classifier-free guidance, score them with shapes-GenEval "
+                                   "(beside an untrained model), draw Fig. 6-style heatmaps and the loss curve, and "
+                                   "write OUT/report.md with its PNGs.")
+    d.add_argument("--out", default="report", help="report folder (default %(default)s)")
+    d.add_argument("--steps", type=_positive_int, default=5000, help="training steps at most (default %(default)s)")
+    d.add_argument("--minutes", type=_positive_float, default=8.0,
+                   help="stop training after this many minutes (default %(default)s)")
+    d.add_argument("--per-category", type=_positive_int, default=50, help="held-out items per category (default %(default)s)")
+    d.add_argument("--sample-steps", type=_positive_int, default=20, help="Euler steps (default %(default)s)")
+    d.add_argument("--guidance", type=float, default=3.0, help="CFG scale (default %(default)s)")
+    d.add_argument("--seed", type=int, default=0, help="data, init and noise seed (default %(default)s)")
+    d.add_argument("--set", action="append", metavar="KEY=VALUE", help="change a ModelConfig field of tiny")
+    d.add_argument("--train-set", action="append", metavar="KEY=VALUE", help="change a TrainConfig field")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
+    d.set_defaults(fn=cmd_demo)
+
+    t = sub.add_parser("train", help="train a preset on captioned shapes (resumable)",
+                       description="Train a preset on captioned shapes. Resumes from OUT/checkpoint.npz when present "
+                                   "(a resumed run equals an unstopped one on CPU); writes OUT/metrics.jsonl and "
+                                   "OUT/loss.png.")
+    t.add_argument("--preset", default="tiny", help="tiny, small, XL, XXL, 3XL, M, XL-8E, DENSE-XL, ... (default %(default)s)")
+    t.add_argument("--steps", type=_positive_int, default=1000, help="total steps (default %(default)s)")
+    t.add_argument("--minutes", type=_positive_float, default=None, help="stop after this many minutes")
+    t.add_argument("--out", default=None, help="run folder (default runs/PRESET)")
+    t.add_argument("--no-resume", action="store_true", help="start afresh even if OUT has a checkpoint")
+    t.add_argument("--checkpoint-every", type=_positive_int, default=200, help="steps between checkpoints")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="change a ModelConfig field, e.g. ffn_kind=dense")
+    t.add_argument("--train-set", action="append", metavar="KEY=VALUE", help="change a TrainConfig field, e.g. mask_ratio=0.5")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("sample", help="prompt in, PNG out", description="Generate images for one prompt from a checkpoint.")
+    s.add_argument("prompt", help='a caption in the shapes grammar, e.g. "a red circle"')
+    s.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
+    s.add_argument("--out", default="sample.png", help="PNG path (default %(default)s)")
+    s.add_argument("--num", type=_positive_int, default=1, help="images (a grid when > 1)")
+    _sampling_args(s)
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(fn=cmd_sample)
+
+    e = sub.add_parser("eval", help="score a checkpoint on the held-out prompts (shapes-GenEval)",
+                       description="Sample the held-out prompts of every category and score them.")
+    e.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
+    e.add_argument("--per-category", type=_positive_int, default=50, help="items per category (default %(default)s)")
+    e.add_argument("--out", default=None, help="also write the scores as JSON here")
+    _sampling_args(e)
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.set_defaults(fn=cmd_eval)
+
+    h = sub.add_parser("heatmap", help="Fig. 6-style expert-allocation heatmaps for one prompt",
+                       description="Generate one image and draw how many experts chose each token, per sparse layer "
+                                   "and per denoising step (Fig. 6).")
+    h.add_argument("prompt", help="a caption in the shapes grammar")
+    h.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
+    h.add_argument("--out", default="heatmap.png", help="PNG path (default %(default)s)")
+    _sampling_args(h)
+    h.add_argument("--quiet", action="store_true", help="no progress bar")
+    h.set_defaults(fn=cmd_heatmap)
+
+    c = sub.add_parser("compare", help="dense vs token choice vs expert choice at equal activated parameters",
+                       description="Train tiny dense (activation-matched), token-choice top-2 and expert-choice models "
+                                   "on the same data for the same steps; print and write one table of loss and "
+                                   "shapes-GenEval scores.")
+    c.add_argument("--out", default="compare", help="output folder (default %(default)s)")
+    c.add_argument("--steps", type=_positive_int, default=600, help="training steps per model (default %(default)s)")
+    c.add_argument("--per-category", type=_positive_int, default=30, help="held-out items per category (default %(default)s)")
+    c.add_argument("--sample-steps", type=_positive_int, default=20, help="Euler steps (default %(default)s)")
+    c.add_argument("--guidance", type=float, default=3.0, help="CFG scale (default %(default)s)")
+    c.add_argument("--seed", type=int, default=0, help="seed (default %(default)s)")
+    c.add_argument("--kinds", default="dense,token_choice,expert_choice", help="comma-separated FFN kinds")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE", help="change a ModelConfig field of every model")
+    c.add_argument("--train-set", action="append", metavar="KEY=VALUE", help="change a TrainConfig field")
+    c.add_argument("--quiet", action="store_true", help="no progress bars")
+    c.set_defaults(fn=cmd_compare)
+
+    b = sub.add_parser("bench", help="run the benchmarks and write their report",
+                       description="Run benchmarks.report.run_report (reference vs accelerated timings).")
+    b.add_argument("--full", action="store_true", help="the full benchmark set")
+    b.add_argument("--smoke", action="store_true", help="a seconds-long smoke run")
+    b.add_argument("--out", default="docs", help="output folder (default %(default)s)")
+    b.set_defaults(fn=cmd_bench)
+    return p
+
+
+def main(argv=None) -> int:
+    """Entry point of the `ecdit` command; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not getattr(args, "fn", None):
+            parser.print_help()
+            return 0
+        return args.fn(args)
+    except SystemExit as e:                                      # --help
+        return int(e.code or 0)
+    except KeyboardInterrupt:
+        print("ecdit: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError, ModuleNotFoundError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"ecdit: error: {msg}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,403 @@
+"""One frozen configuration for the whole model, one for training, and the presets.
+
+`ModelConfig` fixes every array shape of the model, so it is hashable and passed to `jax.jit` as a
+static argument. Derived values (`num_tokens`, `head_dim`, `ffn_hidden`, `sparse_layers`,
+`capacity`) are validated properties. A bad value raises ValueError naming the field.
+
+Presets (`preset(name)`):
+  tiny            trains on 2 CPU cores in minutes (the `ecdit demo` model); sizes measured, see
+                  docs/model.md
+  small           a GPU-sized sibling of tiny (64x64 images, 8 layers, D = 256)
+  XL, XXL, 3XL, M the backbones of Table 1 (layers, hidden dim, #heads, #KV), on the paper's
+                  latent grid (256x256 images through an 8-channel VAE with stride 8 = 32x32x8,
+                  patch 2, Sec. 3.1). Only their shapes are used here: the parameter counter
+                  (`count_params`) puts them beside Table 1.
+
+Layer numbering: "starting from the second layer, all even-numbered layers are sparse" (Sec. 3.1)
+counts layers from 1, so with 0-based indices the sparse layers are 1, 3, 5, ...
+
+Glossary: B batch, S image tokens, L text tokens, D width, Dy text width, N heads, K kv-heads,
+H head dim, F FFN hidden, E experts, C capacity, G groups, P = p * p * channels patch values.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+FFN_KINDS = ("dense", "expert_choice", "token_choice")
+POS_EMBEDDINGS = ("sincos", "learned")
+
+
+def _int(name, v, minimum=1):
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {v!r}")
+
+
+def _float(name, v, lo=None, hi=None, lo_open=False, hi_open=False):
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+        raise ValueError(f"{name}: expected a finite number, got {v!r}")
+    if lo is not None and (v < lo or (lo_open and v == lo)):
+        raise ValueError(f"{name}: expected a number {'>' if lo_open else '>='} {lo}, got {v}")
+    if hi is not None and (v > hi or (hi_open and v == hi)):
+        raise ValueError(f"{name}: expected a number {'<' if hi_open else '<='} {hi}, got {v}")
+
+
+def _choice(name, v, choices):
+    if v not in choices:
+        raise ValueError(f"{name}: expected one of {choices}, got {v!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Every architectural choice; frozen (hashable) so it is a valid static argument of jax.jit."""
+    name: str = "custom"
+    # Images and patches (Sec. 2.1: the image becomes a sequence of S patch tokens)
+    image_size: int = 32
+    channels: int = 3
+    patch_size: int = 4
+    pos_embedding: str = "sincos"      # fixed 2-D sin-cos (DiT); "learned" adds an (S, D) table
+    # Transformer (Table 1 columns)
+    depth: int = 4                     # #Layers
+    width: int = 96                    # Hidden dim. D
+    num_heads: int = 4                 # #Head
+    num_kv_heads: int = 2              # #KV (grouped-query attention)
+    ffn_ratio: int = 4                 # F = 4 D, as in DiT; each expert has this shape (Sec. 3.1)
+    # FFN kind of the sparse layers (1, 3, 5, ... 0-based); the others stay dense
+    ffn_kind: str = "expert_choice"
+    num_experts: int = 8
+    capacity_factor: float = 2.0       # f_c, Sec. 3.1: 2.0 in training and inference
+    num_selected: int = 2              # token choice: top-2 (GShard), the activation of f_c = 2
+    aux_loss_weight: float = 0.01      # token choice: GShard's load-balancing loss weight
+    dense_matched: bool = False        # dense only: widen the would-be-sparse layers' FFN by f_c,
+                                       # so activated parameters equal the MoE models' (compare)
+    # Routing groups (Sec. 3.1): tokens regrouped into groups of group_size; None = one image
+    train_group_size: int | None = None
+    inference_group_size: int | None = None
+    # Text encoder (deviation: a small learned word-level encoder instead of the frozen T5)
+    max_text_len: int = 8              # L >= ecdit.text.MAX_LEN (8: 'a circle to the left of a square')
+    text_width: int = 64               # Dy
+    text_depth: int = 2
+    text_heads: int = 4
+    vocab_size: int = 64               # >= len(ecdit.text.VOCAB); checked when the model is built
+    pooled_text: bool = False          # deviation, off for the paper's shapes: also add the masked
+                                       # mean of Enc(y), projected to D, to the AdaLN condition c
+                                       # (SD3 / DiT class-embedding style); speeds up learning the
+                                       # caption at tiny scale (docs/model.md)
+    # Timestep embedding (DiT): sinusoid of 1000 t, F_t features, then a two-layer MLP to D
+    freq_dim: int = 256
+    timestep_scale: float = 1000.0
+
+    def __post_init__(self):
+        if not isinstance(self.name, str):
+            raise ValueError(f"name: expected a string, got {self.name!r}")
+        for f in ("image_size", "channels", "patch_size", "depth", "width", "num_heads", "num_kv_heads",
+                  "ffn_ratio", "num_experts", "num_selected", "max_text_len", "text_width",
+                  "text_depth", "text_heads", "vocab_size", "freq_dim"):
+            _int(f, getattr(self, f))
+        _choice("pos_embedding", self.pos_embedding, POS_EMBEDDINGS)
+        _choice("ffn_kind", self.ffn_kind, FFN_KINDS)
+        _float("capacity_factor", self.capacity_factor, lo=0.0, lo_open=True)
+        _float("aux_loss_weight", self.aux_loss_weight, lo=0.0)
+        _float("timestep_scale", self.timestep_scale, lo=0.0, lo_open=True)
+        for f in ("dense_matched", "pooled_text"):
+            if not isinstance(getattr(self, f), bool):
+                raise ValueError(f"{f}: expected a bool, got {getattr(self, f)!r}")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"patch_size: {self.patch_size} does not divide image_size = {self.image_size}")
+        if self.width % self.num_heads:
+            raise ValueError(f"num_heads: {self.num_heads} does not divide width = {self.width}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_kv_heads: {self.num_kv_heads} does not divide num_heads = {self.num_heads}")
+        if self.text_width % self.text_heads:
+            raise ValueError(f"text_heads: {self.text_heads} does not divide text_width = {self.text_width}")
+        if self.freq_dim % 2:
+            raise ValueError(f"freq_dim: expected an even number (cos and sin halves), got {self.freq_dim}")
+        if self.ffn_kind == "token_choice" and self.num_selected > self.num_experts:
+            raise ValueError(f"num_selected: top-{self.num_selected} of {self.num_experts} experts is impossible")
+        if self.ffn_kind == "expert_choice" and self.capacity_factor > self.num_experts:
+            raise ValueError(f"capacity_factor: f_c = {self.capacity_factor} > E = {self.num_experts} "
+                             "would make an expert choose more tokens than a group holds")
+        for f in ("train_group_size", "inference_group_size"):
+            v = getattr(self, f)
+            if v is not None:
+                _int(f, v)
+        if self.ffn_kind != "dense":
+            self.capacity(self.train_group_size or self.num_tokens)  # C >= 1 at the default group
+
+    # --- derived values -----------------------------------------------------------------------
+    @property
+    def grid_size(self) -> int:
+        """Patches per side, image_size / patch_size."""
+        return self.image_size // self.patch_size
+
+    @property
+    def num_tokens(self) -> int:
+        """S, image tokens per image (before masking)."""
+        return self.grid_size ** 2
+
+    @property
+    def patch_dim(self) -> int:
+        """P = p * p * channels values per patch."""
+        return self.patch_size ** 2 * self.channels
+
+    @property
+    def head_dim(self) -> int:
+        """H = D / N."""
+        return self.width // self.num_heads
+
+    @property
+    def ffn_hidden(self) -> int:
+        """F = ffn_ratio * D, the hidden width of the dense FFN and of every expert."""
+        return self.ffn_ratio * self.width
+
+    @property
+    def sparse_layers(self) -> tuple[int, ...]:
+        """0-based indices of the layers that are MoE (the paper's even-numbered layers, from the
+        second); empty for a dense model."""
+        if self.ffn_kind == "dense":
+            return ()
+        return tuple(range(1, self.depth, 2))
+
+    @property
+    def interleaved_layers(self) -> tuple[int, ...]:
+        """The even-numbered layers (1, 3, ... 0-based) whatever the FFN kind."""
+        return tuple(range(1, self.depth, 2))
+
+    def layer_ffn_hidden(self, layer: int) -> int:
+        """FFN hidden width of a dense layer; f_c-times wider in the interleaved layers of an
+        activation-matched dense model (dense_matched)."""
+        if self.dense_matched and self.ffn_kind == "dense" and layer in self.interleaved_layers:
+            return int(round(self.capacity_factor * self.ffn_hidden))
+        return self.ffn_hidden
+
+    def capacity(self, tokens_per_group: int) -> int:
+        """C = round(S_group * f_c / E) (expert choice); raises ValueError naming capacity_factor
+        when C is below 1 or above the group."""
+        from reference.routing import expert_capacity
+        return expert_capacity(tokens_per_group, self.num_experts, self.capacity_factor)
+
+    def replace(self, **changes) -> "ModelConfig":
+        """A copy with some fields changed (and validated again)."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"{sorted(unknown)[0]}: not a ModelConfig field")
+        return dataclasses.replace(self, **changes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser, flow and data settings (Sec. 3.1). Frozen, so also a static jit argument."""
+    batch_size: int = 64
+    learning_rate: float = 1e-4        # paper: 1e-4
+    warmup_steps: int = 20_000         # paper: 20K linear warmup
+    rmsprop_decay: float = 0.9         # paper: not given; Hinton's / TensorFlow's default. optax's
+                                       # RMSProp has no bias correction: 0.999 makes the first
+                                       # hundred updates ~30x too large and diverges (measured)
+    momentum: float = 0.9              # paper: "RMSProp with momentum"; value not given
+    eps: float = 1e-8
+    grad_clip: float = 0.0             # global-norm clip; 0 = off (the paper mentions none)
+    mask_ratio: float = 0.5            # paper: 0.5 (MDT-style token dropping)
+    caption_dropout: float = 0.1       # probability of the null caption, for CFG
+    t_mu: float = 0.0                  # logit-normal timesteps, t = sigmoid(N(mu, sigma))
+    t_sigma: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self):
+        for f in ("batch_size",):
+            _int(f, getattr(self, f))
+        _int("warmup_steps", self.warmup_steps, minimum=0)
+        _int("seed", self.seed, minimum=0)
+        _float("learning_rate", self.learning_rate, lo=0.0, lo_open=True)
+        _float("rmsprop_decay", self.rmsprop_decay, lo=0.0, hi=1.0, hi_open=True)
+        _float("momentum", self.momentum, lo=0.0, hi=1.0, hi_open=True)
+        _float("eps", self.eps, lo=0.0, lo_open=True)
+        _float("grad_clip", self.grad_clip, lo=0.0)
+        _float("mask_ratio", self.mask_ratio, lo=0.0, hi=1.0, hi_open=True)
+        _float("caption_dropout", self.caption_dropout, lo=0.0, hi=1.0)
+        _float("t_mu", self.t_mu)
+        _float("t_sigma", self.t_sigma, lo=0.0, lo_open=True)
+
+    def kept_tokens(self, num_tokens: int) -> int:
+        """Tokens kept per image after masking: S - round(mask_ratio * S), at least 1."""
+        return max(1, num_tokens - int(round(self.mask_ratio * num_tokens)))
+
+    def replace(self, **changes) -> "TrainConfig":
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"{sorted(unknown)[0]}: not a TrainConfig field")
+        return dataclasses.replace(self, **changes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets
+# ---------------------------------------------------------------------------------------------
+
+def _table1(name, depth, width, heads, kv, experts):
+    """A Table 1 backbone on the paper's latent grid: 256x256 -> 32x32x8 (VAE, 8 channels),
+    patch 2 (Sec. 3.1), group 1024 in training and 512 at inference (Sec. 3.1).
+    text_width 2048: the paper's "670M T5-based" encoder does not state its width (unknown)."""
+    return ModelConfig(
+        name=name, image_size=32, channels=8, patch_size=2, depth=depth, width=width,
+        num_heads=heads, num_kv_heads=kv, ffn_kind="expert_choice", num_experts=experts,
+        train_group_size=1024, inference_group_size=512, max_text_len=128, text_width=2048,
+        text_depth=1, text_heads=16, vocab_size=64)
+
+
+# tiny: the `ecdit demo` model. Patch 4 keeps S = 64 tokens (patch 8 would make P = 192 > D and
+# the model cannot carry the noise through: measured, it never left pure noise); D = 64 runs ~2x
+# faster than D = 96 at the same loss per image seen (measured); 4 layers, 2 of them sparse.
+# pooled_text: the caption also enters AdaLN (docs/model.md, deviations).
+_TINY = ModelConfig(name="tiny", image_size=32, channels=3, patch_size=4, depth=4, width=64,
+                    num_heads=4, num_kv_heads=2, num_experts=8, text_width=32, text_depth=2,
+                    text_heads=4, freq_dim=128, pooled_text=True)
+_SMALL = ModelConfig(name="small", image_size=64, channels=3, patch_size=4, depth=8, width=256,
+                     num_heads=8, num_kv_heads=4, num_experts=16, text_width=256, text_depth=4,
+                     text_heads=4, train_group_size=512, inference_group_size=256)
+
+PRESETS: dict[str, ModelConfig] = {
+    "tiny": _TINY,
+    "small": _SMALL,
+    # Table 1: Config. -> (#Layers, Hidden dim., #Head, #KV); experts from the largest column
+    "XL": _table1("XL", 28, 1152, 18, 6, 32),
+    "XXL": _table1("XXL", 38, 1536, 24, 6, 32),
+    "3XL": _table1("3XL", 42, 2304, 36, 6, 32),
+    "M": _table1("M", 38, 3072, 48, 12, 64),            # EC-DiT-M has 38 layers; DENSE-M 46 (Table 1 *)
+}
+
+TRAIN_PRESETS: dict[str, TrainConfig] = {
+    # tiny: lr 1e-4 with 20K warmup would not move in minutes. RMSProp's momentum 0.9 multiplies
+    # the step by ~10, so 5e-4 is already an Adam-like 5e-3; 1e-3 and 2e-3 were no better and 2e-3
+    # with decay 0.999 diverged (measured). Batch 16: more steps per image on a CPU.
+    # No masking: at 64 tokens per image half of them is too little context (docs/model.md).
+    "tiny": TrainConfig(batch_size=16, learning_rate=5e-4, warmup_steps=50, mask_ratio=0.0,
+                        grad_clip=1.0),
+    "small": TrainConfig(batch_size=128, learning_rate=5e-4, warmup_steps=1000, mask_ratio=0.5,
+                         grad_clip=1.0),
+}
+PAPER_TRAIN = TrainConfig(batch_size=4096, learning_rate=1e-4, warmup_steps=20_000, mask_ratio=0.5)
+
+
+def preset(name: str, /, **changes) -> ModelConfig:
+    """A preset by name ("tiny", "small", "XL", "XXL", "3XL", "M"), optionally changed.
+
+    Paper variants read as in Sec. 3: "XL-8E" = XL with 8 experts, "DENSE-XL" = dense XL,
+    "DENSE-M" = the 46-layer dense M."""
+    if not isinstance(name, str):
+        raise ValueError(f"preset: expected a name, got {name!r}")
+    base = name
+    extra = {}
+    if base.upper().startswith("DENSE-"):
+        base = base[6:]
+        extra = {"ffn_kind": "dense"}
+        if base == "M":
+            extra["depth"] = 46
+    elif "-" in base and base.rsplit("-", 1)[1].upper().endswith("E"):
+        base, e = base.rsplit("-", 1)
+        try:
+            extra = {"num_experts": int(e[:-1])}
+        except ValueError:
+            raise ValueError(f"preset: cannot read the expert count of {name!r}") from None
+    if base not in PRESETS:
+        raise ValueError(f"preset: unknown preset {name!r}; expected one of {tuple(PRESETS)} "
+                         "(paper variants like 'XL-8E' or 'DENSE-XL' also work)")
+    cfg = PRESETS[base]
+    return cfg.replace(**{"name": name, **extra, **changes})
+
+
+def train_preset(name: str, /, **changes) -> TrainConfig:
+    """Training settings of a preset; the Table 1 backbones use the paper's (Sec. 3.1)."""
+    base = TRAIN_PRESETS.get(name, PAPER_TRAIN)
+    return base.replace(**changes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameter counter (Table 1)
+# ---------------------------------------------------------------------------------------------
+
+def count_params(config: ModelConfig) -> dict[str, int]:
+    """Total and activated parameters of the DiT (the text encoder counted apart).
+
+    Activated = what one token's forward pass uses: a dense layer's FFN once; an expert-choice
+    layer f_c experts on average (C * E = f_c * S choices per group) plus the router; a
+    token-choice layer its top-k experts plus the router. Matches `ecdit.params.count` of
+    `init_model(config)` exactly (tests/test_model.py)."""
+    d, f, n, k = config.width, config.ffn_hidden, config.num_heads, config.num_kv_heads
+    h = config.head_dim
+    dy = config.text_width
+    self_attn = d * n * h + 2 * d * k * h + n * h * d
+    cross_attn = d * d + 2 * dy * d + d * d
+    adaln = d * 6 * d + 6 * d
+    shared = self_attn + cross_attn + adaln
+    total = activated = 0
+    for layer in range(config.depth):
+        if layer in config.sparse_layers:
+            expert = 2 * d * f
+            router = d * config.num_experts
+            total += shared + router + config.num_experts * expert
+            per_token = config.capacity_factor if config.ffn_kind == "expert_choice" else config.num_selected
+            activated += shared + router + per_token * expert
+        else:
+            dense = 2 * d * config.layer_ffn_hidden(layer)
+            total += shared + dense
+            activated += shared + dense
+    embed = config.patch_dim * d + d + (config.num_tokens * d if config.pos_embedding == "learned" else 0)
+    t_mlp = config.freq_dim * d + d + d * d + d + ((dy * d + d) if config.pooled_text else 0)
+    final = d * 2 * d + 2 * d + d * config.patch_dim + config.patch_dim
+    rest = embed + t_mlp + final
+    dy_ffn = 4 * dy
+    text = (config.vocab_size * dy + config.max_text_len * dy
+            + config.text_depth * (4 * dy * dy + 2 * dy * dy_ffn))
+    return {"total": int(total + rest), "activated": int(round(activated + rest)), "text_encoder": int(text)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument check of the model's forward pass (shared by reference/ and accelerated/ model.py)
+# ---------------------------------------------------------------------------------------------
+
+def check_forward(params, x_t, t, text_ids, text_mask, config, keep_index, group_size) -> None:
+    """ValueError naming the argument when the forward pass's inputs disagree with `config`."""
+    from ecdit import validate
+    if not isinstance(config, ModelConfig):
+        raise ValueError(f"config: expected a ModelConfig, got {type(config).__name__}")
+    if not isinstance(params, dict):
+        raise ValueError(f"params: expected the dict of init_model, got {type(params).__name__}")
+    validate.params("params", params, ("patch_embed", "t_mlp", "text", "blocks", "final"))
+    if len(params["blocks"]) != config.depth:
+        raise ValueError(f"params: {len(params['blocks'])} blocks, expected depth = {config.depth}")
+    b, hh, ww, ch = validate.array("x_t", x_t, 4, "(B, H, W, Ch)")
+    want = (config.image_size, config.image_size, config.channels)
+    if (hh, ww, ch) != want:
+        raise ValueError(f"x_t: image shape {(hh, ww, ch)}, expected {want} from the config")
+    validate.array("t", t, 1, "(B,)")
+    validate.dim("t", "B", validate.shape_of("t", t)[0], b, "one timestep per image")
+    bi, l = validate.array("text_ids", text_ids, 2, "(B, L)")
+    validate.dim("text_ids", "B", bi, b, "one caption per image")
+    if l > config.max_text_len:
+        raise ValueError(f"text_ids: {l} text tokens exceed max_text_len = {config.max_text_len}")
+    if not np.issubdtype(text_ids.dtype, np.integer):
+        raise ValueError(f"text_ids: expected integer token ids, got dtype {text_ids.dtype}")
+    validate.text_mask(text_mask, b, l)
+    s = config.num_tokens
+    if keep_index is not None:
+        bk, s = validate.array("keep_index", keep_index, 2, "(B, S')")
+        validate.dim("keep_index", "B", bk, b, "one row of kept tokens per image")
+        if s > config.num_tokens:
+            raise ValueError(f"keep_index: keeps {s} tokens of the S = {config.num_tokens} of an image")
+    if group_size is not None:
+        gs = validate.positive_int("group_size", group_size)
+        if (b * s) % gs:
+            raise ValueError(f"group_size: {gs} does not divide the B * S' = {b} * {s} = {b * s} tokens")
+    validate.finite("x_t", x_t)
+    validate.finite("t", t)

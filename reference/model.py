@@ -1,0 +1,200 @@
+"""The whole EC-DiT (Sec. 2, Fig. 2), as readable NumPy: patches in, velocity patches out.
+
+    tokens = patchify(x_t) W_patch + b + pos                      (B, S, D)   Sec. 2.1
+    tokens = tokens[keep_index]                                   (B, S', D)  masking (Sec. 3.1)
+    c      = MLP(sinusoid(1000 t))                                (B, D)      timestep -> AdaLN
+    y      = TextEncoder(ids)                                     (B, L, Dy)  Sec. 2.2
+    tokens = block_l(tokens, c, y)  for l = 1..depth              dense / expert choice / token choice
+    v      = Linear(modulate(LN(tokens), shift(c), scale(c)))     (B, S', P)  final layer (DiT)
+
+Layers 2, 4, 6, ... (1-based; 1, 3, 5 0-based) are sparse in the MoE models (Sec. 3.1). Routing
+groups: the B * S' tokens of a batch are regrouped into groups of `group_size` (None: one image
+per group), so an inference group may hold tokens of several images (Sec. 3.1).
+
+Deviation (docs/model.md): the paper's frozen 670M T5 encoder cannot be downloaded here; the text
+encoder is a small learned word-level transformer over the closed vocabulary of ecdit.text.
+
+Shapes: B batch, H x W x Ch image, p patch side, S = (H/p)(W/p) tokens, S' kept tokens,
+P = p * p * Ch values per patch, D width, L text tokens, Dy text width.
+"""
+import numpy as np
+
+from reference.attention import cross_attention, self_attention
+from reference.blocks import adaln_modulation, dit_block, modulate, sinusoidal_embedding, timestep_mlp
+from reference.primitives import feed_forward, layer_norm, silu
+from reference.routing import group_tokens, ungroup_tokens
+from reference.token_choice import token_choice_moe
+from ecdit.config import check_forward
+
+
+# ---------------------------------------------------------------------------------------------
+# Patches and positions
+# ---------------------------------------------------------------------------------------------
+
+def patchify(images, patch_size):
+    """Cut (B, H, W, Ch) images into a row-major sequence of p x p patches, (B, S, p p Ch).
+
+    Token s = i * (W/p) + j holds the patch at grid row i, column j; inside a patch the values
+    are ordered (row, column, channel)."""
+    b, h, w, ch = images.shape
+    p = patch_size
+    x = images.reshape(b, h // p, p, w // p, p, ch)               # (B, H/p, p, W/p, p, Ch)
+    x = x.transpose(0, 1, 3, 2, 4, 5)                            # (B, H/p, W/p, p, p, Ch)
+    return x.reshape(b, (h // p) * (w // p), p * p * ch)         # (B, S, P)
+
+
+def unpatchify(patches, patch_size, height, width):
+    """Inverse of `patchify`: (B, S, p p Ch) back to (B, H, W, Ch)."""
+    b, s, pdim = patches.shape
+    p = patch_size
+    ch = pdim // (p * p)
+    x = patches.reshape(b, height // p, width // p, p, p, ch)    # (B, H/p, W/p, p, p, Ch)
+    x = x.transpose(0, 1, 3, 2, 4, 5)                            # (B, H/p, p, W/p, p, Ch)
+    return x.reshape(b, height, width, ch)                       # (B, H, W, Ch)
+
+
+def sincos_embedding_2d(grid_size, dim):
+    """Fixed 2-D sin-cos positions (MAE / DiT): half the channels encode the row, half the column,
+    each as [sin(pos w_j), cos(pos w_j)] with w_j = 10000^(-j / (dim/4)). Returns (S, D) float32."""
+    quarter = dim // 4
+    omega = 1.0 / 10000.0 ** (np.arange(quarter, dtype=np.float64) / quarter)   # (D/4,)
+    rows, cols = np.meshgrid(np.arange(grid_size), np.arange(grid_size), indexing="ij")
+    def encode(pos):                                             # (S,) -> (S, D/2)
+        angles = pos.reshape(-1)[:, None].astype(np.float64) * omega[None, :]
+        return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+    emb = np.concatenate([encode(rows), encode(cols)], axis=1)   # (S, 4 * D/4)
+    out = np.zeros((grid_size * grid_size, dim))                  # D not divisible by 4: pad zeros
+    out[:, :emb.shape[1]] = emb
+    return out.astype(np.float32)                                # (S, D)
+
+
+def positional_embedding(params, config):
+    """(S, D) positions: the fixed sin-cos table, or the learned one in params['pos_embed']."""
+    if config.pos_embedding == "learned":
+        return params["pos_embed"]                               # (S, D)
+    return sincos_embedding_2d(config.grid_size, config.width)   # (S, D)
+
+
+def embed_patches(x_t, params, config):
+    """Linear patch embedding plus positions: (B, H, W, Ch) -> (B, S, D)."""
+    patches = patchify(x_t, config.patch_size)                   # (B, S, P)
+    tokens = patches @ params["patch_embed"]["w"] + params["patch_embed"]["b"]  # (B, S, D)
+    return tokens + positional_embedding(params, config)[None]   # (B, S, D)
+
+
+def keep_tokens(tokens, keep_index):
+    """Masking (MDT, Sec. 3.1): keep the tokens listed in keep_index (B, S'), drop the rest before
+    the blocks, so masked tokens take no part in attention or routing. (B, S, D) -> (B, S', D)."""
+    rows = np.arange(tokens.shape[0])[:, None]                   # (B, 1)
+    return tokens[rows, keep_index]                              # (B, S', D)
+
+
+# ---------------------------------------------------------------------------------------------
+# Conditioning: text encoder and timestep
+# ---------------------------------------------------------------------------------------------
+
+def text_encoder(text_ids, text_mask, params, num_heads):
+    """Enc(y) of Sec. 2.2, a small pre-LN transformer over word ids (deviation: not a frozen T5).
+
+        h = Embed[ids] + Pos;   h += MHA(LN h, LN h, mask);   h += FFN(LN h);   Enc(y) = LN h
+
+    Self-attention reuses `cross_attention` with y = x, whose text mask hides padding keys.
+    Padding positions get outputs too; every consumer masks them out. (B, L) -> (B, L, Dy)."""
+    l = text_ids.shape[1]
+    h = params["embed"][text_ids] + params["pos"][None, :l]      # (B, L, Dy)
+    for layer in params["layers"]:
+        hn = layer_norm(h)                                       # (B, L, Dy)
+        h = h + cross_attention(hn, hn, layer["attn"], num_heads, text_mask)  # (B, L, Dy)
+        h = h + feed_forward(layer_norm(h), layer["ffn"]["w1"], layer["ffn"]["w2"])  # (B, L, Dy)
+    return layer_norm(h)                                         # (B, L, Dy)
+
+
+def timestep_condition(t, params, config):
+    """c = MLP(sinusoid(1000 t)): t in [0, 1] scaled by `timestep_scale` first. (B,) -> (B, D)."""
+    t_freq = sinusoidal_embedding(t, config.freq_dim, scale=config.timestep_scale)  # (B, F_t)
+    return timestep_mlp(t_freq, params)                          # (B, D)
+
+
+def pooled_text(y, text_mask, params):
+    """Deviation (config.pooled_text): the masked mean of Enc(y), projected to D, added to c.
+    (B, L, Dy) -> (B, D)."""
+    w = text_mask[..., None].astype(y.dtype)                     # (B, L, 1)
+    pooled = (y * w).sum(axis=1) / w.sum(axis=1)                 # (B, Dy)
+    return pooled @ params["w"] + params["b"]                    # (B, D)
+
+
+# ---------------------------------------------------------------------------------------------
+# Blocks: the foundation's DiT block, and its token-choice sibling
+# ---------------------------------------------------------------------------------------------
+
+def token_choice_block(x, c, y, params, num_heads, num_kv_heads, capacity_factor=2.0,
+                       num_selected=2, group_size=None, text_mask=None):
+    """`dit_block` with a token-choice top-k MoE (GShard) in place of expert choice; the same
+    attention, Eq. 4 and AdaLN-Zero gating. params['token_choice'] holds w_router, w1, w2.
+    Returns (out (B, S, D), routing with experts_per_token (B, S) and the scalar aux_loss)."""
+    b, s, d = x.shape
+    mod = adaln_modulation(c, params["adaln"])                   # 6 x (B, D)
+    h = modulate(layer_norm(x), mod["shift_msa"], mod["scale_msa"])          # (B, S, D)
+    x_s = x + mod["gate_msa"][:, None, :] * self_attention(h, params["self_attn"], num_heads, num_kv_heads)  # (B, S, D)
+    x_prime = x_s + cross_attention(x_s, y, params["cross_attn"], num_heads, text_mask)  # (B, S, D)  Eq. 4
+    x_p = modulate(layer_norm(x_prime), mod["shift_mlp"], mod["scale_mlp"])  # (B, S, D)
+    moe = params["token_choice"]
+    grouped = group_tokens(x_p, s if group_size is None else group_size)     # (G, group_size, D)
+    out_g, routing = token_choice_moe(grouped, moe["w_router"], moe["w1"], moe["w2"], capacity_factor, num_selected)
+    ffn_out = ungroup_tokens(out_g, b)                           # (B, S, D)
+    routing = dict(routing, experts_per_token=routing["experts_per_token"].reshape(b, s))  # (B, S)
+    return x_prime + mod["gate_mlp"][:, None, :] * ffn_out, routing          # (B, S, D)
+
+
+def model_block(x, c, y, params, config, group_size=None, text_mask=None):
+    """Layer dispatch: token choice for a 'token_choice' block, else the foundation's dit_block
+    (dense 'ffn' or expert-choice 'moe')."""
+    if "token_choice" in params:
+        return token_choice_block(x, c, y, params, config.num_heads, config.num_kv_heads,
+                                  config.capacity_factor, config.num_selected, group_size, text_mask)
+    return dit_block(x, c, y, params, config.num_heads, config.num_kv_heads, config.capacity_factor,
+                     group_size, text_mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# Final layer and the model
+# ---------------------------------------------------------------------------------------------
+
+def final_layer(x, c, params):
+    """DiT's final layer: v = Linear(modulate(LN(x), shift, scale)), (shift, scale) = Linear(SiLU(c)).
+    (B, S, D) -> (B, S, P); both linears start at zero (DiT), so an untrained model predicts 0."""
+    mod = silu(c) @ params["adaln"]["w"] + params["adaln"]["b"]  # (B, 2 D)
+    shift, scale = np.split(mod, 2, axis=-1)                     # 2 x (B, D)
+    h = modulate(layer_norm(x), shift, scale)                    # (B, S, D)
+    return h @ params["linear"]["w"] + params["linear"]["b"]     # (B, S, P)
+
+
+def forward(params, x_t, t, text_ids, text_mask, config, keep_index=None, group_size=None):
+    """v_theta(x_t, t, y) of Eq. 1 in patch space.
+
+    x_t (B, H, W, Ch) noisy images, t (B,) in [0, 1], text_ids / text_mask (B, L) from
+    ecdit.text.tokenize_batch, keep_index (B, S') sorted indices of the kept tokens or None
+    (all S), group_size the routing group (None: S' tokens, one image per group).
+
+    Returns (velocity (B, S', P) for the kept patches in token order, routing) where routing is a
+    list over layers of None (dense) or the layer's routing dict (experts_per_token (B, S'), and
+    aux_loss for token choice)."""
+    check_forward(params, x_t, t, text_ids, text_mask, config, keep_index, group_size)
+    tokens = embed_patches(x_t, params, config)                  # (B, S, D)
+    if keep_index is not None:
+        tokens = keep_tokens(tokens, keep_index)                 # (B, S', D)
+    c = timestep_condition(t, params["t_mlp"], config)           # (B, D)
+    y = text_encoder(text_ids, text_mask, params["text"], config.text_heads)  # (B, L, Dy)
+    if config.pooled_text:
+        c = c + pooled_text(y, text_mask, params["text_pool"])  # (B, D)  deviation: pooled caption in AdaLN
+    routing = []
+    for block in params["blocks"]:
+        tokens, r = model_block(tokens, c, y, block, config, group_size, text_mask)  # (B, S', D)
+        routing.append(r)
+    return final_layer(tokens, c, params["final"]), routing      # (B, S', P)
+
+
+def velocity(params, x_t, t, text_ids, text_mask, config, group_size=None):
+    """The full-image velocity (B, H, W, Ch): `forward` without masking, unpatchified."""
+    v, _ = forward(params, x_t, t, text_ids, text_mask, config, None, group_size)  # (B, S, P)
+    return unpatchify(v, config.patch_size, config.image_size, config.image_size)  # (B, H, W, Ch)

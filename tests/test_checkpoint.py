@@ -1,0 +1,95 @@
+"""Checkpoints: resume equality, atomic writes, and clear errors for bad files."""
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from accelerated import train as T
+from ecdit import checkpoint as C
+from ecdit.model_params import init_model
+from tests.test_train import small_config, small_train
+
+
+def tiny():
+    return small_config()
+
+
+TC = small_train()                                  # masks half the tokens
+
+
+def test_stopped_and_resumed_run_equals_unstopped_run(tmp_path):
+    """N steps straight == N/2 steps, checkpoint, reload in a fresh call, N/2 more: bit for bit
+    (with masking, so the random keep_index is replayed too)."""
+    cfg = tiny()
+    straight, _ = T.train(cfg, TC, 6, str(tmp_path / "a"), progress=False)
+    T.train(cfg, TC, 3, str(tmp_path / "b"), progress=False)
+    resumed, history = T.train(cfg, TC, 6, str(tmp_path / "b"), progress=False, log_every=1)
+    for x, y in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(x, y)
+    assert [r["step"] for r in history] == [3, 4, 5, 6]  # first half: only its last step was logged
+    state, _, _, meta = C.load_train_state(str(tmp_path / "b" / "checkpoint.npz"))
+    assert meta["step"] == 6 and int(state["step"]) == 6
+
+
+def test_params_round_trip(tmp_path):
+    cfg = tiny()
+    state = T.init_state(init_model(cfg, 3), TC)
+    path = C.save_train_state(str(tmp_path / "c.npz"), state, cfg, TC)
+    params, cfg2, meta = C.load_params(path)
+    assert cfg2 == cfg and meta["step"] == 0
+    for x, y in zip(jax.tree.leaves(init_model(cfg, 3)), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_crash_mid_write_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    cfg = tiny()
+    path = str(tmp_path / "checkpoint.npz")
+    C.save_train_state(path, T.init_state(init_model(cfg, 0), TC), cfg, TC)
+    good = open(path, "rb").read()
+
+    def crash(f, **arrays):                                      # write half a file, then die
+        f.write(b"PK\x03\x04 partial")
+        raise KeyboardInterrupt("power cut")
+    monkeypatch.setattr(np, "savez", crash)
+    with pytest.raises(KeyboardInterrupt):
+        C.save_train_state(path, T.init_state(init_model(cfg, 1), TC), cfg, TC)
+    monkeypatch.undo()
+    assert open(path, "rb").read() == good
+    assert [f for f in os.listdir(tmp_path) if f.endswith(".tmp")] == []
+    C.load_params(path)
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path):
+    cfg = tiny()
+    path = str(tmp_path / "checkpoint.npz")
+    C.save_train_state(path, T.init_state(init_model(cfg, 0), TC), cfg, TC)
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])
+    with pytest.raises(C.CheckpointError, match="corrupt"):
+        C.load_params(path)
+
+
+def test_garbled_checkpoint_is_a_clear_error(tmp_path):
+    cfg = tiny()
+    path = str(tmp_path / "checkpoint.npz")
+    C.save_train_state(path, T.init_state(init_model(cfg, 0), TC), cfg, TC)
+    data = bytearray(open(path, "rb").read())
+    for i in range(len(data) // 3, len(data) // 3 + 64):          # flip bytes inside an array
+        data[i] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+    with pytest.raises(C.CheckpointError, match="corrupt"):
+        C.load_params(path)
+
+
+def test_missing_and_foreign_files_are_clear_errors(tmp_path):
+    with pytest.raises(C.CheckpointError, match="no such file"):
+        C.load_params(str(tmp_path / "nope.npz"))
+    other = tmp_path / "other.npz"
+    np.savez(other, a=np.zeros(3))
+    with pytest.raises(C.CheckpointError, match="not an ecdit checkpoint"):
+        C.load_params(str(other))
+    junk = tmp_path / "junk.npz"
+    junk.write_text("hello")
+    with pytest.raises(C.CheckpointError):
+        C.load_params(str(junk))

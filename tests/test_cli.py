@@ -1,0 +1,103 @@
+"""The `ecdit` command: real --help, a train -> sample -> heatmap -> eval round trip on a very
+small model, and one-line errors (no traceback, non-zero exit) for bad input."""
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ecdit.cli import main
+from ecdit.config import preset, train_preset
+from tests.test_train import small_config, small_train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _overrides(flag, wanted, base):
+    """--set KEY=VALUE for every field where `wanted` differs from the preset `base`."""
+    out = []
+    for f in dataclasses.fields(wanted):
+        if getattr(wanted, f.name) != getattr(base, f.name):
+            out += [flag, f"{f.name}={getattr(wanted, f.name)!r}"]
+    return out
+
+
+# The small model of test_train (a few thousand parameters): the round trip takes seconds, and in
+# one pytest process it reuses test_train's compiled step.
+SMALL = (_overrides("--set", small_config(), preset("tiny"))
+         + _overrides("--train-set", small_train(), train_preset("tiny")))
+
+
+def run_cli(*args):
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "ecdit.cli", *args], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=300)
+
+
+@pytest.mark.parametrize("command", ["demo", "train", "sample", "eval", "heatmap", "compare", "bench"])
+def test_every_subcommand_has_real_help(command, capsys):
+    assert main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: ecdit " + command) and len(out.splitlines()) > 5
+
+
+def test_top_level_help_lists_the_subcommands(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("demo", "train", "sample", "eval", "heatmap", "compare", "bench"):
+        assert command in out
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    assert main(["train", "--steps", "2", "--out", str(run), "--quiet", *SMALL]) == 0
+    return run / "checkpoint.npz"
+
+
+def test_train_sample_heatmap_eval_round_trip(checkpoint, tmp_path, capsys):
+    png = tmp_path / "s.png"
+    assert main(["sample", "a red circle", "--checkpoint", str(checkpoint), "--out", str(png), "--steps", "2",
+                 "--quiet"]) == 0
+    assert png.stat().st_size > 100
+    heat = tmp_path / "h.png"
+    assert main(["heatmap", "two squares", "--checkpoint", str(checkpoint.parent), "--out", str(heat),
+                 "--steps", "2", "--quiet"]) == 0
+    assert heat.stat().st_size > 1000
+    assert main(["eval", "--checkpoint", str(checkpoint), "--per-category", "1", "--steps", "2", "--quiet"]) == 0
+    assert "Single obj." in capsys.readouterr().out
+
+
+def _one_line_error(result, *needles):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ecdit: error:"), result.stderr
+    assert "Traceback" not in result.stderr
+    for n in needles:
+        assert n in lines[0]
+
+
+def test_unknown_word_is_a_one_line_error(checkpoint, tmp_path):
+    _one_line_error(run_cli("sample", "a purple dog", "--checkpoint", str(checkpoint), "--out",
+                            str(tmp_path / "x.png"), "--quiet"), "unknown word 'purple'")
+
+
+def test_missing_and_corrupt_checkpoints_are_one_line_errors(tmp_path):
+    _one_line_error(run_cli("eval", "--checkpoint", str(tmp_path / "none.npz")), "no such file")
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    _one_line_error(run_cli("sample", "a circle", "--checkpoint", str(bad)), "corrupt")
+
+
+def test_bad_config_values_are_one_line_errors(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path), "--set", "capacity_factor=-1"]) == 2
+    assert capsys.readouterr().err.strip().startswith("ecdit: error: capacity_factor")
+    assert main(["train", "--out", str(tmp_path), "--set", "colour=red"]) == 2
+    assert "colour: not a ModelConfig field" in capsys.readouterr().err
+    assert main(["train", "--steps", "-3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--steps" in err[0]
+    assert main(["train", "--preset", "huge"]) == 2
+    assert "unknown preset 'huge'" in capsys.readouterr().err

@@ -1,0 +1,227 @@
+"""The whole model: reference == accelerated, patches, masking, groups, config and the counter."""
+import numpy as np
+import pytest
+
+from accelerated import model as A
+from ecdit import text
+from ecdit.config import (ModelConfig, TrainConfig, count_params, preset, train_preset)
+from ecdit.model_params import init_model, num_params, randomize_zero_init
+from reference import model as R
+from tests.tolerances import FLOAT32, assert_close
+
+KINDS = ("dense", "expert_choice", "token_choice")
+
+
+def small_config(kind="expert_choice", **changes):
+    """A model small enough for the reference to run in milliseconds (16x16 images, S = 16)."""
+    base = dict(name="test", image_size=16, patch_size=4, depth=2, width=32, num_heads=4, num_kv_heads=2,
+                ffn_kind=kind, num_experts=4, text_width=16, text_depth=1, text_heads=2, freq_dim=16)
+    base.update(changes)
+    return ModelConfig(**base)
+
+
+def inputs(cfg, b=3, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((b, cfg.image_size, cfg.image_size, cfg.channels)).astype(np.float32)
+    t = rng.uniform(size=b).astype(np.float32)
+    captions = ["a red circle", "", "two squares", "a cross above a ring"] * b
+    ids, mask = text.tokenize_batch(captions[:b], cfg.max_text_len)
+    return x, t, ids, mask
+
+
+# ---------------------------------------------------------------------------------------------
+# Patches and positions
+# ---------------------------------------------------------------------------------------------
+
+def test_patchify_is_row_major_and_inverts():
+    # A 4x4 one-channel image with patch 2: token 1 is the top-right 2x2 patch.
+    img = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1)
+    p = R.patchify(img, 2)
+    assert p.shape == (1, 4, 4)
+    np.testing.assert_array_equal(p[0, 1], [2, 3, 6, 7])
+    np.testing.assert_array_equal(R.unpatchify(p, 2, 4, 4), img)
+    np.testing.assert_array_equal(np.asarray(A.patchify(img, 2)), p)
+    np.testing.assert_array_equal(np.asarray(A.unpatchify(p, 2, 4, 4)), img)
+
+
+def test_sincos_positions_are_distinct_and_bounded():
+    pos = R.sincos_embedding_2d(8, 32)
+    assert pos.shape == (64, 32) and pos.dtype == np.float32
+    assert np.abs(pos).max() <= 1.0
+    d = np.linalg.norm(pos[:, None] - pos[None], axis=-1) + np.eye(64)
+    assert d.min() > 1e-3
+
+
+# ---------------------------------------------------------------------------------------------
+# reference == accelerated
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("pos,pooled", (("sincos", False), ("learned", True)))
+def test_forward_matches_reference(kind, pos, pooled):
+    cfg = small_config(kind, pos_embedding=pos, pooled_text=pooled)
+    params = randomize_zero_init(init_model(cfg, 1))
+    x, t, ids, mask = inputs(cfg)
+    v_ref, r_ref = R.forward(params, x, t, ids, mask, cfg)
+    v_acc, r_acc = A.forward(params, x, t, ids, mask, cfg)
+    assert v_ref.shape == (3, cfg.num_tokens, cfg.patch_dim)
+    assert_close(v_acc, v_ref, FLOAT32)
+    for a, b in zip(r_acc, r_ref):
+        assert (a is None) == (b is None)
+        if a is not None:
+            np.testing.assert_array_equal(np.asarray(a["experts_per_token"]), b["experts_per_token"])
+
+
+@pytest.mark.parametrize("kind", ("expert_choice", "token_choice"))
+def test_forward_matches_reference_with_masking_and_groups(kind):
+    cfg = small_config(kind)
+    params = randomize_zero_init(init_model(cfg, 2))
+    x, t, ids, mask = inputs(cfg, b=4)
+    rng = np.random.default_rng(3)
+    keep = np.sort(np.stack([rng.permutation(16)[:8] for _ in range(4)]), axis=1).astype(np.int32)
+    # group of 16 kept tokens = two images per routing group (the paper's inference setting)
+    v_ref, r_ref = R.forward(params, x, t, ids, mask, cfg, keep, 16)
+    v_acc, r_acc = A.forward(params, x, t, ids, mask, cfg, keep, 16)
+    assert v_ref.shape == (4, 8, cfg.patch_dim)
+    assert_close(v_acc, v_ref, FLOAT32)
+    np.testing.assert_array_equal(np.asarray(r_acc[1]["experts_per_token"]), r_ref[1]["experts_per_token"])
+
+
+def test_velocity_is_unpatchified_forward():
+    cfg = small_config("dense")
+    params = randomize_zero_init(init_model(cfg, 0))
+    x, t, ids, mask = inputs(cfg)
+    v = R.velocity(params, x, t, ids, mask, cfg)
+    assert v.shape == x.shape
+    assert_close(A.velocity(params, x, t, ids, mask, cfg), v, FLOAT32)
+
+
+def test_jitted_forward_does_not_retrace():
+    cfg = small_config()
+    params = randomize_zero_init(init_model(cfg, 0))
+    x, t, ids, mask = inputs(cfg)
+    A.forward(params, x, t, ids, mask, cfg)
+    before = A.forward.jitted._cache_size()
+    A.forward(params, x + 1, t, ids, mask, cfg)
+    assert A.forward.jitted._cache_size() == before
+
+
+# ---------------------------------------------------------------------------------------------
+# Behaviour
+# ---------------------------------------------------------------------------------------------
+
+def test_untrained_model_predicts_zero_velocity():
+    """DiT's zero-initialised final layer: the untrained model's velocity is exactly 0."""
+    cfg = small_config()
+    x, t, ids, mask = inputs(cfg)
+    v, _ = R.forward(init_model(cfg, 0), x, t, ids, mask, cfg)
+    assert not np.any(v)
+
+
+def test_masked_tokens_take_no_part():
+    """Changing the pixels of dropped patches changes nothing: they never enter the blocks."""
+    cfg = small_config()
+    params = randomize_zero_init(init_model(cfg, 0))
+    x, t, ids, mask = inputs(cfg, b=2)
+    keep = np.array([[0, 3, 5, 6, 9, 10, 12, 15]] * 2, dtype=np.int32)
+    dropped = np.setdiff1d(np.arange(16), keep[0])
+    patches = R.patchify(x, 4)
+    patches[:, dropped] += 5.0
+    x2 = R.unpatchify(patches, 4, 16, 16)
+    v1, r1 = R.forward(params, x, t, ids, mask, cfg, keep)
+    v2, r2 = R.forward(params, x2, t, ids, mask, cfg, keep)
+    np.testing.assert_array_equal(v1, v2)
+    assert r1[1]["experts_per_token"].shape == (2, 8)
+
+
+def test_caption_changes_the_output():
+    cfg = small_config()
+    params = randomize_zero_init(init_model(cfg, 0))
+    x, t, ids, mask = inputs(cfg, b=2)
+    ids2, mask2 = text.tokenize_batch(["a blue square", "three rings"], cfg.max_text_len)
+    v1, _ = R.forward(params, x, t, ids, mask, cfg)
+    v2, _ = R.forward(params, x, t, ids2, mask2, cfg)
+    assert np.abs(v1 - v2).max() > 1e-3
+
+
+def test_expert_choice_allocation_sums_to_capacity():
+    """Every expert chooses exactly C tokens per group: experts_per_token sums to E * C."""
+    cfg = small_config()
+    params = randomize_zero_init(init_model(cfg, 0))
+    x, t, ids, mask = inputs(cfg, b=2)
+    _, routing = R.forward(params, x, t, ids, mask, cfg)
+    ept = routing[1]["experts_per_token"]                         # (B, S)
+    assert routing[0] is None
+    np.testing.assert_array_equal(ept.sum(axis=1), [cfg.num_experts * cfg.capacity(16)] * 2)
+
+
+def test_bad_inputs_name_the_argument():
+    cfg = small_config()
+    params = init_model(cfg, 0)
+    x, t, ids, mask = inputs(cfg)
+    with pytest.raises(ValueError, match="^x_t"):
+        R.forward(params, x[:, :8], t, ids, mask, cfg)
+    with pytest.raises(ValueError, match="^group_size"):
+        A.forward(params, x, t, ids, mask, cfg, None, 7)
+    with pytest.raises(ValueError, match="^text_ids"):
+        A.forward(params, x, t, ids[:2], mask[:2], cfg)
+    with pytest.raises(ValueError, match="unknown word 'dog'"):
+        text.tokenize_batch(["a dog"], cfg.max_text_len)
+
+
+# ---------------------------------------------------------------------------------------------
+# Config and the parameter counter
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("field,value", [
+    ("patch_size", 5), ("num_heads", 5), ("num_kv_heads", 3), ("ffn_kind", "moe"), ("capacity_factor", -1.0),
+    ("capacity_factor", 16.0), ("pos_embedding", "rope"), ("depth", 0), ("train_group_size", 0),
+    ("num_selected", 9),
+])
+def test_bad_config_value_names_the_field(field, value):
+    kind = "token_choice" if field == "num_selected" else "expert_choice"
+    with pytest.raises(ValueError, match=f"^{field}"):
+        small_config(kind, **{field: value})
+
+
+@pytest.mark.parametrize("field,value", [("mask_ratio", 1.0), ("learning_rate", 0.0), ("caption_dropout", 2.0)])
+def test_bad_train_config_value_names_the_field(field, value):
+    with pytest.raises(ValueError, match=f"^{field}"):
+        TrainConfig(**{field: value})
+
+
+def test_config_is_hashable_and_sparse_layers_interleave():
+    cfg = preset("tiny")
+    hash(cfg)
+    assert preset("tiny") == cfg
+    assert cfg.sparse_layers == (1, 3)            # layers 2 and 4 counted from 1 (Sec. 3.1)
+    assert preset("XL").sparse_layers == tuple(range(1, 28, 2))
+    assert preset("DENSE-M").depth == 46 and preset("M").depth == 38
+    assert preset("XL-8E").num_experts == 8
+    with pytest.raises(ValueError, match="^preset"):
+        preset("huge")
+    assert train_preset("XL").learning_rate == 1e-4 and train_preset("XL").warmup_steps == 20_000
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("matched", (False, True))
+def test_counter_matches_initialised_parameters(kind, matched):
+    cfg = small_config(kind, dense_matched=matched, pos_embedding="learned", pooled_text=matched)
+    params = init_model(cfg, 0)
+    c = count_params(cfg)
+    assert c["total"] + c["text_encoder"] == num_params(params)
+    assert c["text_encoder"] == num_params(params["text"])
+
+
+def test_counter_reproduces_table1_expert_increments():
+    """Table 1: every added expert adds one dense FFN (8 D^2) to each of the depth/2 sparse layers,
+    and f_c = 2 activates one FFN more per sparse layer. The dense bases differ (docs/model.md)."""
+    paper = {"XL": (1.47e9, {8: 2.51e9, 16: 3.70e9, 32: 6.08e9}, 1.62e9),
+             "XXL": (2.35e9, {8: 4.87e9, 16: 7.73e9, 32: 13.47e9}, 2.71e9)}
+    for name, (dense_total, totals, activated) in paper.items():
+        ours_dense = count_params(preset(f"DENSE-{name}"))["total"]
+        for e, total in totals.items():
+            ours = count_params(preset(f"{name}-{e}E"))["total"]
+            assert abs((ours - ours_dense) - (total - dense_total)) / total < 0.01
+        ec = count_params(preset(f"{name}-8E"))
+        assert abs((ec["activated"] - ours_dense) - (activated - dense_total)) < 0.011e9

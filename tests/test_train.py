@@ -1,0 +1,132 @@
+"""The training step: loss, masking, caption dropout, schedule, and a few steps that learn."""
+import jax
+import numpy as np
+import pytest
+
+from accelerated import train as T
+from ecdit import text
+from ecdit.config import ModelConfig, TrainConfig
+from ecdit.model_params import init_model, randomize_zero_init
+from reference import flow as RF
+from reference import model as RM
+
+
+def small_config(kind="expert_choice", **changes):
+    """Shared by test_train / test_checkpoint / test_cli: equal configs reuse one compiled step."""
+    base = dict(name="test", image_size=16, patch_size=4, depth=2, width=32, num_heads=4, num_kv_heads=2,
+                ffn_kind=kind, num_experts=4, text_width=16, text_depth=1, text_heads=2, freq_dim=16)
+    base.update(changes)
+    return ModelConfig(**base)
+
+
+def small_train(**changes):
+    """Shared by test_train / test_checkpoint / test_cli: equal configs reuse one compiled step."""
+    base = dict(batch_size=8, learning_rate=3e-3, warmup_steps=5, mask_ratio=0.5, caption_dropout=0.1,
+                grad_clip=1.0)
+    base.update(changes)
+    return TrainConfig(**base)
+
+
+def test_a_few_steps_lower_the_loss():
+    """30 steps on one repeated batch of captioned shapes: the loss must fall clearly."""
+    cfg, tc = small_config(), small_train()
+    state = T.init_state(init_model(cfg, 0), tc)
+    batch = T.make_batch(0, 0, cfg, tc)
+    losses = []
+    for _ in range(30):
+        state, m = T.run_step(state, batch, cfg, tc)
+        losses.append(float(m["loss"]))
+    assert np.isfinite(losses).all()
+    assert np.mean(losses[-5:]) < 0.8 * losses[0]
+
+
+def test_loss_matches_reference_on_kept_tokens():
+    """loss_fn == Eq. 1 computed with the reference model and flow, on the kept patches only."""
+    cfg, tc = small_config(), small_train(mask_ratio=0.5, caption_dropout=0.5)
+    params = randomize_zero_init(init_model(cfg, 1))
+    batch = T.make_batch(0, 3, cfg, tc)
+    loss, metrics = T.loss_fn(params, batch, cfg, tc)
+    t = RF.logit_normal_timesteps(batch["z"], tc.t_mu, tc.t_sigma)
+    x_t = RF.interpolate(batch["x0"], batch["noise"], t)
+    null_ids, null_mask = text.tokenize_batch([""] * 8, cfg.max_text_len)
+    drop = batch["drop"][:, None]
+    ids = np.where(drop, null_ids, batch["text_ids"])
+    mask = np.where(drop, null_mask, batch["text_mask"])
+    keep = batch["keep_index"]
+    v, _ = RM.forward(params, x_t, t, ids, mask, cfg, keep)
+    rows = np.arange(8)[:, None]
+    x0_p = RM.patchify(batch["x0"], 4)[rows, keep]
+    noise_p = RM.patchify(batch["noise"], 4)[rows, keep]
+    expected = RF.rectified_flow_loss(v, x0_p, noise_p)
+    assert keep.shape == (8, 8)
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-4)
+    assert metrics["unrouted"].shape == (1,)
+
+
+def test_token_choice_adds_the_aux_loss():
+    cfg, tc = small_config("token_choice", aux_loss_weight=0.5), small_train()
+    params = randomize_zero_init(init_model(cfg, 0))
+    batch = T.make_batch(0, 0, cfg, tc)
+    loss, m = T.loss_fn(params, batch, cfg, tc)
+    assert float(m["aux_loss"]) >= 1.0 - 1e-5           # E sum f P >= 1, equality when balanced
+    np.testing.assert_allclose(float(loss), float(m["flow_loss"]) + 0.5 * float(m["aux_loss"]), rtol=1e-6)
+
+
+def test_full_caption_dropout_equals_null_caption():
+    cfg = small_config()
+    params = randomize_zero_init(init_model(cfg, 0))
+    batch = T.make_batch(0, 0, cfg, small_train(caption_dropout=1.0))
+    assert batch["drop"].all()
+    nulled = dict(batch, drop=np.zeros(8, bool))
+    nulled["text_ids"], nulled["text_mask"] = text.tokenize_batch([""] * 8, cfg.max_text_len)
+    a, _ = T.loss_fn(params, batch, cfg, small_train(caption_dropout=1.0))
+    b, _ = T.loss_fn(params, nulled, cfg, small_train(caption_dropout=1.0))
+    assert float(a) == float(b)
+
+
+def test_warmup_is_linear_then_constant():
+    sched = T.learning_rate_schedule(TrainConfig(learning_rate=1e-3, warmup_steps=10))
+    np.testing.assert_allclose([float(sched(i)) for i in (0, 5, 10, 100)], [0.0, 5e-4, 1e-3, 1e-3], rtol=1e-6)
+
+
+def test_keep_index_is_a_sorted_subset():
+    keep = T.sample_keep_index(np.random.default_rng(0), 5, 64, 32)
+    assert keep.shape == (5, 32)
+    for row in keep:
+        assert len(set(row)) == 32 and (np.diff(row) > 0).all() and row.max() < 64
+    assert TrainConfig(mask_ratio=0.5).kept_tokens(256) == 128          # the paper's 256 -> 128
+
+
+def test_batches_depend_only_on_seed_and_step():
+    cfg, tc = small_config(), small_train(mask_ratio=0.5)
+    a, b = T.make_batch(7, 11, cfg, tc), T.make_batch(7, 11, cfg, tc)
+    for k in ("x0", "noise", "z", "keep_index", "text_ids"):
+        np.testing.assert_array_equal(a[k], b[k])
+    assert not np.array_equal(a["noise"], T.make_batch(7, 12, cfg, tc)["noise"])
+
+
+def test_train_step_compiles_once():
+    cfg, tc = small_config(), small_train()
+    state = T.init_state(init_model(cfg, 0), tc)
+    state, _ = T.run_step(state, T.make_batch(0, 0, cfg, tc), cfg, tc)
+    n = T.train_step._cache_size()
+    state, _ = T.run_step(state, T.make_batch(0, 1, cfg, tc), cfg, tc)
+    assert T.train_step._cache_size() == n
+    assert int(state["step"]) == 2
+
+
+def test_train_loop_writes_metrics_and_plot(tmp_path):
+    cfg, tc = small_config(), small_train()
+    params, history = T.train(cfg, tc, 4, str(tmp_path), log_every=2, progress=False)
+    assert [r["step"] for r in history] == [2, 4]
+    assert (tmp_path / "loss.png").stat().st_size > 1000
+    logged = T.read_metrics(str(tmp_path / "metrics.jsonl"))
+    assert len(logged) == 2 and "unrouted" in logged[0] and logged[0]["images_per_s"] > 0
+    assert jax.tree.structure(params) == jax.tree.structure(init_model(cfg, 0))
+
+
+def test_resume_with_another_config_is_refused(tmp_path):
+    cfg, tc = small_config(), small_train()
+    T.train(cfg, tc, 1, str(tmp_path), progress=False)
+    with pytest.raises(ValueError, match="^resume"):
+        T.train(cfg, tc.replace(learning_rate=1e-2), 2, str(tmp_path), progress=False)
