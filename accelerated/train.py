@@ -39,10 +39,14 @@ from ecdit.config import ModelConfig, TrainConfig
 # ---------------------------------------------------------------------------------------------
 
 def learning_rate_schedule(train_cfg: TrainConfig):
-    """Linear warmup from 0 to learning_rate over warmup_steps, then constant (Sec. 3.1)."""
-    if train_cfg.warmup_steps == 0:
-        return optax.constant_schedule(train_cfg.learning_rate)
-    return optax.linear_schedule(0.0, train_cfg.learning_rate, train_cfg.warmup_steps)
+    """Linear warmup from 0 to learning_rate over warmup_steps, then constant (Sec. 3.1); with
+    decay_steps > 0, then linear decay to 0 at step decay_steps (a short-run choice, not the paper's)."""
+    lr, warm = train_cfg.learning_rate, train_cfg.warmup_steps
+    after = (optax.constant_schedule(lr) if not train_cfg.decay_steps
+             else optax.linear_schedule(lr, 0.0, train_cfg.decay_steps - warm))
+    if warm == 0:
+        return after
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warm), after], [warm])
 
 
 def make_optimizer(train_cfg: TrainConfig) -> optax.GradientTransformation:

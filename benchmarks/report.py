@@ -1051,10 +1051,12 @@ def render(results: dict, plan: Plan, targets: list[dict], plots: dict, out_md: 
     if probe:
         add("## H. The memory allocator (GLIBC_TUNABLES)\n")
         add(f"The cell {probe['case']['label']} in fresh processes under each setting (settings alternate; "
-            f"{plan.probe_rounds} interleaved rounds each). XLA's CPU runtime allocates its large buffers with malloc; glibc "
-            "serves blocks above its mmap threshold (at most 32 MiB by default) with fresh mmap'ed pages, so every "
-            "call pays page faults on those buffers. `hugetlb=1` backs them with transparent huge pages; raising "
-            "`mmap_threshold` and `trim_threshold` keeps them in the reused heap.\n")
+            f"{plan.probe_rounds} interleaved rounds each). XLA's CPU runtime takes its buffers from malloc; glibc serves "
+            "allocations above its mmap threshold (adaptive, at most 32 MiB by default on 64-bit Linux) with fresh pages "
+            "from mmap, zero-filled on first touch, so a call whose temporaries exceed it may pay page faults every time. "
+            "`hugetlb=1` backs such blocks with transparent huge pages (fewer faults); raising `mmap_threshold` and "
+            "`trim_threshold` keeps them in the reused heap. How much this matters depends on the machine and its "
+            "load; this table is the measurement.\n")
         add("| setting | GLIBC_TUNABLES | EC jit ms | dense jit ms | EC/dense jit | EC public ms | dense public ms | EC/dense public |")
         add("|---|---|---|---|---|---|---|---|")
         base = None

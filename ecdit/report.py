@@ -80,7 +80,9 @@ def run_demo(out_dir="report", *, steps=5000, minutes=8.0, per_category=50, samp
     t_start = time.perf_counter()
     os.makedirs(out_dir, exist_ok=True)
     cfg = preset("tiny", **(model_changes or {}))
-    tc = train_preset("tiny", seed=seed, **(train_changes or {}))
+    base = train_preset("tiny")
+    decay = steps if base.decay_steps and steps > base.warmup_steps else 0  # a decay ends at --steps
+    tc = base.replace(**{"seed": seed, "decay_steps": decay, **(train_changes or {})})
     run_dir = os.path.join(out_dir, "run")
     if not resume and os.path.exists(os.path.join(run_dir, "checkpoint.npz")):
         os.remove(os.path.join(run_dir, "checkpoint.npz"))
@@ -211,7 +213,9 @@ def run_compare(out_dir="compare", *, steps=600, per_category=30, sample_steps=2
     from ecdit import shapes
     from ecdit.config import train_preset
     os.makedirs(out_dir, exist_ok=True)
-    tc = train_preset("tiny", seed=seed, **(train_changes or {}))
+    base = train_preset("tiny")
+    decay = steps if base.decay_steps and steps > base.warmup_steps else 0
+    tc = base.replace(**{"seed": seed, "decay_steps": decay, **(train_changes or {})})
     items = shapes.heldout_items(per_category)
     rows = []
     histories = {}

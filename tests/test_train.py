@@ -87,6 +87,9 @@ def test_full_caption_dropout_equals_null_caption():
 def test_warmup_is_linear_then_constant():
     sched = T.learning_rate_schedule(TrainConfig(learning_rate=1e-3, warmup_steps=10))
     np.testing.assert_allclose([float(sched(i)) for i in (0, 5, 10, 100)], [0.0, 5e-4, 1e-3, 1e-3], rtol=1e-6)
+    decayed = T.learning_rate_schedule(TrainConfig(learning_rate=1e-3, warmup_steps=10, decay_steps=110))
+    np.testing.assert_allclose([float(decayed(i)) for i in (5, 10, 60, 110, 200)], [5e-4, 1e-3, 5e-4, 0, 0],
+                               rtol=1e-6, atol=1e-12)
 
 
 def test_keep_index_is_a_sorted_subset():
