@@ -140,14 +140,14 @@ def make_plan(name: str, backend: str = "cpu") -> Plan:
             name="quick", peak_sizes=(1024, 2048), peak_repeats=5,
             grid_D=(256, 512), grid_S=(256, 1024, 4096), grid_E=8, tokens={256: 8192, 512: 8192},
             grid_rounds=3, grid_rounds_by_D={256: 5},
-            sweep_SD=((1024, 256),), sweep_rounds=5,
+            sweep_SD=((1024, 256),), sweep_rounds=4,
             memory_S=(256, 1024, 4096, 16384), memory_D=(256,),
             profile=(W.Case(S=1024, D=512, E=8, fc=2.0, G=8),), profile_rounds=5,
             reference=(W.Case(S=256, D=256, E=8, fc=2.0, G=8), W.Case(S=1024, D=256, E=8, fc=2.0, G=2)),
-            blocks=(W.BlockCase(B=4, S=256, D=256),),
+            reference_rounds=2, blocks=(W.BlockCase(B=4, S=256, D=256),),
             model=("tiny", 32, 8, 10), model_kinds=("expert_choice", "dense", "dense_matched"),
             model_train_kinds=("expert_choice", "dense_matched"),
-            probe=W.Case(S=1024, D=512, E=8, fc=2.0, G=8), probe_reps=1, dtypes=dtypes)
+            probe=W.Case(S=1024, D=512, E=8, fc=2.0, G=4), probe_reps=1, dtypes=dtypes)
     if name == "full":
         return Plan(
             name="full", peak_sizes=(1024, 2048, 3072), peak_repeats=5,
@@ -585,7 +585,7 @@ def make_plots(results: dict, plot_dir: Path, title: str) -> dict[str, str]:
     dims = sorted({c["case"]["D"] for c in grid})
     if grid:
         # 1. time against S
-        fig, axes = plt.subplots(1, len(dims), figsize=(4.2 * len(dims), 3.6), squeeze=False)
+        fig, axes = plt.subplots(1, len(dims), figsize=(4.2 * len(dims), 4.2), squeeze=False)
         for ax, d in zip(axes[0], dims):
             cs = sorted([c for c in grid if c["case"]["D"] == d], key=lambda c: c["case"]["S"])
             for kind, mode, style in (("ec", "fwd", "-o"), ("onehot", "fwd", "-s"), ("tc", "fwd", "-^"),
@@ -599,8 +599,14 @@ def make_plots(results: dict, plot_dir: Path, title: str) -> dict[str, str]:
             log_x_ticks(ax, [c["case"]["S"] for c in cs])
             ax.title.set_fontsize(8)
             ax.grid(alpha=0.3, which="both")
-        axes[0][0].legend(fontsize=6)
-        save(fig, "time_vs_S")
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, fontsize=7, ncol=3, loc="lower center")
+        fig.tight_layout(rect=(0, 0.14, 1, 0.97))
+        fig.suptitle(title, fontsize=8, y=0.995)
+        p = plot_dir / "time_vs_S.png"
+        fig.savefig(p, dpi=90)
+        plt.close(fig)
+        paths["time_vs_S"] = p
 
         # 2. ratio against S
         fig, ax = plt.subplots(figsize=(6, 3.8))
@@ -622,34 +628,52 @@ def make_plots(results: dict, plot_dir: Path, title: str) -> dict[str, str]:
         ax.grid(alpha=0.3)
         save(fig, "ratio_vs_S")
 
-    # 3. ratio and flatness against E
+    # 3. ratio and flatness against E (colour: D, line: f_c, marker: S)
     sweep = results["sweep"]
     if sweep:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-        for i, cell in enumerate(sweep):
+        fig, axes = plt.subplots(1, 3, figsize=(13, 4.0))
+        d_all = sorted({c["D"] for c in sweep})
+        s_all = sorted({c["S"] for c in sweep})
+        markers = "os^vD"
+        for cell in sweep:
             es = sorted(int(e) for e in cell["cases"])
-            lab = f"S={cell['S']} D={cell['D']} fc={cell['fc']:g}"
-            for mode, style in (("fwd", "-o"), ("fwdbwd", "--s")):
+            style = dict(color=f"C{d_all.index(cell['D'])}", ls="-" if cell["fc"] == 1 else "--",
+                         marker=markers[s_all.index(cell["S"]) % len(markers)], ms=4)
+            lab = f"D={cell['D']} S={cell['S']} fc={cell['fc']:g}"
+            for ax, mode in ((axes[0], "jit"), (axes[1], "fwdbwd")):
                 pts = [(e, _ratio(cell, f"ec{e}:{mode}", f"dense:{mode}")) for e in es]
                 pts = [p for p in pts if p[1] is not None]
                 if pts:
-                    axes[0].plot(*zip(*pts), style, color=f"C{i}", label=f"{lab} {mode}", ms=4)
-            if 8 in es:
-                pts = [(e, _ratio(cell, f"ec{e}:fwd", "ec8:fwd")) for e in es]
-                axes[1].plot(*zip(*pts), "-o", color=f"C{i}", label=f"{lab} public", ms=4)
-                pts = [(e, _ratio(cell, f"ec{e}:jit", "ec8:jit")) for e in es]
-                axes[1].plot(*zip(*pts), ":o", color=f"C{i}", label=f"{lab} jitted", ms=3)
+                    ax.plot(*zip(*pts), label=lab, **style)
+            key8 = 8 if 8 in cell["cases"] else None
+            if key8 is not None:
+                pts = sorted((cell["cases"][e]["G"] * cell["cases"][e]["C"], _ratio(cell, f"ec{e}:jit", "ec8:jit")) for e in es)
+                axes[2].plot(*zip(*pts), label=lab, **style)
         axes[0].axhline(TARGET_FWD, color="k", lw=0.8)
-        axes[0].axhline(TARGET_FWDBWD, color="k", lw=0.8, ls="--")
-        axes[0].set(xscale="log", xlabel="experts E", ylabel="EC / dense-equivalent", title="EC / FLOP-equal dense against E")
-        axes[1].axhspan(1 - TARGET_FLAT, 1 + TARGET_FLAT, color="g", alpha=0.1)
-        axes[1].set(xscale="log", xlabel="experts E", ylabel="time(E) / time(E=8)", title="EC layer time against E (band: +-10 %)")
+        axes[1].axhline(TARGET_FWDBWD, color="k", lw=0.8)
+        axes[0].set(xscale="log", xlabel="experts E", ylabel="EC / FLOP-equal dense",
+                    title="forward (compiled bodies) against E; line: 1.05")
+        axes[1].set(xscale="log", xlabel="experts E", ylabel="EC / FLOP-equal dense",
+                    title="forward+backward against E; line: 1.10")
+        axes[2].axhspan(1 - TARGET_FLAT, 1 + TARGET_FLAT, color="g", alpha=0.1)
+        axes[2].set(xscale="log", xlabel="rows per expert per call, G C (fewer as E grows)",
+                    ylabel="EC time(E) / time(E=8)", title="EC layer time (compiled body) against G C; band +-10 %")
+        e_ticks = sorted({int(e) for c in sweep for e in c["cases"]})
+        for ax in axes[:2]:
+            log_x_ticks(ax, e_ticks)
         for ax in axes:
-            log_x_ticks(ax, sorted({int(e) for c in sweep for e in c["cases"]}))
-            ax.legend(fontsize=5, ncol=2)
             ax.grid(alpha=0.3)
-            ax.title.set_fontsize(9)
-        save(fig, "ratio_vs_E")
+            ax.title.set_fontsize(8)
+        handles, labels = axes[2].get_legend_handles_labels()
+        if not handles:
+            handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, fontsize=6, ncol=6, loc="lower center")
+        fig.tight_layout(rect=(0, 0.12, 1, 0.97))
+        fig.suptitle(title, fontsize=8, y=0.995)
+        p = plot_dir / "ratio_vs_E.png"
+        fig.savefig(p, dpi=90)
+        plt.close(fig)
+        paths["ratio_vs_E"] = p
 
     # 4. GFLOP/s against the peak
     peak = results["peak_start"], results["peak_end"]
@@ -796,7 +820,8 @@ def render(results: dict, plan: Plan, targets: list[dict], plots: dict, out_md: 
     L = []
     add = L.append
     add(f"# Benchmarks: expert choice against the FLOP-equal dense FFN\n")
-    add(f"Generated by `{command}` ({plan.name} sweep) on {info['date']}, in {results['duration_s'] / 60:.1f} minutes. "
+    redrawn = " (tables and plots redrawn from its `--json` dump with `--from-json`)" if results.get("redrawn") else ""
+    add(f"Generated by `{command}` ({plan.name} sweep) on {info['date']}, in {results['duration_s'] / 60:.1f} minutes{redrawn}. "
         "Every number below was measured in this run; nothing is copied from elsewhere. "
         "Regenerate with `python -m benchmarks` (quick, a few minutes on 2 CPU cores) or `python -m benchmarks --full`; "
         "the pytest-benchmark suites run with `pytest benchmarks/` (add `--bench-size=full` for larger sizes).\n")
@@ -944,7 +969,8 @@ def render(results: dict, plan: Plan, targets: list[dict], plots: dict, out_md: 
         if "memory" in rel:
             add(f"![memory]({rel['memory']})\n")
         add("Working memory = outputs + temporaries of the compiled call (arguments, i.e. x and the weights, excluded); "
-            "compile only, nothing is run.\n")
+            "compile only, nothing is run. The fwd+bwd outputs include the weight gradients, E D F per matrix for EC "
+            "against f_c D F for the dense FFN.\n")
         add("| D | S | G E C d x 4 B | G E C S x 4 B | EC fwd | one-hot fwd | token choice fwd | dense fwd | EC fwd+bwd | dense fwd+bwd |")
         add("|---|---|---|---|---|---|---|---|---|---|")
         for r in mem["vs_S"]:
@@ -1148,6 +1174,7 @@ def write_report(results: dict, out_dir="docs") -> str:
 def report_from_json(json_path, out_dir="docs") -> str:
     """Re-draw the report of an earlier run from its --json dump, without measuring again."""
     results = json.loads(Path(json_path).read_text())
+    results["redrawn"] = True
     for cell in results.get("sweep", []):                     # JSON turned the E keys into strings
         cell["cases"] = {int(k): v for k, v in cell["cases"].items()}
     for key in ("load_average_start", "load_average_end"):

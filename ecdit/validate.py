@@ -67,13 +67,33 @@ def dim(name: str, axis: str, actual: int, expected: int, reason: str) -> None:
         raise ValueError(f"{name}: axis {axis} has length {actual}, expected {expected} ({reason})")
 
 
+_JAX_FINITE = None
+
+
+def _jax_all_finite(a) -> bool:
+    """All entries of a JAX array finite, in one fused pass on the array's own device.
+
+    x * 0 is 0 for every finite x and NaN for NaN and +-inf, and a sum is NaN as soon as one
+    term is, so `isfinite(sum(x * 0))` is exactly "every entry is finite". Compiled, it is a
+    single vectorised reduction: about 5x faster on CPU than `all(isfinite(x))`, which matters
+    because the public API scans every expert weight on every call (docs/benchmarks.md).
+    """
+    global _JAX_FINITE
+    import jax
+    import jax.numpy as jnp
+    if not jnp.issubdtype(a.dtype, jnp.inexact):             # ints and bools; bfloat16 is inexact
+        return True
+    if _JAX_FINITE is None:
+        _JAX_FINITE = jax.jit(lambda v: jnp.isfinite(jnp.sum(v * jnp.zeros((), v.dtype))))
+    return bool(_JAX_FINITE(a))
+
+
 def finite(name: str, a) -> None:
     """Reject NaN and infinity (skipped on tracers: values are unknown while tracing)."""
     if _is_traced(a):
         return
     if _is_jax_array(a):
-        import jax.numpy as jnp
-        ok = bool(jnp.all(jnp.isfinite(a)))
+        ok = _jax_all_finite(a)
     else:
         arr = np.asarray(a)
         ok = (not np.issubdtype(arr.dtype, np.inexact)) or bool(np.isfinite(arr).all())

@@ -3,6 +3,8 @@ offending argument — never a silent wrong answer."""
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import accelerated
 import reference
@@ -101,3 +103,24 @@ def test_bad_input_raises_a_value_error_naming_the_argument(half, case, argument
         fn(*args)
     message = str(info.value)
     assert message.startswith(argument + ":") or f"{argument}:" in message, message
+
+
+@given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=4),
+       bad=st.sampled_from([np.nan, np.inf, -np.inf, None]),
+       dtype=st.sampled_from(["float32", "float16", "bfloat16"]),
+       scale=st.sampled_from([1.0, 1e30, 1e-30]),
+       where=st.integers(0, 10**6))
+def test_finite_check_on_jax_arrays_flags_exactly_the_non_finite_ones(shape, bad, dtype, scale, where):
+    """validate.finite on a JAX array (the fused sum(x * 0) scan) rejects one NaN/inf anywhere
+    and accepts every finite array, however large or tiny its entries."""
+    from ecdit import validate
+    values = (np.random.default_rng(where).standard_normal(shape) * scale).astype(np.float32)
+    values = np.clip(values, -6e4, 6e4) if dtype == "float16" else values
+    if bad is not None:
+        values.reshape(-1)[where % values.size] = bad
+    a = jnp.asarray(values, dtype=dtype)
+    if bad is None and bool(jnp.all(jnp.isfinite(a))):
+        validate.finite("w1", a)
+    elif bad is not None:
+        with pytest.raises(ValueError, match="^w1: contains NaN or infinity"):
+            validate.finite("w1", a)
