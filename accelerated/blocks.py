@@ -3,7 +3,7 @@
     x_s = x + gate_msa * SelfAttn(modulate(LN(x)))
     x'  = x_s + MHCA(x_s, Enc(y))                                    (4)
     x_p = modulate(LN(x'))                                           router and expert input
-    out = x' + gate_mlp * (FFN(x_p) or MoE(x_p))
+    out = x' + gate_mlp * (FFN(x_p) or MoE(x_p))          MoE: expert choice, or token choice top-k
 
 Shapes: B batch, S image tokens, L text tokens, D width, F_t timestep-frequency width.
 """
@@ -14,6 +14,7 @@ from accelerated._jit import checked_jit
 from accelerated.attention import cross_attention, self_attention
 from accelerated.primitives import feed_forward, layer_norm, silu
 from accelerated.routing import expert_choice_moe, group_tokens, ungroup_tokens
+from accelerated.token_choice import token_choice_moe
 from ecdit import validate
 
 
@@ -55,10 +56,12 @@ def modulate(x, shift, scale):
 # The block
 # ---------------------------------------------------------------------------------------------
 
-@checked_jit(validate.dit_block, static_argnames=("num_heads", "num_kv_heads", "capacity_factor", "group_size"))
-def dit_block(x, c, y, params, num_heads, num_kv_heads, capacity_factor=2.0, group_size=None, text_mask=None):
-    """One EC-DiT block (Fig. 2); dense if params has 'ffn', expert-choice MoE if it has 'moe'.
-    Returns (out (B, S, D), routing or None)."""
+@checked_jit(validate.dit_block,
+             static_argnames=("num_heads", "num_kv_heads", "capacity_factor", "group_size", "num_selected"))
+def dit_block(x, c, y, params, num_heads, num_kv_heads, capacity_factor=2.0, group_size=None, text_mask=None,
+              num_selected=2):
+    """One EC-DiT block (Fig. 2); dense if params has 'ffn', expert-choice MoE if it has 'moe',
+    token-choice top-k if it has 'token_choice'. Returns (out (B, S, D), routing or None)."""
     b, s, d = x.shape
     mod = adaln_modulation(c, params["adaln"])                   # 6 x (B, D)
     h = modulate(layer_norm(x), mod["shift_msa"], mod["scale_msa"])          # (B, S, D)
@@ -69,9 +72,14 @@ def dit_block(x, c, y, params, num_heads, num_kv_heads, capacity_factor=2.0, gro
         ffn_out = feed_forward(x_p, params["ffn"]["w1"], params["ffn"]["w2"])  # (B, S, D)
         routing = None
     else:
-        moe = params["moe"]
         grouped = group_tokens(x_p, s if group_size is None else group_size)  # (G, group_size, D)
-        out_g, routing = expert_choice_moe(grouped, moe["w_router"], moe["w1"], moe["w2"], capacity_factor)
+        if "moe" in params:                                      # expert choice, Eq. 5-8
+            moe = params["moe"]
+            out_g, routing = expert_choice_moe(grouped, moe["w_router"], moe["w1"], moe["w2"], capacity_factor)
+        else:                                                    # token choice top-k (GShard)
+            moe = params["token_choice"]
+            out_g, routing = token_choice_moe(grouped, moe["w_router"], moe["w1"], moe["w2"], capacity_factor,
+                                              num_selected)
         ffn_out = ungroup_tokens(out_g, b)                        # (B, S, D)
         routing = dict(routing, experts_per_token=routing["experts_per_token"].reshape(b, s))  # (B, S)
     return x_prime + mod["gate_mlp"][:, None, :] * ffn_out, routing          # (B, S, D)

@@ -59,10 +59,31 @@ def make_optimizer(train_cfg: TrainConfig) -> optax.GradientTransformation:
 
 
 def init_state(params, train_cfg: TrainConfig) -> dict:
-    """{'params', 'opt_state', 'step'}: the whole resumable training state."""
+    """{'params', 'opt_state', 'step'} (+ 'ema' when train_cfg.ema_decay > 0): the whole
+    resumable training state."""
     params = jax.tree.map(jnp.asarray, params)
-    return {"params": params, "opt_state": make_optimizer(train_cfg).init(params),
-            "step": jnp.zeros((), jnp.int32)}
+    state = {"params": params, "opt_state": make_optimizer(train_cfg).init(params),
+             "step": jnp.zeros((), jnp.int32)}
+    if train_cfg.ema_decay > 0:
+        state["ema"] = jax.tree.map(jnp.copy, params)
+    return state
+
+
+def ema_decay_at(step, train_cfg: TrainConfig):
+    """The EMA decay used after step `step` (0-based): min(ema_decay, (1 + step) / (10 + step)),
+    so the average forgets the random initialisation quickly in a short run."""
+    step = jnp.asarray(step, jnp.float32)
+    return jnp.minimum(train_cfg.ema_decay, (1.0 + step) / (10.0 + step))
+
+
+def update_ema(ema, params, step, train_cfg: TrainConfig):
+    """ema <- decay * ema + (1 - decay) * params (optax.incremental_update)."""
+    return optax.incremental_update(params, ema, 1.0 - ema_decay_at(step, train_cfg))
+
+
+def sampling_params(state) -> dict:
+    """The parameters to sample with: the EMA when the run keeps one, else the raw parameters."""
+    return state.get("ema", state["params"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,10 +185,15 @@ def _train_step(state, batch, model_cfg, train_cfg, group_size=None):
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state["params"], batch, model_cfg, train_cfg, group_size)
     updates, opt_state = make_optimizer(train_cfg).update(grads, state["opt_state"], state["params"])
+    if train_cfg.text_lr_scale != 1.0:                           # 0: frozen text encoder (like the paper's T5)
+        updates = dict(updates, text=jax.tree.map(lambda u: u * train_cfg.text_lr_scale, updates["text"]))
     params = optax.apply_updates(state["params"], updates)
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["lr"] = learning_rate_schedule(train_cfg)(state["step"])
-    return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+    new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
+    if "ema" in state:
+        new_state["ema"] = update_ema(state["ema"], params, state["step"], train_cfg)
+    return new_state, metrics
 
 
 train_step = jax.jit(_train_step, static_argnames=("model_cfg", "train_cfg", "group_size"))
@@ -224,7 +250,8 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, steps: int, run_dir=No
 
     With run_dir: resumes from run_dir/checkpoint.npz if present (and resume), writes it every
     `checkpoint_every` steps and at the end (atomically), appends metrics to run_dir/metrics.jsonl
-    and draws run_dir/loss.png. Returns (params as NumPy, list of metric records)."""
+    and draws run_dir/loss.png. Returns (params as NumPy, list of metric records); the params are
+    the EMA when train_cfg.ema_decay > 0 (what sampling should use)."""
     from tqdm.auto import tqdm
 
     from ecdit import checkpoint
@@ -286,7 +313,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, steps: int, run_dir=No
         checkpoint.save_train_state(ckpt_path, state, model_cfg, train_cfg)
         if history:
             plot_loss(history, os.path.join(run_dir, "loss.png"))
-    return jax.tree.map(np.asarray, state["params"]), history
+    return jax.tree.map(np.asarray, sampling_params(state)), history
 
 
 def read_metrics(path, upto: int | None = None) -> list[dict]:

@@ -452,14 +452,22 @@ def evaluate_targets(results: dict, plan: Plan) -> list[dict]:
         if c["S"] == 4096 and c["dtype"] == "float32":
             r = _ratio(cell, "onehot:fwd", "ec:fwd")
             if r is not None:
-                vals.append((r, c["label"]))
+                vals.append((r, c["label"], 1.0 + c["S"] / (4.0 * c["D"])))
     if vals:
         worst = min(vals)
-        met = sum(r >= TARGET_ONEHOT for r, _ in vals)
+        met = sum(r >= TARGET_ONEHOT for r, _, _ in vals)
+        bound = [(lab, w) for _, lab, w in vals if w < TARGET_ONEHOT]
+        why = ("" if not bound else
+               ". The one-hot form's dispatch and combine einsums add 2 x 2 G E C S D FLOPs to the experts' "
+               "2 x 2 G E C D F (F = 4D), so it can only be 1 + S/(4D) times slower than the gather form "
+               "when both run at the same FLOP rate: " + ", ".join(f"{w:.2f}x at {lab.split(' E=')[0].replace('S=4096 ', '')}"
+                                                              for lab, w in bound)
+               + ", below the 3x target by arithmetic, whatever the implementation")
         targets.append({"target": "Gather/scatter dispatch >= 3x faster than the one-hot Algorithm 1 at S = 4096",
                         "met": met == len(vals),
-                        "measured": "; ".join(f"{r:.2f}x at {lab.split(' E=')[0].replace('S=4096 ', '')}" for r, lab in vals)
-                                    + f" ({met}/{len(vals)} met; worst {worst[0]:.2f}x)"})
+                        "measured": "; ".join(f"{r:.2f}x at {lab.split(' E=')[0].replace('S=4096 ', '')}"
+                                              for r, lab, _ in vals)
+                                    + f" ({met}/{len(vals)} met; worst {worst[0]:.2f}x)" + why})
     mem = memory_scaling(results)
     if mem:
         targets.append({"target": "EC memory grows as E*C*d, not E*C*S",

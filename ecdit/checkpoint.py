@@ -152,20 +152,24 @@ def _configs(meta, path) -> tuple[ModelConfig, TrainConfig | None]:
 
 def save_train_state(path: str, state: dict, model_cfg: ModelConfig, train_cfg: TrainConfig,
                      extra: dict | None = None) -> str:
-    """Save {'params', 'opt_state', 'step'} with both configs."""
+    """Save {'params', 'opt_state', 'step'} (and 'ema' when present) with both configs."""
     arrays = {**flatten(state["params"], "params"), **flatten(state["opt_state"], "opt")}
+    if "ema" in state:
+        arrays.update(flatten(state["ema"], "ema"))
     meta = {"model": asdict(model_cfg), "train": asdict(train_cfg), "step": int(state["step"]),
             "extra": extra or {}}
     return save(path, arrays, meta)
 
 
 def load_params(path: str) -> tuple[dict, ModelConfig, dict]:
-    """(params as NumPy, model config, meta) from a checkpoint: what sampling needs."""
+    """(params as NumPy, model config, meta) from a checkpoint: what sampling needs. A training
+    checkpoint with an EMA of the parameters gives the EMA (meta["weights"] says which)."""
     from ecdit.model_params import init_model
     arrays, meta = load(path)
     model_cfg, _ = _configs(meta, path)
-    params = unflatten_like(init_model(model_cfg, 0), arrays, "params")
-    return params, model_cfg, meta
+    which = "ema" if any(k.startswith("ema/") for k in arrays) else "params"
+    params = unflatten_like(init_model(model_cfg, 0), arrays, which)
+    return params, model_cfg, {**meta, "weights": which}
 
 
 def load_train_state(path: str) -> tuple[dict, ModelConfig, TrainConfig, dict]:
@@ -185,4 +189,6 @@ def load_train_state(path: str) -> tuple[dict, ModelConfig, TrainConfig, dict]:
     opt_state = unflatten_like(opt_template, arrays, "opt")
     state = {"params": jax.tree.map(jnp.asarray, params), "opt_state": jax.tree.map(jnp.asarray, opt_state),
              "step": jnp.asarray(meta["step"], jnp.int32)}
+    if train_cfg.ema_decay > 0:
+        state["ema"] = jax.tree.map(jnp.asarray, unflatten_like(template, arrays, "ema"))
     return state, model_cfg, train_cfg, meta

@@ -187,8 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(beside an untrained model), draw Fig. 6-style heatmaps and the loss curve, and "
                                    "write OUT/report.md with its PNGs.")
     d.add_argument("--out", default="report", help="report folder (default %(default)s)")
-    d.add_argument("--steps", type=_positive_int, default=5000, help="training steps at most (default %(default)s)")
-    d.add_argument("--minutes", type=_positive_float, default=8.0,
+    d.add_argument("--steps", type=_positive_int, default=20000, help="training steps at most (default %(default)s)")
+    d.add_argument("--minutes", type=_positive_float, default=10.0,
                    help="stop training after this many minutes (default %(default)s)")
     d.add_argument("--per-category", type=_positive_int, default=50, help="held-out items per category (default %(default)s)")
     d.add_argument("--sample-steps", type=_positive_int, default=20, help="Euler steps (default %(default)s)")

@@ -84,11 +84,4 @@ def randomize_zero_init(params: dict, seed: int = 0, scale: float = 0.05) -> dic
     return fill(params, False)
 
 
-def num_params(params) -> int:
-    """Scalars in a parameter tree of dicts and lists of arrays (ecdit.params.count handles
-    dicts only; the model keeps its blocks in a list)."""
-    if isinstance(params, dict):
-        return sum(num_params(v) for v in params.values())
-    if isinstance(params, (list, tuple)):
-        return sum(num_params(v) for v in params)
-    return int(np.size(params))
+num_params = P.count          # scalars in a tree of dicts and lists of arrays

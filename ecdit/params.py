@@ -83,9 +83,12 @@ def init_block(rng, d: int, d_text: int, num_heads: int, num_kv_heads: int, ffn_
 
 
 def count(params) -> int:
-    """Number of scalars in a parameter pytree of dicts of arrays."""
+    """Number of scalars in a parameter tree of dicts and lists of arrays (the model keeps its
+    blocks in a list)."""
     if isinstance(params, dict):
         return sum(count(v) for v in params.values())
+    if isinstance(params, (list, tuple)):
+        return sum(count(v) for v in params)
     return int(np.size(params))
 
 

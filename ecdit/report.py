@@ -67,7 +67,7 @@ def _first_per_category(items) -> list[int]:
 # Demo
 # ---------------------------------------------------------------------------------------------
 
-def run_demo(out_dir="report", *, steps=5000, minutes=8.0, per_category=50, sample_steps=20,
+def run_demo(out_dir="report", *, steps=20000, minutes=10.0, per_category=50, sample_steps=20,
              guidance_scale=3.0, seed=0, model_changes=None, train_changes=None, progress=True,
              resume=False) -> dict:
     """The `ecdit demo` pipeline; returns the summary dict also written to <out>/summary.json."""
@@ -127,6 +127,17 @@ def run_demo(out_dir="report", *, steps=5000, minutes=8.0, per_category=50, samp
     return summary
 
 
+def _ema_text(tc: TrainConfig) -> str:
+    parts = []
+    if tc.ema_decay > 0:
+        parts.append(f", samples drawn with an EMA of the weights (decay {tc.ema_decay:g})")
+    if tc.text_lr_scale == 0:
+        parts.append(", the text encoder frozen at its random init as the paper freezes T5 (docs/model.md)")
+    elif tc.text_lr_scale != 1:
+        parts.append(f", the text encoder's updates scaled by {tc.text_lr_scale:g}")
+    return "".join(parts)
+
+
 def _write_demo_markdown(out_dir, cfg: ModelConfig, tc: TrainConfig, s: dict, history):
     last = history[-1] if history else {}
     routing_lines = []
@@ -148,7 +159,7 @@ layers {', '.join(str(i + 1) for i in cfg.sparse_layers)} (capacity factor {cfg.
 
 ## Training
 {s['steps']} steps of {tc.batch_size} images (RMSProp with momentum, lr {tc.learning_rate:g}, {tc.warmup_steps} warmup steps,
-caption dropout {tc.caption_dropout}, mask ratio {tc.mask_ratio}); loss {s['first_loss']:.3f} at the first log, {s['final_loss']:.3f}
+caption dropout {tc.caption_dropout}, mask ratio {tc.mask_ratio}, logit-normal timesteps with sigma {tc.t_sigma:g}{_ema_text(tc)}); loss {s['first_loss']:.3f} at the first log, {s['final_loss']:.3f}
 at the end (mean of the last 20% of logs); {s['images_per_s']:.0f} images/s.
 
 ![loss](loss.png)

@@ -440,7 +440,8 @@ def modulate(x, shift, scale) -> None:
         finite(name, a)
 
 
-def dit_block(x, c, y, params_, num_heads, num_kv_heads, capacity_factor, group_size, text_mask_) -> None:
+def dit_block(x, c, y, params_, num_heads, num_kv_heads, capacity_factor, group_size, text_mask_,
+              num_selected=2) -> None:
     b, s, d = array("x", x, 3, "(B, S, D)")
     sc = array("c", c, 2, "(B, D)")
     if sc != (b, d):
@@ -450,12 +451,15 @@ def dit_block(x, c, y, params_, num_heads, num_kv_heads, capacity_factor, group_
     if not isinstance(params_, dict):
         raise ValueError(f"params: expected a dict of parameter dicts, got {type(params_).__name__}")
     params("params", params_, ("adaln", "self_attn", "cross_attn"))
-    has_moe, has_ffn = "moe" in params_, "ffn" in params_
-    if has_moe == has_ffn:
-        raise ValueError("params: a block needs exactly one of 'ffn' (dense) or 'moe' (expert-choice)")
-    if has_moe:
-        params("params['moe']", params_["moe"], ("w_router", "w1", "w2"))
+    kinds = [k for k in ("ffn", "moe", "token_choice") if k in params_]
+    if len(kinds) != 1:
+        raise ValueError("params: a block needs exactly one of 'ffn' (dense), 'moe' (expert choice) "
+                         f"or 'token_choice' (top-k), got {kinds or 'none'}")
+    if kinds[0] != "ffn":
+        params(f"params['{kinds[0]}']", params_[kinds[0]], ("w_router", "w1", "w2"))
         positive_float("capacity_factor", capacity_factor)
+        if kinds[0] == "token_choice":
+            positive_int("num_selected", num_selected)
         if group_size is not None:
             gs = positive_int("group_size", group_size)
             if (b * s) % gs:

@@ -20,6 +20,7 @@ from ecdit import validate
 from reference.attention import cross_attention, self_attention
 from reference.primitives import feed_forward, layer_norm, silu
 from reference.routing import expert_choice_moe, group_tokens, ungroup_tokens
+from reference.token_choice import token_choice_moe
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,15 +68,19 @@ def modulate(x, shift, scale):
 # The block
 # ---------------------------------------------------------------------------------------------
 
-def dit_block(x, c, y, params, num_heads, num_kv_heads, capacity_factor=2.0, group_size=None, text_mask=None):
-    """One EC-DiT block (Fig. 2). `params` holds 'adaln', 'self_attn', 'cross_attn' and either
-    'ffn' (dense: w1, w2) or 'moe' (w_router, w1, w2). For a MoE block the B * S tokens are
+def dit_block(x, c, y, params, num_heads, num_kv_heads, capacity_factor=2.0, group_size=None, text_mask=None,
+              num_selected=2):
+    """One EC-DiT block (Fig. 2). `params` holds 'adaln', 'self_attn', 'cross_attn' and exactly one
+    FFN: 'ffn' (dense: w1, w2), 'moe' (expert choice: w_router, w1, w2) or 'token_choice' (the
+    GShard top-`num_selected` baseline, same arrays). For a MoE block the B * S tokens are
     regrouped into groups of `group_size` (default S: one image per group) before routing, so a
     group may span several images.
 
-    Returns (out (B, S, D), routing) where routing is the MoE's record with `gating`/`index`
-    (G, E, C) and `experts_per_token` reshaped to (B, S); None for a dense block."""
-    validate.dit_block(x, c, y, params, num_heads, num_kv_heads, capacity_factor, group_size, text_mask)
+    Returns (out (B, S, D), routing) where routing is the MoE's record (expert choice:
+    `gating`/`index` (G, E, C); token choice: also the scalar `aux_loss`) with
+    `experts_per_token` reshaped to (B, S); None for a dense block."""
+    validate.dit_block(x, c, y, params, num_heads, num_kv_heads, capacity_factor, group_size, text_mask,
+                       num_selected)
     b, s, d = x.shape
     mod = adaln_modulation(c, params["adaln"])                   # 6 x (B, D)
     # Self-attention with AdaLN-Zero gating
@@ -88,9 +93,14 @@ def dit_block(x, c, y, params, num_heads, num_kv_heads, capacity_factor=2.0, gro
         ffn_out = feed_forward(x_p, params["ffn"]["w1"], params["ffn"]["w2"])  # (B, S, D)
         routing = None
     else:
-        moe = params["moe"]
         grouped = group_tokens(x_p, s if group_size is None else group_size)  # (G, group_size, D)
-        out_g, routing = expert_choice_moe(grouped, moe["w_router"], moe["w1"], moe["w2"], capacity_factor)
+        if "moe" in params:                                      # expert choice, Eq. 5-8
+            moe = params["moe"]
+            out_g, routing = expert_choice_moe(grouped, moe["w_router"], moe["w1"], moe["w2"], capacity_factor)
+        else:                                                    # token choice top-k (GShard)
+            moe = params["token_choice"]
+            out_g, routing = token_choice_moe(grouped, moe["w_router"], moe["w1"], moe["w2"], capacity_factor,
+                                              num_selected)
         ffn_out = ungroup_tokens(out_g, b)                        # (B, S, D)
         routing = dict(routing, experts_per_token=routing["experts_per_token"].reshape(b, s))  # (B, S)
     return x_prime + mod["gate_mlp"][:, None, :] * ffn_out, routing          # (B, S, D)

@@ -19,11 +19,9 @@ P = p * p * Ch values per patch, D width, L text tokens, Dy text width.
 """
 import numpy as np
 
-from reference.attention import cross_attention, self_attention
-from reference.blocks import adaln_modulation, dit_block, modulate, sinusoidal_embedding, timestep_mlp
+from reference.attention import cross_attention
+from reference.blocks import dit_block, modulate, sinusoidal_embedding, timestep_mlp
 from reference.primitives import feed_forward, layer_norm, silu
-from reference.routing import group_tokens, ungroup_tokens
-from reference.token_choice import token_choice_moe
 from ecdit.config import check_forward
 
 
@@ -127,33 +125,11 @@ def pooled_text(y, text_mask, params):
 # Blocks: the foundation's DiT block, and its token-choice sibling
 # ---------------------------------------------------------------------------------------------
 
-def token_choice_block(x, c, y, params, num_heads, num_kv_heads, capacity_factor=2.0,
-                       num_selected=2, group_size=None, text_mask=None):
-    """`dit_block` with a token-choice top-k MoE (GShard) in place of expert choice; the same
-    attention, Eq. 4 and AdaLN-Zero gating. params['token_choice'] holds w_router, w1, w2.
-    Returns (out (B, S, D), routing with experts_per_token (B, S) and the scalar aux_loss)."""
-    b, s, d = x.shape
-    mod = adaln_modulation(c, params["adaln"])                   # 6 x (B, D)
-    h = modulate(layer_norm(x), mod["shift_msa"], mod["scale_msa"])          # (B, S, D)
-    x_s = x + mod["gate_msa"][:, None, :] * self_attention(h, params["self_attn"], num_heads, num_kv_heads)  # (B, S, D)
-    x_prime = x_s + cross_attention(x_s, y, params["cross_attn"], num_heads, text_mask)  # (B, S, D)  Eq. 4
-    x_p = modulate(layer_norm(x_prime), mod["shift_mlp"], mod["scale_mlp"])  # (B, S, D)
-    moe = params["token_choice"]
-    grouped = group_tokens(x_p, s if group_size is None else group_size)     # (G, group_size, D)
-    out_g, routing = token_choice_moe(grouped, moe["w_router"], moe["w1"], moe["w2"], capacity_factor, num_selected)
-    ffn_out = ungroup_tokens(out_g, b)                           # (B, S, D)
-    routing = dict(routing, experts_per_token=routing["experts_per_token"].reshape(b, s))  # (B, S)
-    return x_prime + mod["gate_mlp"][:, None, :] * ffn_out, routing          # (B, S, D)
-
-
 def model_block(x, c, y, params, config, group_size=None, text_mask=None):
-    """Layer dispatch: token choice for a 'token_choice' block, else the foundation's dit_block
-    (dense 'ffn' or expert-choice 'moe')."""
-    if "token_choice" in params:
-        return token_choice_block(x, c, y, params, config.num_heads, config.num_kv_heads,
-                                  config.capacity_factor, config.num_selected, group_size, text_mask)
+    """One block with the config's heads, capacity factor and top-k: `dit_block` picks the FFN
+    (dense 'ffn', expert-choice 'moe' or token-choice 'token_choice') from the block's params."""
     return dit_block(x, c, y, params, config.num_heads, config.num_kv_heads, config.capacity_factor,
-                     group_size, text_mask)
+                     group_size, text_mask, config.num_selected)
 
 
 # ---------------------------------------------------------------------------------------------

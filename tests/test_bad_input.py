@@ -21,6 +21,7 @@ CROSS = init.init_cross_attention(rng, 4, 3)
 Y = rng.standard_normal((2, 3, 3)).astype(f32)                   # (B, L, Dy)
 C = rng.standard_normal((2, 4)).astype(f32)                      # (B, D)
 BLOCK = init.init_block(rng, 4, 3, 2, 1, 6, num_experts=4, adaln_zero=False)
+TC_BLOCK = {k: v for k, v in BLOCK.items() if k != "moe"} | {"token_choice": BLOCK["moe"]}
 INDEX = np.zeros((2, 4, 3), np.int64)                            # (G, E, C)
 NAN_X = X.copy()
 NAN_X[0, 0, 0] = np.nan
@@ -86,6 +87,9 @@ CASES = [
     (("blocks", "dit_block", (X, C, Y, dict(BLOCK, ffn=init.init_ffn(rng, 4, 6)), 2, 1)), "params"),
     (("blocks", "dit_block", (X, C, Y, BLOCK, 2, 1, 2.0, 5)), "group_size"),
     (("blocks", "dit_block", (X, C, Y, BLOCK, 2, 1, 0.0)), "capacity_factor"),
+    (("blocks", "dit_block", (X, C, Y, dict(BLOCK, token_choice=BLOCK["moe"]), 2, 1)), "params"),
+    (("blocks", "dit_block", (X, C, Y, TC_BLOCK, 2, 1, 2.0, None, None, 0)), "num_selected"),
+    (("blocks", "dit_block", (X, C, Y, TC_BLOCK, 2, 1, 2.0, None, None, 5)), "num_selected"),  # top-5 of E = 4
     # primitives
     (("primitives", "softmax", (X, 3)), "axis"),
     (("primitives", "layer_norm", (X, -1.0)), "eps"),

@@ -112,6 +112,29 @@ def test_block_routes_the_modulated_cross_attention_output(half):
 
 
 @pytest.mark.parametrize("half", HALVES)
+def test_token_choice_block_is_the_same_block_with_top_k_routing(half):
+    """A block whose params hold 'token_choice' is dit_block with the GShard top-k layer in place
+    of expert choice: same attention, Eq. 4 and gating; routing carries the aux loss."""
+    from reference import token_choice as ref_tc
+    b, s, d, n, k, l, dy, e = 2, 6, 8, 2, 1, 3, 5, 3
+    x, c, y, p, mask = _block_inputs(11, b, s, d, n, k, l, dy, e)
+    p = {key: v for key, v in p.items() if key != "moe"} | {"token_choice": p["moe"]}
+    mod = ref.adaln_modulation(c, p["adaln"])
+    h = ref.modulate(ref_primitives.layer_norm(x), mod["shift_msa"], mod["scale_msa"])
+    x_s = x + mod["gate_msa"][:, None] * ref_attention.self_attention(h, p["self_attn"], n, k)
+    x_prime = x_s + ref_attention.cross_attention(x_s, y, p["cross_attn"], n, mask)          # Eq. 4
+    x_p = ref.modulate(ref_primitives.layer_norm(x_prime), mod["shift_mlp"], mod["scale_mlp"])
+    tc = p["token_choice"]
+    moe_out, routing = ref_tc.token_choice_moe(x_p, tc["w_router"], tc["w1"], tc["w2"], 2.0, 1)
+    out, block_routing = half.dit_block(x, c, y, p, n, k, 2.0, None, mask, num_selected=1)
+    assert_close(out, x_prime + mod["gate_mlp"][:, None] * moe_out)
+    np.testing.assert_array_equal(np.asarray(block_routing["experts_per_token"]),
+                                  routing["experts_per_token"].reshape(b, s))
+    assert_close(block_routing["aux_loss"], routing["aux_loss"])
+    assert int(np.max(block_routing["experts_per_token"])) <= 1
+
+
+@pytest.mark.parametrize("half", HALVES)
 def test_adaln_zero_block_reduces_to_the_ungated_cross_attention_residual(half):
     """With DiT's zero-initialised AdaLN every gate is 0: the block is x + MHCA(x) (Eq. 4 has no gate)."""
     rng = np.random.default_rng(1)

@@ -93,3 +93,32 @@ def test_missing_and_foreign_files_are_clear_errors(tmp_path):
     junk.write_text("hello")
     with pytest.raises(C.CheckpointError):
         C.load_params(str(junk))
+
+
+def test_ema_is_the_warmed_up_running_average_and_resumes_bit_for_bit(tmp_path):
+    """With ema_decay > 0: after each step, ema = d ema + (1 - d) params with
+    d = min(ema_decay, (1 + step) / (10 + step)); a stopped and resumed run gives the same EMA as
+    an unstopped one; train() and load_params() hand back the EMA, not the raw parameters."""
+    cfg, tc = tiny(), TC.replace(ema_decay=0.5)
+    state = T.init_state(init_model(cfg, 0), tc)
+    expected = jax.tree.map(np.asarray, state["params"])
+    for step in range(3):
+        state, _ = T.run_step(state, T.make_batch(tc.seed, step, cfg, tc), cfg, tc)
+        d = min(0.5, (1 + step) / (10 + step))
+        expected = jax.tree.map(lambda e, p: d * e + (1 - d) * np.asarray(p), expected, state["params"])
+    for x, y in zip(jax.tree.leaves(expected), jax.tree.leaves(state["ema"])):
+        np.testing.assert_allclose(y, x, rtol=1e-6, atol=1e-7)
+    assert any(not np.array_equal(x, y) for x, y in
+               zip(jax.tree.leaves(state["ema"]), jax.tree.leaves(state["params"])))
+
+    straight, _ = T.train(cfg, tc, 4, str(tmp_path / "a"), progress=False)
+    T.train(cfg, tc, 2, str(tmp_path / "b"), progress=False)
+    resumed, _ = T.train(cfg, tc, 4, str(tmp_path / "b"), progress=False)
+    saved, _, meta = C.load_params(str(tmp_path / "b" / "checkpoint.npz"))
+    full, _, _, _ = C.load_train_state(str(tmp_path / "b" / "checkpoint.npz"))
+    assert meta["weights"] == "ema"
+    for x, y, z, w in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed), jax.tree.leaves(saved),
+                          jax.tree.leaves(full["ema"])):
+        np.testing.assert_array_equal(x, y)
+        np.testing.assert_array_equal(x, z)
+        np.testing.assert_array_equal(x, w)

@@ -133,3 +133,26 @@ def test_resume_with_another_config_is_refused(tmp_path):
     T.train(cfg, tc, 1, str(tmp_path), progress=False)
     with pytest.raises(ValueError, match="^resume"):
         T.train(cfg, tc.replace(learning_rate=1e-2), 2, str(tmp_path), progress=False)
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.5])
+def test_text_lr_scale_scales_only_the_text_encoder_updates(scale):
+    """text_lr_scale multiplies the text encoder's optimiser updates (0 freezes it, as the paper
+    freezes T5) and leaves every other parameter's update as it is without the scale."""
+    cfg = small_config()
+    base, scaled = small_train(warmup_steps=0), small_train(warmup_steps=0, text_lr_scale=scale)
+    params = randomize_zero_init(init_model(cfg, 0))             # a zero final layer would block every gradient
+    batch = T.make_batch(0, 0, cfg, base)
+    new_base, _ = T.run_step(T.init_state(params, base), batch, cfg, base)
+    new_scaled, _ = T.run_step(T.init_state(params, scaled), batch, cfg, scaled)
+    for key in params:
+        for p0, pb, ps in zip(jax.tree.leaves(params[key]), jax.tree.leaves(new_base["params"][key]),
+                              jax.tree.leaves(new_scaled["params"][key])):
+            step_b, step_s = np.asarray(pb) - p0, np.asarray(ps) - p0
+            if key == "text":
+                np.testing.assert_allclose(step_s, scale * step_b, rtol=1e-4, atol=3e-7)   # 1-2 ulp of p0
+            else:
+                np.testing.assert_allclose(step_s, step_b, rtol=1e-5, atol=1e-7)
+    moved = [np.abs(np.asarray(a) - b).max() for a, b in zip(jax.tree.leaves(new_base["params"]["text"]),
+                                                              jax.tree.leaves(params["text"]))]
+    assert max(moved) > 0                                        # the unscaled run does move the encoder
