@@ -281,6 +281,8 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, steps: int, run_dir=No
             f.writelines(json.dumps(r) + "\n" for r in history)
     deadline = None if minutes is None else time.monotonic() + 60.0 * minutes
     fetch = _Prefetch(start, steps, model_cfg, train_cfg)
+    if minutes is not None:                                      # the bar's total is steps; say when it really stops
+        desc = f"{desc} (at most {minutes:g} min)"
     bar = tqdm(total=steps, initial=start, desc=desc, disable=not progress, unit="step", dynamic_ncols=True)
     window_t, window_n = time.perf_counter(), 0
     step = start
