@@ -5,7 +5,7 @@ generated image and checking the prompt's requirement (object present, count, co
 position). Here the "detector" is exact-by-construction for our synthetic world:
 
 1. **Segment by colour.** Every pixel goes to its nearest palette entry (the six colours or the
-   background) if it lies within COLOUR_THRESHOLD of it, else to nothing. Mid-grey background
+   background) if it lies within COLOUR_THRESHOLD of it, else to nothing. A white background
    and cube-corner colours keep soft (blurred, anti-aliased) edges out of the wrong colour.
 2. **Connected components** (8-connected, same colour label) by vectorised min-label
    propagation; components under MIN_AREA_FRACTION of the image (specks) are ignored.
@@ -40,7 +40,7 @@ from ecdit.shapes import (
     parse_prompt, shape_coverage,
 )
 
-COLOUR_THRESHOLD = 0.45        # max RGB distance from a palette entry (colours are >= 0.87 apart)
+COLOUR_THRESHOLD = 0.45        # max RGB distance from a palette entry (entries are >= 1.0 apart)
 MIN_AREA_FRACTION = 0.01       # components smaller than this fraction of the image are specks
 MIN_AREA_PIXELS = 3            # ... and never fewer pixels than this
 MIN_IOU = 0.6                  # best template overlap below this: not a recognisable shape

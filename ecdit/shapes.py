@@ -2,7 +2,7 @@
 
 EC-DiT trains on web image-caption pairs and is scored with GenEval. Neither is available
 offline, so this module generates an honest analogue on the fly: images of 1-4 flat-coloured
-shapes on a plain grey background, each with a caption from a tiny grammar that has one
+shapes on a plain white background, each with a caption from a tiny grammar that has one
 production per GenEval category:
 
 ====================  =============================================  ==========================
@@ -18,12 +18,13 @@ colour_attribution    "a red circle and a blue square"               both (colou
 
 Design choices (why they are what they are):
 
-* **Palette.** Background mid-grey (0.5, 0.5, 0.5); the six colours are the six saturated
-  corners of the RGB cube (red, green, blue, yellow, cyan, magenta). Seen from mid-grey these
-  are the best-separated colours possible: every colour is 0.87 from the background and >= 1.0
-  from every other colour, and the mixing line background->colour (anti-aliased or blurred
-  edges) never passes near another colour, so nearest-palette segmentation stays reliable on
-  soft edges.
+* **Palette.** Background white (1, 1, 1); the six colours are the six saturated corners of
+  the RGB cube (red, green, blue, yellow, cyan, magenta): >= 1.0 from the background and from
+  each other, and the mixing line background->colour (anti-aliased or blurred edges) never
+  passes within 0.7 of another colour, so nearest-palette segmentation stays reliable on soft
+  edges. Not mid-grey: the six colours average to exactly (0.5, 0.5, 0.5), so on a grey
+  background the mean image of "a circle" in a random colour is the empty background, and a
+  small flow model that regresses to that mean draws nothing (docs/data.md, measured).
 * **Shapes.** circle, square, triangle (apex up), diamond, cross (a plus sign) and ring; each is
   drawn inside an axis-aligned square box of side `size`, so one number fixes its scale.
   At 32x32 the smallest box is 8 px: large enough that the scorer (`ecdit.geneval`) tells the
@@ -73,7 +74,7 @@ COLOURS: dict[str, tuple[float, float, float]] = {
     "cyan": (0.0, 1.0, 1.0),
     "magenta": (1.0, 0.0, 1.0),
 }
-BACKGROUND: tuple[float, float, float] = (0.5, 0.5, 0.5)
+BACKGROUND: tuple[float, float, float] = (1.0, 1.0, 1.0)  # white, not the colours' mean (above)
 CATEGORIES: tuple[str, ...] = (
     "single_object", "two_objects", "counting", "colours", "position", "colour_attribution",
 )

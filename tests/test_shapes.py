@@ -27,7 +27,9 @@ def test_palette_is_far_apart():
     assert np.all((cols >= 0) & (cols <= 1))
     d = np.linalg.norm(cols[:, None] - cols[None], axis=-1)                  # (C, C)
     assert d[~np.eye(len(cols), dtype=bool)].min() >= 0.99
-    assert np.linalg.norm(cols - np.array(S.BACKGROUND), axis=-1).min() >= 0.85
+    assert np.linalg.norm(cols - np.array(S.BACKGROUND), axis=-1).min() >= 0.99
+    # the colours must not average to the background (a random-colour prompt's mean image would be empty)
+    assert np.linalg.norm(cols.mean(0) - np.array(S.BACKGROUND)) >= 0.5
 
 
 def test_shape_constants_match_geometry():
@@ -54,8 +56,9 @@ def test_render_scales_and_covers_the_right_area(shape, image_size):
     img = S.render([obj], image_size)
     assert img.shape == (image_size, image_size, 3) and img.dtype == np.float32
     assert img.min() >= 0.0 and img.max() <= 1.0
-    # red channel: background 0.5 -> colour 1.0, so coverage = 2 * (R - 0.5)
-    mass = float((2 * (img[..., 0] - 0.5)).sum())
+    # coverage = projection of (pixel - background) on (red - background)
+    bg, col = np.float32(S.BACKGROUND), np.float32(S.COLOURS["red"])         # (3,), (3,)
+    mass = float(((img - bg) @ (col - bg)).sum() / ((col - bg) @ (col - bg)))
     side = 0.4 * image_size
     # supersampling puts each edge within 1 / (2 * SUPERSAMPLE) px; perimeters are < 8 sides
     assert mass == pytest.approx(S.SHAPE_FILL[shape] * side ** 2, abs=8 * side / (2 * S.SUPERSAMPLE))
