@@ -181,6 +181,53 @@ def loss_fn(params, batch, model_cfg: ModelConfig, train_cfg: TrainConfig, group
     return loss, {"loss": loss, "flow_loss": flow, "aux_loss": aux, **stats}
 
 
+VALIDATION_TIMESTEPS = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+def _validation_loss(params, x0, noise, t, text_ids, text_mask, model_cfg):
+    """Eq. 1 at one fixed t for every image (no masking, no caption dropout): mean over all
+    patch values. x0, noise (B, H, W, Ch); t scalar; text (B, L)."""
+    tb = jnp.full((x0.shape[0],), t, jnp.float32)               # (B,)
+    x_t = interpolate(x0, noise, tb)                             # (B, H, W, Ch)
+    v, _ = forward(params, x_t, tb, text_ids, text_mask, model_cfg)  # (B, S, P)
+    return rectified_flow_loss(v, patchify(x0, model_cfg.patch_size), patchify(noise, model_cfg.patch_size))
+
+
+_validation_loss_jit = jax.jit(_validation_loss, static_argnames=("model_cfg",))
+
+
+def validation_loss(params, model_cfg: ModelConfig, items, *, seed: int = 0,
+                    timesteps=VALIDATION_TIMESTEPS, batch_size: int = 64) -> dict:
+    """Rectified-flow loss on held-out items at fixed timesteps, with fixed noise.
+
+    Unlike the logged training loss (one batch, random t), this is the same number for the same
+    parameters: every item's image is its own seeded scene (`HeldoutItem.seed`), the noise comes
+    from np.random.default_rng(seed), and each t in `timesteps` is applied to every image.
+    Returns {"mean": mean over timesteps, "per_t": {t: loss}}. Comparable across models only with
+    the same items, seed and timesteps.
+    """
+    from ecdit import shapes, text
+    if not items:
+        raise ValueError("items: expected at least one held-out item")
+    if not timesteps or not all(0.0 <= float(t) <= 1.0 for t in timesteps):
+        raise ValueError(f"timesteps: expected a non-empty sequence of values in [0, 1], got {timesteps!r}")
+    n = model_cfg.image_size
+    images = np.stack([shapes.render(shapes.scene_for_prompt(it.spec, np.random.default_rng(it.seed), n), n)
+                       for it in items])                          # (N, H, W, 3)
+    x0 = 2.0 * images.astype(np.float32) - 1.0                   # (N, H, W, Ch) in [-1, 1]
+    noise = np.random.default_rng(seed).standard_normal(x0.shape).astype(np.float32)  # (N, H, W, Ch)
+    ids, mask = text.tokenize_batch([it.text for it in items], model_cfg.max_text_len)  # (N, L) x2
+    per_t = {}
+    for t in timesteps:
+        total = 0.0
+        for a in range(0, len(items), batch_size):
+            b = slice(a, a + batch_size)
+            loss = _validation_loss_jit(params, x0[b], noise[b], float(t), ids[b], mask[b], model_cfg)
+            total += float(loss) * len(x0[b])
+        per_t[float(t)] = total / len(items)
+    return {"mean": float(np.mean(list(per_t.values()))), "per_t": per_t}
+
+
 def _train_step(state, batch, model_cfg, train_cfg, group_size=None):
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state["params"], batch, model_cfg, train_cfg, group_size)

@@ -220,7 +220,7 @@ def run_compare(out_dir="compare", *, steps=600, per_category=30, sample_steps=2
                 kinds=("dense", "token_choice", "expert_choice"), model_changes=None, train_changes=None,
                 progress=True) -> dict:
     """Train each kind for `steps` on the same data stream (same seed), score, write compare.md."""
-    from accelerated.train import plot_loss, train
+    from accelerated.train import train, validation_loss
     from ecdit import shapes
     from ecdit.config import train_preset
     os.makedirs(out_dir, exist_ok=True)
@@ -239,10 +239,11 @@ def run_compare(out_dir="compare", *, steps=600, per_category=30, sample_steps=2
         train_s = time.perf_counter() - t0
         res, _, _, _ = evaluate_model(params, cfg, items, num_steps=sample_steps, guidance_scale=guidance_scale,
                                       seed=seed, progress=progress, desc=f"sample {cfg.ffn_kind}")
+        val = validation_loss(params, cfg, items, seed=seed)
         c = count_params(cfg)
         rows.append({"kind": cfg.ffn_kind, "label": KIND_LABELS[cfg.ffn_kind], "total": c["total"],
-                     "activated": c["activated"], "final_loss": _final_loss(history), "train_seconds": train_s,
-                     "results": res})
+                     "activated": c["activated"], "final_loss": _final_loss(history), "val_loss": val["mean"],
+                     "val_loss_per_t": val["per_t"], "train_seconds": train_s, "results": res})
         histories[cfg.ffn_kind] = history
     _plot_compare(histories, os.path.join(out_dir, "compare_loss.png"))
     md = compare_markdown(rows, steps, tc, per_category, sample_steps, guidance_scale)
@@ -254,16 +255,20 @@ def run_compare(out_dir="compare", *, steps=600, per_category=30, sample_steps=2
 
 
 def compare_markdown(rows, steps, tc, per_category, sample_steps, guidance_scale) -> str:
+    from accelerated.train import VALIDATION_TIMESTEPS
     from ecdit.geneval import TABLE_COLUMNS
-    heads = ["model", "total params", "activated", f"final loss", "train time"] + [h for _, h in TABLE_COLUMNS]
+    heads = (["model", "total params", "activated", "final loss", "held-out loss", "train time"]
+             + [h for _, h in TABLE_COLUMNS])
     lines = ["| " + " | ".join(heads) + " |", "|:---|" + "---:|" * (len(heads) - 1)]
     for r in rows:
         cells = [r["label"], _fmt_params(r["total"]), _fmt_params(r["activated"]), f"{r['final_loss']:.4f}",
-                 f"{r['train_seconds'] / 60:.1f} min"]
+                 f"{r['val_loss']:.4f}", f"{r['train_seconds'] / 60:.1f} min"]
         cells += [f"{100 * r['results'][k]:.1f}" if k in r["results"] else "-" for k, _ in TABLE_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return (f"{steps} steps of {tc.batch_size} images each, same data stream (seed {tc.seed}); loss = mean of the "
-            f"last 20% of logged training losses; shapes-GenEval on {per_category} held-out items per category, "
+            f"last 20% of logged training losses; held-out loss = Eq. 1 on the held-out items' own scenes "
+            f"at t = {', '.join(f'{t:g}' for t in VALIDATION_TIMESTEPS)} with fixed noise (the same for every "
+            f"model); shapes-GenEval on {per_category} held-out items per category, "
             f"{sample_steps} Euler steps, CFG {guidance_scale}.\n\n" + "\n".join(lines) + "\n")
 
 

@@ -101,3 +101,19 @@ def test_bad_config_values_are_one_line_errors(tmp_path, capsys):
     assert len(err) == 1 and "--steps" in err[0]
     assert main(["train", "--preset", "huge"]) == 2
     assert "unknown preset 'huge'" in capsys.readouterr().err
+
+
+def test_compare_writes_one_row_per_kind_with_a_held_out_loss(tmp_path):
+    """`ecdit compare` end to end at toy size: three kinds, finite losses, the table in compare.md."""
+    import json
+    from ecdit.report import run_compare
+    small = {k: getattr(small_config(), k) for k in ("image_size", "depth", "width", "num_heads", "num_kv_heads",
+                                                     "num_experts", "text_width", "text_depth", "text_heads",
+                                                     "freq_dim")}
+    r = run_compare(str(tmp_path), steps=3, per_category=1, sample_steps=2, model_changes=small, progress=False)
+    assert [row["kind"] for row in r["rows"]] == ["dense", "token_choice", "expert_choice"]
+    for row in r["rows"]:
+        assert all(v > 0 and v == v for v in [row["final_loss"], row["val_loss"], *row["val_loss_per_t"].values()])
+    md = (tmp_path / "compare.md").read_text()
+    assert "held-out loss" in md and md.count("\n| ") == 4          # header + 3 models
+    assert len(json.loads((tmp_path / "compare.json").read_text())) == 3

@@ -156,3 +156,52 @@ def test_text_lr_scale_scales_only_the_text_encoder_updates(scale):
     moved = [np.abs(np.asarray(a) - b).max() for a, b in zip(jax.tree.leaves(new_base["params"]["text"]),
                                                               jax.tree.leaves(params["text"]))]
     assert max(moved) > 0                                        # the unscaled run does move the encoder
+
+
+def _heldout_batch(cfg, items, seed):
+    """The held-out images, noise and captions that validation_loss builds, rebuilt here."""
+    from ecdit import shapes
+    n = cfg.image_size
+    images = np.stack([shapes.render(shapes.scene_for_prompt(it.spec, np.random.default_rng(it.seed), n), n)
+                       for it in items])                                      # (N, H, W, 3)
+    x0 = 2.0 * images - 1.0                                                   # (N, H, W, 3)
+    noise = np.random.default_rng(seed).standard_normal(x0.shape).astype(np.float32)  # (N, H, W, 3)
+    ids, mask = text.tokenize_batch([it.text for it in items], cfg.max_text_len)      # (N, L) x2
+    return x0, noise, ids, mask
+
+
+def test_validation_loss_of_the_untrained_model_is_the_target_energy():
+    """The zero-initialised final layer predicts v = 0, so the loss is mean((noise - x0)^2) at every t."""
+    from ecdit import shapes
+    cfg, items = small_config(), shapes.heldout_items(2)
+    x0, noise, _, _ = _heldout_batch(cfg, items, seed=3)
+    res = T.validation_loss(init_model(cfg, 0), cfg, items, seed=3, timesteps=(0.2, 0.8), batch_size=5)
+    want = float(np.mean((noise - x0) ** 2))
+    assert set(res["per_t"]) == {0.2, 0.8}
+    for v in res["per_t"].values():
+        assert v == pytest.approx(want, rel=1e-5)
+
+
+def test_validation_loss_equals_the_training_loss_at_the_same_t():
+    """At t = sigmoid(z), no dropout and no masking, the validation loss is Eq. 1 as train_step sees it."""
+    from ecdit import shapes
+    cfg, tc = small_config(), small_train(mask_ratio=0.0)
+    params = randomize_zero_init(init_model(cfg, 1), 1)
+    items = shapes.heldout_items(1)
+    x0, noise, ids, mask = _heldout_batch(cfg, items, seed=0)
+    t = 0.3
+    batch = {"x0": x0, "noise": noise, "text_ids": ids, "text_mask": mask, "keep_index": None,
+             "z": np.full((len(items),), np.log(t / (1 - t)), np.float32), "drop": np.zeros(len(items), bool)}
+    want, _ = T.loss_fn(params, batch, cfg, tc)
+    res = T.validation_loss(params, cfg, items, seed=0, timesteps=(t,))
+    assert res["mean"] == pytest.approx(float(want), rel=1e-4)
+
+
+def test_validation_loss_rejects_bad_input():
+    from ecdit import shapes
+    cfg = small_config()
+    params = init_model(cfg, 0)
+    with pytest.raises(ValueError, match="items"):
+        T.validation_loss(params, cfg, [])
+    with pytest.raises(ValueError, match="timesteps"):
+        T.validation_loss(params, cfg, shapes.heldout_items(1), timesteps=(0.5, 1.5))
