@@ -207,14 +207,9 @@ def validation_loss(params, model_cfg: ModelConfig, items, *, seed: int = 0,
     the same items, seed and timesteps.
     """
     from ecdit import shapes, text
-    if not items:
-        raise ValueError("items: expected at least one held-out item")
     if not timesteps or not all(0.0 <= float(t) <= 1.0 for t in timesteps):
         raise ValueError(f"timesteps: expected a non-empty sequence of values in [0, 1], got {timesteps!r}")
-    n = model_cfg.image_size
-    images = np.stack([shapes.render(shapes.scene_for_prompt(it.spec, np.random.default_rng(it.seed), n), n)
-                       for it in items])                          # (N, H, W, 3)
-    x0 = 2.0 * images.astype(np.float32) - 1.0                   # (N, H, W, Ch) in [-1, 1]
+    x0 = 2.0 * shapes.render_items(items, model_cfg.image_size) - 1.0  # (N, H, W, Ch) in [-1, 1]
     noise = np.random.default_rng(seed).standard_normal(x0.shape).astype(np.float32)  # (N, H, W, Ch)
     ids, mask = text.tokenize_batch([it.text for it in items], model_cfg.max_text_len)  # (N, L) x2
     per_t = {}

@@ -46,7 +46,8 @@ Design choices (why they are what they are):
   training sampler drew). Held-out prompts of the small categories are likewise repeated with
   different seeds to make up `per_category` items.
   Held-out items carry the seed of their scene: render one with
-  ``render(scene_for_prompt(item.spec, np.random.default_rng(item.seed)))``.
+  ``render(scene_for_prompt(item.spec, np.random.default_rng(item.seed)))``, or all of them with
+  ``render_items(items)``.
 """
 from __future__ import annotations
 
@@ -646,6 +647,15 @@ def scene_for_prompt(spec: PromptSpec, rng: np.random.Generator, image_size: int
         return _place_pair(rng, wanted[0], wanted[1], spec.relation, image_size)
     order = rng.permutation(len(wanted))          # do not always put the first-named object first
     return _place(rng, [wanted[i] for i in order], image_size)
+
+
+def render_items(items, image_size: int = 32) -> np.ndarray:
+    """The held-out items' own scenes (each from its seed), rendered: (N, H, W, 3) float32."""
+    image_size = _check_image_size(image_size)
+    if len(items) == 0:
+        raise ValueError("items: expected at least one held-out item")
+    return np.stack([render(scene_for_prompt(it.spec, np.random.default_rng(it.seed), image_size), image_size)
+                     for it in items])                                        # (N, H, W, 3)
 
 
 def sample_batch(rng: np.random.Generator, batch_size: int, image_size: int = 32):

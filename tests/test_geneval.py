@@ -35,8 +35,7 @@ def items():
 
 @pytest.fixture(scope="module")
 def clean(items):
-    return np.stack([S.render(S.scene_for_prompt(it.spec, np.random.default_rng(it.seed)))
-                     for it in items])                                     # (N, 32, 32, 3)
+    return S.render_items(items)                                           # (N, 32, 32, 3)
 
 
 @pytest.fixture(scope="module")
@@ -142,8 +141,7 @@ def test_noisy_blurred_renders_still_score(items, clean):
 @pytest.mark.parametrize("image_size", [16, 64])
 def test_other_resolutions_clean(items, image_size):
     sub = items[::5]                                          # 10 per category
-    x = np.stack([S.render(S.scene_for_prompt(it.spec, np.random.default_rng(it.seed), image_size),
-                           image_size) for it in sub])
+    x = S.render_items(sub, image_size)                       # (N, image_size, image_size, 3)
     res = G.evaluate(x, sub)
     assert all(v >= 0.9 for v in res.values()), res          # measured: 100 %
 

@@ -161,10 +161,7 @@ def test_text_lr_scale_scales_only_the_text_encoder_updates(scale):
 def _heldout_batch(cfg, items, seed):
     """The held-out images, noise and captions that validation_loss builds, rebuilt here."""
     from ecdit import shapes
-    n = cfg.image_size
-    images = np.stack([shapes.render(shapes.scene_for_prompt(it.spec, np.random.default_rng(it.seed), n), n)
-                       for it in items])                                      # (N, H, W, 3)
-    x0 = 2.0 * images - 1.0                                                   # (N, H, W, 3)
+    x0 = 2.0 * shapes.render_items(items, cfg.image_size) - 1.0              # (N, H, W, 3)
     noise = np.random.default_rng(seed).standard_normal(x0.shape).astype(np.float32)  # (N, H, W, 3)
     ids, mask = text.tokenize_batch([it.text for it in items], cfg.max_text_len)      # (N, L) x2
     return x0, noise, ids, mask
