@@ -1,6 +1,7 @@
 """The `ecdit` command: real --help, a train -> sample -> heatmap -> eval round trip on a very
 small model, and one-line errors (no traceback, non-zero exit) for bad input."""
 import dataclasses
+import math
 import os
 import subprocess
 import sys
@@ -113,7 +114,8 @@ def test_compare_writes_one_row_per_kind_with_a_held_out_loss(tmp_path):
     r = run_compare(str(tmp_path), steps=3, per_category=1, sample_steps=2, model_changes=small, progress=False)
     assert [row["kind"] for row in r["rows"]] == ["dense", "token_choice", "expert_choice"]
     for row in r["rows"]:
-        assert all(v > 0 and v == v for v in [row["final_loss"], row["val_loss"], *row["val_loss_per_t"].values()])
+        losses = [row["final_loss"], row["val_loss"], *row["val_loss_per_t"].values()]
+        assert all(math.isfinite(v) and v > 0 for v in losses)
     md = (tmp_path / "compare.md").read_text()
     assert "held-out loss" in md and md.count("\n| ") == 4          # header + 3 models
     assert len(json.loads((tmp_path / "compare.json").read_text())) == 3
