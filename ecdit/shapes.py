@@ -34,9 +34,12 @@ Design choices (why they are what they are):
   Objects never overlap: their boxes are kept at least `gap` apart (2 px at 32x32), so each is
   its own connected component. Position scenes put the centroids of the two objects clearly
   along the named axis: |perpendicular offset| <= 0.35 x |offset along the axis|.
-* **Held-out set.** Every category except single_object holds out a fixed 20 % of its
-  combinations, chosen by SHA-256 of the combination (so the choice is the same on every
-  machine, Python and NumPy version). Combinations are canonical: "a circle and a square" is the
+* **Held-out set.** Every category except single_object and colours holds out a fixed 20 % of
+  its combinations, chosen by SHA-256 of the combination (so the choice is the same on every
+  machine, Python and NumPy version). colours is stratified instead: one colour per shape and
+  one shape per colour (6 of the 36 pairs, a permutation ranked by SHA-256), so every shape is
+  trained in five colours and the Colors score weighs the six shapes equally (a random 20 % put
+  crosses in 4 of 7 held-out captions and left crosses two trained colours; docs/data.md). Combinations are canonical: "a circle and a square" is the
   same combination as "a square and a circle", and "a circle to the left of a square" the same
   as "a square to the right of a circle", so a held-out combination is absent from training in
   every wording. The training sampler never emits a held-out combination.
@@ -495,12 +498,17 @@ def _hash_int(key: str) -> int:
 
 @lru_cache(maxsize=None)
 def heldout_combinations(category: str) -> frozenset:
-    """The held-out combinations of `category`: a fixed HELDOUT_FRACTION of them (empty for
-    single_object, whose six prompts cannot be held out without never teaching a shape)."""
+    """The held-out combinations of `category`: a fixed HELDOUT_FRACTION of them ranked by hash;
+    for colours one (shape, colour) pair per shape and per colour (a permutation of the colours
+    ranked by hash, 6 of 36); empty for single_object, whose six prompts cannot be held out
+    without never teaching a shape."""
     if category not in CATEGORIES:
         raise ValueError(f"category: unknown category {category!r}; expected one of {CATEGORIES}")
     if category == "single_object":
         return frozenset()
+    if category == "colours":                 # stratified: every shape once, every colour once
+        colours = sorted(COLOURS, key=lambda c: _hash_int(f"{HELDOUT_SALT}|colours|{c}"))
+        return frozenset(("colours", s, c, 1) for s, c in zip(SHAPES, colours))
     combos = sorted({combination(p) for p in _all_prompts(category)})
     k = int(round(HELDOUT_FRACTION * len(combos)))
     ranked = sorted(combos, key=lambda c: _hash_int(f"{HELDOUT_SALT}|{c!r}"))

@@ -171,15 +171,24 @@ def test_combination_is_wording_free():
 
 # --------------------------------------------------------------------------- held-out set
 
-def test_heldout_fraction_and_single_object_exception():
+def test_heldout_fraction_stratified_colours_and_single_object_exception():
     for cat in S.CATEGORIES:
         combos = {S.combination(p) for p in S.all_prompts(cat)}
         held = S.heldout_combinations(cat)
         assert held <= combos
         if cat == "single_object":
             assert held == frozenset()          # six prompts only: items are prompt x seed
+        elif cat == "colours":                  # stratified: each shape once, each colour once
+            assert len(held) == len(S.SHAPES) == len(S.COLOURS)
+            assert sorted(c[1] for c in held) == sorted(S.SHAPES)
+            assert sorted(c[2] for c in held) == sorted(S.COLOURS)
+            # so every shape keeps five trained colours and every colour five trained shapes
+            trained = [p.objects[0] for p in S.training_prompts(cat)]
+            assert all(sum(o.shape == s for o in trained) == 5 for s in S.SHAPES)
+            assert all(sum(o.colour == c for o in trained) == 5 for c in S.COLOURS)
         else:
             assert len(held) == round(S.HELDOUT_FRACTION * len(combos)) > 0
+        if held:
             # every wording of a held-out combination is out of training
             assert not any(S.combination(p) in held for p in S.training_prompts(cat))
             # every shape is still trained in every category
@@ -214,7 +223,7 @@ def test_heldout_items_are_deterministic():
     assert digest == PINNED_HELDOUT_DIGEST
 
 
-PINNED_HELDOUT_DIGEST = "f3f7db02b563e04313999abbaef3deb372777f537f70825aac9f48c6c2bc81e6"
+PINNED_HELDOUT_DIGEST = "86c3b944e396daaae52e9798ace79f83aa1ab7ed334ddc11177f4df249a4b0a6"
 
 
 def test_training_captions_never_hit_a_heldout_combination():
