@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from accelerated.model import forward, unpatchify
-from ecdit.config import ModelConfig
+from ecdit.config import DEFAULT_GUIDANCE, DEFAULT_SAMPLE_STEPS, ModelConfig
 
 
 def sample_noise(rng: np.random.Generator, batch_size: int, config: ModelConfig) -> np.ndarray:
@@ -65,7 +65,8 @@ def _sample(params, noise, text_ids, text_mask, config, num_steps, guidance_scal
 _sample_jit = jax.jit(_sample, static_argnames=("config", "num_steps", "guidance_scale", "group_size"))
 
 
-def sample(params, noise, text_ids, text_mask, config, num_steps=25, guidance_scale=4.0, group_size=None):
+def sample(params, noise, text_ids, text_mask, config, num_steps=DEFAULT_SAMPLE_STEPS,
+           guidance_scale=DEFAULT_GUIDANCE, group_size=None):
     """Euler + CFG from `noise` (t = 1) to t = 0.
 
     Returns (x0 (B, H, W, Ch) in model units, about [-1, 1]; experts_per_token (T, n, B, S) int32:
@@ -90,8 +91,8 @@ def to_images(x) -> np.ndarray:
     return np.clip((np.asarray(x, np.float32) + 1.0) / 2.0, 0.0, 1.0)
 
 
-def generate(params, config: ModelConfig, prompts, seed: int = 0, num_steps: int = 25,
-             guidance_scale: float = 4.0, batch_size: int = 64, group_size=None, progress=True,
+def generate(params, config: ModelConfig, prompts, seed: int = 0, num_steps: int = DEFAULT_SAMPLE_STEPS,
+             guidance_scale: float = DEFAULT_GUIDANCE, batch_size: int = 64, group_size=None, progress=True,
              seeds=None, desc="sample"):
     """Images for a list of prompts: (images (N, H, W, Ch) in [0, 1], experts (T, n, N, S)).
 

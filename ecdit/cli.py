@@ -10,6 +10,8 @@ import ast
 import os
 import sys
 
+from ecdit.config import DEFAULT_GUIDANCE, DEFAULT_SAMPLE_STEPS
+
 EXIT_BAD_INPUT = 2
 
 
@@ -66,9 +68,10 @@ def _checkpoint_path(path):
     return os.path.join(path, "checkpoint.npz") if os.path.isdir(path) else path
 
 
-def _sampling_args(p, default_steps=20):
+def _sampling_args(p, default_steps=DEFAULT_SAMPLE_STEPS):
     p.add_argument("--steps", type=_positive_int, default=default_steps, help="Euler steps (default %(default)s)")
-    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (default %(default)s)")
+    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
+                   help="classifier-free guidance scale (default %(default)s)")
     p.add_argument("--group-size", type=_positive_int, default=None,
                    help="inference routing group in tokens (default: the config's, else one image)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default %(default)s)")
@@ -129,10 +132,10 @@ def cmd_eval(a):
     from ecdit.checkpoint import load_params
     from ecdit.report import evaluate_model, scores_table
     params, cfg, meta = load_params(_checkpoint_path(a.checkpoint))
-    items = shapes.heldout_items(a.per_category)
+    items = (shapes.validation_items if a.split == "validation" else shapes.heldout_items)(a.per_category)
     res, _, _, secs = evaluate_model(params, cfg, items, num_steps=a.steps, guidance_scale=a.guidance, seed=a.seed,
                                      progress=not a.quiet)
-    print(scores_table([(f"{cfg.name} @ step {meta.get('step')}", res)]))
+    print(scores_table([(f"{cfg.name} @ step {meta.get('step')}, {a.split}", res)]))
     if a.out:
         with open(a.out, "w") as f:
             json.dump(res, f, indent=2)
@@ -191,8 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--minutes", type=_positive_float, default=10.0,
                    help="stop training after this many minutes (default %(default)s)")
     d.add_argument("--per-category", type=_positive_int, default=50, help="held-out items per category (default %(default)s)")
-    d.add_argument("--sample-steps", type=_positive_int, default=20, help="Euler steps (default %(default)s)")
-    d.add_argument("--guidance", type=float, default=3.0, help="CFG scale (default %(default)s)")
+    d.add_argument("--sample-steps", type=_positive_int, default=DEFAULT_SAMPLE_STEPS,
+                   help="Euler steps (default %(default)s)")
+    d.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="CFG scale (default %(default)s)")
     d.add_argument("--seed", type=int, default=0, help="data, init and noise seed (default %(default)s)")
     d.add_argument("--set", action="append", metavar="KEY=VALUE", help="change a ModelConfig field of tiny")
     d.add_argument("--train-set", action="append", metavar="KEY=VALUE", help="change a TrainConfig field")
@@ -224,8 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_sample)
 
     e = sub.add_parser("eval", help="score a checkpoint on the held-out prompts (shapes-GenEval)",
-                       description="Sample the held-out prompts of every category and score them.")
+                       description="Sample the held-out prompts of every category and score them. "
+                                   "--split validation scores seen (training) prompts with fresh seeds "
+                                   "instead: tune sampling settings there, not on the held-out items.")
     e.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
+    e.add_argument("--split", choices=("heldout", "validation"), default="heldout",
+                   help="held-out prompts (default) or seen prompts for tuning, e.g. --guidance")
     e.add_argument("--per-category", type=_positive_int, default=50, help="items per category (default %(default)s)")
     e.add_argument("--out", default=None, help="also write the scores as JSON here")
     _sampling_args(e)
@@ -249,8 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default="compare", help="output folder (default %(default)s)")
     c.add_argument("--steps", type=_positive_int, default=600, help="training steps per model (default %(default)s)")
     c.add_argument("--per-category", type=_positive_int, default=30, help="held-out items per category (default %(default)s)")
-    c.add_argument("--sample-steps", type=_positive_int, default=20, help="Euler steps (default %(default)s)")
-    c.add_argument("--guidance", type=float, default=3.0, help="CFG scale (default %(default)s)")
+    c.add_argument("--sample-steps", type=_positive_int, default=DEFAULT_SAMPLE_STEPS,
+                   help="Euler steps (default %(default)s)")
+    c.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="CFG scale (default %(default)s)")
     c.add_argument("--seed", type=int, default=0, help="seed (default %(default)s)")
     c.add_argument("--kinds", default="dense,token_choice,expert_choice", help="comma-separated FFN kinds")
     c.add_argument("--set", action="append", metavar="KEY=VALUE", help="change a ModelConfig field of every model")

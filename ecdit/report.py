@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from ecdit.config import ModelConfig, TrainConfig, count_params
+from ecdit.config import DEFAULT_GUIDANCE, DEFAULT_SAMPLE_STEPS, ModelConfig, TrainConfig, count_params
 
 
 def _fmt_params(n: int) -> str:
@@ -30,7 +30,8 @@ def _final_loss(history, frac=0.2) -> float:
     return float(np.mean(losses[-k:])) if losses else float("nan")
 
 
-def evaluate_model(params, config: ModelConfig, items, *, num_steps=20, guidance_scale=3.0, seed=0,
+def evaluate_model(params, config: ModelConfig, items, *, num_steps=DEFAULT_SAMPLE_STEPS,
+                   guidance_scale=DEFAULT_GUIDANCE, seed=0,
                    batch_size=64, progress=True, desc="sample"):
     """Sample every held-out item (noise seeded by its index) and score it.
     Returns (results dict of evaluate, images (N, H, W, 3), experts (T, n, N, S), seconds)."""
@@ -67,8 +68,8 @@ def _first_per_category(items) -> list[int]:
 # Demo
 # ---------------------------------------------------------------------------------------------
 
-def run_demo(out_dir="report", *, steps=20000, minutes=10.0, per_category=50, sample_steps=20,
-             guidance_scale=3.0, seed=0, model_changes=None, train_changes=None, progress=True,
+def run_demo(out_dir="report", *, steps=20000, minutes=10.0, per_category=50, sample_steps=DEFAULT_SAMPLE_STEPS,
+             guidance_scale=DEFAULT_GUIDANCE, seed=0, model_changes=None, train_changes=None, progress=True,
              resume=False) -> dict:
     """The `ecdit demo` pipeline; returns the summary dict also written to <out>/summary.json."""
     from accelerated.train import train
@@ -216,7 +217,8 @@ def compare_configs(base: str = "tiny", kinds=("dense", "token_choice", "expert_
     return out
 
 
-def run_compare(out_dir="compare", *, steps=600, per_category=30, sample_steps=20, guidance_scale=3.0, seed=0,
+def run_compare(out_dir="compare", *, steps=600, per_category=30, sample_steps=DEFAULT_SAMPLE_STEPS,
+                guidance_scale=DEFAULT_GUIDANCE, seed=0,
                 kinds=("dense", "token_choice", "expert_choice"), model_changes=None, train_changes=None,
                 progress=True) -> dict:
     """Train each kind for `steps` on the same data stream (same seed), score, write compare.md."""

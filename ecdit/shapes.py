@@ -541,15 +541,41 @@ def heldout_items(per_category: int = 50) -> list[HeldoutItem]:
     categories repeat a prompt with different seeds (prompt x seed). Seeds come from SHA-256,
     so the list is identical on every machine and call.
     """
+    return _items(heldout_prompts, f"{HELDOUT_SALT}|seed", per_category)
+
+
+VALIDATION_SALT = "ecdit-validation-v1"
+
+
+@lru_cache(maxsize=None)
+def validation_prompts(category: str) -> tuple[PromptSpec, ...]:
+    """The captions of `category` for choosing sampling settings: the *training* combinations
+    (all six for single_object), in a fixed hash order. Never a held-out combination."""
+    if category not in CATEGORIES:
+        raise ValueError(f"category: unknown category {category!r}; expected one of {CATEGORIES}")
+    ps = training_prompts(category)
+    return tuple(sorted(ps, key=lambda p: _hash_int(f"{VALIDATION_SALT}|order|{p.text}")))
+
+
+def validation_items(per_category: int = 50) -> list[HeldoutItem]:
+    """A validation set for tuning sampling (guidance scale, steps) without looking at the
+    held-out items: seen (training) combinations with fresh seeds of their own salt, laid out
+    like `heldout_items`. Its scenes are new draws, not the images the training sampler made."""
+    return _items(validation_prompts, f"{VALIDATION_SALT}|seed", per_category)
+
+
+def _items(prompts_of, salt: str, per_category) -> list[HeldoutItem]:
+    """`per_category` items per category: item k takes prompt k mod len(prompts_of(category))
+    and the seed SHA-256(salt|category|k)."""
     if isinstance(per_category, bool) or not isinstance(per_category, (int, np.integer)) \
             or per_category < 1:
         raise ValueError(f"per_category: expected a positive int, got {per_category!r}")
     items = []
     for cat in CATEGORIES:
-        prompts = heldout_prompts(cat)
+        prompts = prompts_of(cat)
         for k in range(int(per_category)):
             p = prompts[k % len(prompts)]
-            seed = _hash_int(f"{HELDOUT_SALT}|seed|{cat}|{k}")
+            seed = _hash_int(f"{salt}|{cat}|{k}")
             items.append(HeldoutItem(cat, p.text, p, seed))
     return items
 

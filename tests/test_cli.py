@@ -1,6 +1,7 @@
 """The `ecdit` command: real --help, a train -> sample -> heatmap -> eval round trip on a very
 small model, and one-line errors (no traceback, non-zero exit) for bad input."""
 import dataclasses
+import json
 import math
 import os
 import subprocess
@@ -11,6 +12,7 @@ import pytest
 
 from ecdit.cli import main
 from ecdit.config import preset, train_preset
+from ecdit.shapes import CATEGORIES
 from tests.test_train import small_config, small_train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +70,13 @@ def test_train_sample_heatmap_eval_round_trip(checkpoint, tmp_path, capsys):
                  "--steps", "2", "--quiet"]) == 0
     assert heat.stat().st_size > 1000
     assert main(["eval", "--checkpoint", str(checkpoint), "--per-category", "1", "--steps", "2", "--quiet"]) == 0
-    assert "Single obj." in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Single obj." in out and "heldout" in out
+    scores = tmp_path / "v.json"
+    assert main(["eval", "--checkpoint", str(checkpoint), "--split", "validation", "--per-category", "1",
+                 "--steps", "2", "--guidance", "2", "--out", str(scores), "--quiet"]) == 0
+    assert "validation" in capsys.readouterr().out
+    assert set(json.loads(scores.read_text())) == {"overall", *CATEGORIES}
 
 
 def _one_line_error(result, *needles):

@@ -226,6 +226,25 @@ def test_heldout_items_are_deterministic():
 PINNED_HELDOUT_DIGEST = "86c3b944e396daaae52e9798ace79f83aa1ab7ed334ddc11177f4df249a4b0a6"
 
 
+def test_validation_items_are_seen_prompts_with_fresh_seeds():
+    val, held = S.validation_items(), S.heldout_items()
+    assert val == S.validation_items() and len(val) == 50 * len(S.CATEGORIES)
+    for cat in S.CATEGORIES:
+        mine = [it for it in val if it.category == cat]
+        assert len(mine) == 50 and all(it.spec.category == cat for it in mine)
+        # never a held-out combination: tuning on these cannot peek at the evaluation prompts
+        assert not any(S.is_heldout(it.spec) for it in mine)
+        # the categories with enough training prompts use 50 different ones
+        n_train = len(S.training_prompts(cat))
+        assert len({it.text for it in mine}) == min(50, n_train)
+    # no scene is shared with the held-out set (single_object has the same six prompts)
+    assert not {it.seed for it in val} & {it.seed for it in held}
+    with pytest.raises(ValueError, match="per_category"):
+        S.validation_items(0)
+    with pytest.raises(ValueError, match="category"):
+        S.validation_prompts("colors")
+
+
 def test_training_captions_never_hit_a_heldout_combination():
     rng = np.random.default_rng(0)
     _, captions = S.sample_batch(rng, 3000, image_size=16)
