@@ -193,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--steps", type=_positive_int, default=20000, help="training steps at most (default %(default)s)")
     d.add_argument("--minutes", type=_positive_float, default=10.0,
                    help="stop training after this many minutes (default %(default)s)")
-    d.add_argument("--per-category", type=_positive_int, default=50, help="held-out items per category (default %(default)s)")
+    d.add_argument("--per-category", type=_positive_int, default=100,
+                   help="held-out items per category (default %(default)s)")
     d.add_argument("--sample-steps", type=_positive_int, default=DEFAULT_SAMPLE_STEPS,
                    help="Euler steps (default %(default)s)")
     d.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="CFG scale (default %(default)s)")
@@ -234,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
     e.add_argument("--split", choices=("heldout", "validation"), default="heldout",
                    help="held-out prompts (default) or seen prompts for tuning, e.g. --guidance")
-    e.add_argument("--per-category", type=_positive_int, default=50, help="items per category (default %(default)s)")
+    e.add_argument("--per-category", type=_positive_int, default=100, help="items per category (default %(default)s)")
     e.add_argument("--out", default=None, help="also write the scores as JSON here")
     _sampling_args(e)
     e.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -55,6 +55,11 @@ def scores_table(rows: list[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
+def _binomial_se(p: float, n: int) -> float:
+    """Standard error, in percentage points, of a pass rate p measured on n items."""
+    return 100.0 * float(np.sqrt(p * (1.0 - p) / n))
+
+
 def _first_per_category(items) -> list[int]:
     seen, out = set(), []
     for i, it in enumerate(items):
@@ -68,7 +73,7 @@ def _first_per_category(items) -> list[int]:
 # Demo
 # ---------------------------------------------------------------------------------------------
 
-def run_demo(out_dir="report", *, steps=20000, minutes=10.0, per_category=50, sample_steps=DEFAULT_SAMPLE_STEPS,
+def run_demo(out_dir="report", *, steps=20000, minutes=10.0, per_category=100, sample_steps=DEFAULT_SAMPLE_STEPS,
              guidance_scale=DEFAULT_GUIDANCE, seed=0, model_changes=None, train_changes=None, progress=True,
              resume=False) -> dict:
     """The `ecdit demo` pipeline; returns the summary dict also written to <out>/summary.json."""
@@ -173,7 +178,8 @@ Routing at the last logged step (expert choice: every expert takes exactly C tok
 
 ## Held-out prompts, shapes-GenEval
 {s['per_category']} held-out items per category, {s['sample_steps']} Euler steps, CFG scale {s['guidance_scale']}
-(percent of items that pass):
+(percent of items that pass; one item is {100 / s['per_category']:.3g} points, and a score p has a binomial
+standard error of sqrt(p (1 - p) / {s['per_category']}), e.g. {_binomial_se(0.1, s['per_category']):.1f} points at 10 %):
 
 {scores_table([("tiny EC-DiT, trained", s['trained']), ("same model, untrained", s['untrained'])])}
 

@@ -127,3 +127,22 @@ def test_compare_writes_one_row_per_kind_with_a_held_out_loss(tmp_path):
     md = (tmp_path / "compare.md").read_text()
     assert "held-out loss" in md and md.count("\n| ") == 4          # header + 3 models
     assert len(json.loads((tmp_path / "compare.json").read_text())) == 3
+
+
+def test_demo_writes_the_report_end_to_end(tmp_path):
+    """`ecdit demo` at toy size: summary.json with trained and untrained scores, report.md with
+    the table and every picture it links."""
+    from ecdit.report import run_demo
+    small = {k: getattr(small_config(), k) for k in ("image_size", "depth", "width", "num_heads", "num_kv_heads",
+                                                     "num_experts", "text_width", "text_depth", "text_heads",
+                                                     "freq_dim")}
+    s = run_demo(str(tmp_path), steps=3, per_category=2, sample_steps=2, model_changes=small, progress=False)
+    assert s["steps"] == 3 and s["per_category"] == 2
+    for model in ("trained", "untrained"):
+        assert set(s[model]) == {"overall", *CATEGORIES}
+        assert all(0.0 <= v <= 1.0 for v in s[model].values())
+    assert json.loads((tmp_path / "summary.json").read_text())["trained"] == s["trained"]
+    md = (tmp_path / "report.md").read_text()
+    assert "Single obj." in md and "same model, untrained" in md and "one item is 50 points" in md
+    for png in ("loss.png", "samples.png", "heatmaps.png", "heatmap_steps.png"):
+        assert f"]({png})" in md and (tmp_path / png).stat().st_size > 1000, png

@@ -1,7 +1,6 @@
 """Primitives: softmax, tanh-GELU, LayerNorm, dense FFN, SiLU — accelerated == reference and the
 defining formulas."""
 import numpy as np
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 

@@ -240,7 +240,6 @@ def test_permuting_the_tokens_of_a_group_permutes_the_output_the_same_way(half, 
 @pytest.mark.parametrize("half", HALVES)
 def test_unchosen_tokens_get_zero_output(half):
     """capacity_factor small enough that some tokens are chosen by no expert: their row is 0."""
-    rng = np.random.default_rng(3)
     x, w_router, w1, w2 = _moe_inputs(3, 1, 16, 8, 2, 8)
     out, routing = half.expert_choice_moe(x, w_router, w1, w2, 0.5)   # C = 4, 8 slots for 16 tokens
     counts = np.asarray(routing["experts_per_token"])[0]

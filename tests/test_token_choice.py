@@ -16,7 +16,7 @@ from accelerated import token_choice as acc
 from reference import token_choice as ref
 from reference.primitives import feed_forward, softmax
 from reference.routing import expert_capacity
-from tests.tolerances import FLOAT32, assert_close
+from tests.tolerances import assert_close
 
 IMPLS = pytest.mark.parametrize("impl", [ref, acc], ids=["reference", "accelerated"])
 
