@@ -178,7 +178,7 @@ Routing at the last logged step (expert choice: every expert takes exactly C tok
 
 ## Held-out prompts, shapes-GenEval
 {s['per_category']} held-out items per category, {s['sample_steps']} Euler steps, CFG scale {s['guidance_scale']}
-(percent of items that pass; one item is {100 / s['per_category']:.3g} points, and a score p has a binomial
+(percent of items that pass; one item = {100 / s['per_category']:.3g} percentage points, and a score p has a binomial
 standard error of sqrt(p (1 - p) / {s['per_category']}), e.g. {_binomial_se(0.1, s['per_category']):.1f} points at 10 %):
 
 {scores_table([("tiny EC-DiT, trained", s['trained']), ("same model, untrained", s['untrained'])])}

@@ -143,6 +143,6 @@ def test_demo_writes_the_report_end_to_end(tmp_path):
         assert all(0.0 <= v <= 1.0 for v in s[model].values())
     assert json.loads((tmp_path / "summary.json").read_text())["trained"] == s["trained"]
     md = (tmp_path / "report.md").read_text()
-    assert "Single obj." in md and "same model, untrained" in md and "one item is 50 points" in md
+    assert "Single obj." in md and "same model, untrained" in md and "one item = 50 percentage points" in md
     for png in ("loss.png", "samples.png", "heatmaps.png", "heatmap_steps.png"):
         assert f"]({png})" in md and (tmp_path / png).stat().st_size > 1000, png
