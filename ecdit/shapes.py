@@ -39,10 +39,10 @@ Design choices (why they are what they are):
   machine, Python and NumPy version). colours is stratified instead: one colour per shape and
   one shape per colour (6 of the 36 pairs, a permutation ranked by SHA-256), so every shape is
   trained in five colours and the Colors score weighs the six shapes equally (a random 20 % put
-  crosses in 4 of 7 held-out captions and left crosses two trained colours; docs/data.md). Combinations are canonical: "a circle and a square" is the
-  same combination as "a square and a circle", and "a circle to the left of a square" the same
-  as "a square to the right of a circle", so a held-out combination is absent from training in
-  every wording. The training sampler never emits a held-out combination.
+  crosses in 4 of 7 held-out captions and left crosses two trained colours; docs/data.md).
+  Combinations are canonical: "a circle and a square" is the same combination as "a square and
+  a circle", and "a circle to the left of a square" the same as "a square to the right of a
+  circle", so a held-out combination is absent from training in every wording. The training sampler never emits a held-out combination.
   **single_object cannot be held out**: it has only six prompts (one per shape), and holding a
   shape out would mean never teaching it. Its evaluation items are therefore prompt x seed: all
   six prompts, each with several fixed, hash-derived seeds (fresh scenes, not the images the

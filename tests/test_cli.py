@@ -33,6 +33,13 @@ SMALL = (_overrides("--set", small_config(), preset("tiny"))
          + _overrides("--train-set", small_train(), train_preset("tiny")))
 
 
+def _small_model() -> dict:
+    """The ModelConfig fields that make test_train's small model out of `tiny` (for run_demo / run_compare)."""
+    return {k: getattr(small_config(), k) for k in ("image_size", "depth", "width", "num_heads", "num_kv_heads",
+                                                    "num_experts", "text_width", "text_depth", "text_heads",
+                                                    "freq_dim")}
+
+
 def run_cli(*args):
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run([sys.executable, "-m", "ecdit.cli", *args], capture_output=True, text=True,
@@ -114,12 +121,9 @@ def test_bad_config_values_are_one_line_errors(tmp_path, capsys):
 
 def test_compare_writes_one_row_per_kind_with_a_held_out_loss(tmp_path):
     """`ecdit compare` end to end at toy size: three kinds, finite losses, the table in compare.md."""
-    import json
     from ecdit.report import run_compare
-    small = {k: getattr(small_config(), k) for k in ("image_size", "depth", "width", "num_heads", "num_kv_heads",
-                                                     "num_experts", "text_width", "text_depth", "text_heads",
-                                                     "freq_dim")}
-    r = run_compare(str(tmp_path), steps=3, per_category=1, sample_steps=2, model_changes=small, progress=False)
+    r = run_compare(str(tmp_path), steps=3, per_category=1, sample_steps=2, model_changes=_small_model(),
+                    progress=False)
     assert [row["kind"] for row in r["rows"]] == ["dense", "token_choice", "expert_choice"]
     for row in r["rows"]:
         losses = [row["final_loss"], row["val_loss"], *row["val_loss_per_t"].values()]
@@ -133,10 +137,7 @@ def test_demo_writes_the_report_end_to_end(tmp_path):
     """`ecdit demo` at toy size: summary.json with trained and untrained scores, report.md with
     the table and every picture it links."""
     from ecdit.report import run_demo
-    small = {k: getattr(small_config(), k) for k in ("image_size", "depth", "width", "num_heads", "num_kv_heads",
-                                                     "num_experts", "text_width", "text_depth", "text_heads",
-                                                     "freq_dim")}
-    s = run_demo(str(tmp_path), steps=3, per_category=2, sample_steps=2, model_changes=small, progress=False)
+    s = run_demo(str(tmp_path), steps=3, per_category=2, sample_steps=2, model_changes=_small_model(), progress=False)
     assert s["steps"] == 3 and s["per_category"] == 2
     for model in ("trained", "untrained"):
         assert set(s[model]) == {"overall", *CATEGORIES}
