@@ -46,7 +46,10 @@ def test_layer_norm_matches_reference_with_zero_mean_unit_variance(shape, seed):
     assert_close(acc.layer_norm(x), expected)
     if shape[-1] > 1:
         assert_close(expected.mean(axis=-1), np.zeros(shape[:-1]))
-        assert_close(expected.var(axis=-1), np.ones(shape[:-1]), tol=dict(rtol=1e-3, atol=1e-3))
+        # unit variance up to eps: Var(LN(x)) = var / (var + eps), which is 1 unless a row is nearly
+        # constant (the thorough profile found a 2-wide row with var 7.5e-5: 0.987, not 1)
+        var = x.astype(np.float64).var(axis=-1)
+        assert_close(expected.var(axis=-1), var / (var + 1e-6), tol=dict(rtol=1e-3, atol=1e-3))
 
 
 @given(b=st.integers(1, 3), s=st.integers(1, 5), d=st.integers(1, 8), f=st.integers(1, 8), seed=seeds)
