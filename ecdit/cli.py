@@ -10,7 +10,7 @@ import ast
 import os
 import sys
 
-from ecdit.config import DEFAULT_GUIDANCE, DEFAULT_SAMPLE_STEPS
+from ecdit.config import DEFAULT_EVAL_PER_CATEGORY, DEFAULT_GUIDANCE, DEFAULT_SAMPLE_STEPS
 
 EXIT_BAD_INPUT = 2
 
@@ -68,8 +68,8 @@ def _checkpoint_path(path):
     return os.path.join(path, "checkpoint.npz") if os.path.isdir(path) else path
 
 
-def _sampling_args(p, default_steps=DEFAULT_SAMPLE_STEPS):
-    p.add_argument("--steps", type=_positive_int, default=default_steps, help="Euler steps (default %(default)s)")
+def _sampling_args(p):
+    p.add_argument("--steps", type=_positive_int, default=DEFAULT_SAMPLE_STEPS, help="Euler steps (default %(default)s)")
     p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
                    help="classifier-free guidance scale (default %(default)s)")
     p.add_argument("--group-size", type=_positive_int, default=None,
@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--steps", type=_positive_int, default=20000, help="training steps at most (default %(default)s)")
     d.add_argument("--minutes", type=_positive_float, default=10.0,
                    help="stop training after this many minutes (default %(default)s)")
-    d.add_argument("--per-category", type=_positive_int, default=100,
+    d.add_argument("--per-category", type=_positive_int, default=DEFAULT_EVAL_PER_CATEGORY,
                    help="held-out items per category (default %(default)s)")
     d.add_argument("--sample-steps", type=_positive_int, default=DEFAULT_SAMPLE_STEPS,
                    help="Euler steps (default %(default)s)")
@@ -235,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
     e.add_argument("--split", choices=("heldout", "validation"), default="heldout",
                    help="held-out prompts (default) or seen prompts for tuning, e.g. --guidance")
-    e.add_argument("--per-category", type=_positive_int, default=100, help="items per category (default %(default)s)")
+    e.add_argument("--per-category", type=_positive_int, default=DEFAULT_EVAL_PER_CATEGORY,
+                   help="items per category (default %(default)s)")
     e.add_argument("--out", default=None, help="also write the scores as JSON here")
     _sampling_args(e)
     e.add_argument("--quiet", action="store_true", help="no progress bar")

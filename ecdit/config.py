@@ -309,6 +309,9 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
 # (docs/model.md). 20 Euler steps: 50 and 100 scored within noise of 20.
 DEFAULT_GUIDANCE = 5.0
 DEFAULT_SAMPLE_STEPS = 20
+# Held-out items per category scored by `ecdit demo` and `ecdit eval`: at 100 one item is one
+# point and a 10 % score has a binomial standard error of 3 points (docs/data.md).
+DEFAULT_EVAL_PER_CATEGORY = 100
 
 PAPER_TRAIN = TrainConfig(batch_size=4096, learning_rate=1e-4, warmup_steps=20_000, mask_ratio=0.5)
 

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from ecdit.config import DEFAULT_GUIDANCE, DEFAULT_SAMPLE_STEPS, ModelConfig, TrainConfig, count_params
+from ecdit.config import DEFAULT_EVAL_PER_CATEGORY, DEFAULT_GUIDANCE, DEFAULT_SAMPLE_STEPS, ModelConfig, TrainConfig, count_params
 
 
 def _fmt_params(n: int) -> str:
@@ -73,9 +73,9 @@ def _first_per_category(items) -> list[int]:
 # Demo
 # ---------------------------------------------------------------------------------------------
 
-def run_demo(out_dir="report", *, steps=20000, minutes=10.0, per_category=100, sample_steps=DEFAULT_SAMPLE_STEPS,
-             guidance_scale=DEFAULT_GUIDANCE, seed=0, model_changes=None, train_changes=None, progress=True,
-             resume=False) -> dict:
+def run_demo(out_dir="report", *, steps=20000, minutes=10.0, per_category=DEFAULT_EVAL_PER_CATEGORY,
+             sample_steps=DEFAULT_SAMPLE_STEPS, guidance_scale=DEFAULT_GUIDANCE, seed=0, model_changes=None,
+             train_changes=None, progress=True, resume=False) -> dict:
     """The `ecdit demo` pipeline; returns the summary dict also written to <out>/summary.json."""
     from accelerated.train import train
     from ecdit import shapes
