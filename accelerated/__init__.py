@@ -1,9 +1,14 @@
-"""The fast twin of `reference/`: the same modules, function names and signatures in JAX,
-jit-compiled, written for speed (gather/scatter dispatch, one batched matmul for all experts,
-fused attention) without changing the maths. Property tests in tests/ prove each function equal
-to its reference within the float32 tolerance of tests/tolerances.py.
+"""The fast twin of `ecdit.reference` (installed as `ecdit.accelerated`): the same modules,
+function names and signatures in JAX, jit-compiled, written for speed (gather/scatter dispatch,
+one batched matmul for all experts, fused attention) without changing the maths. Property tests
+in tests/ prove each function equal to its reference within the float32 tolerance of
+tests/tolerances.py; a `# JAX:` note marks every place that departs from the reference's form.
 
-Accepts NumPy or JAX arrays, returns JAX arrays. Arguments that fix shapes (capacity, heads,
-group size, number of steps) are static: a new value compiles a new program once.
+Every public function goes through `jit.checked_jit`: the contract the reference runs, then the
+compiled body. Accepts NumPy or JAX arrays, returns JAX arrays. Arguments that fix shapes
+(capacity, heads, group size, number of steps, the config) are static: a new value compiles a new
+program once.
 """
-from accelerated import attention, blocks, flow, primitives, routing  # noqa: F401
+from . import attention, blocks, flow, model, objective, primitives, routing, sample, token_choice  # noqa: F401
+
+MODULES = ("primitives", "flow", "attention", "routing", "token_choice", "blocks", "model", "objective", "sample")

@@ -9,11 +9,11 @@ K kv heads, H = D / N head dim.
 """
 import jax
 
-from accelerated._jit import checked_jit
-from ecdit import validate
+from .jit import checked_jit
+from ecdit.core import contracts
 
 
-@checked_jit(validate.self_attention, static_argnames=("num_heads", "num_kv_heads"))
+@checked_jit(contracts.self_attention, static_argnames=("num_heads", "num_kv_heads"))
 def self_attention(x, params, num_heads, num_kv_heads):
     """Multi-head self-attention with grouped-query attention (GQA, Table 1); query head n uses
     kv head n // (N / K)."""
@@ -27,7 +27,7 @@ def self_attention(x, params, num_heads, num_kv_heads):
     return heads.reshape(b, s, d) @ params["wo"]                 # (B, S, D)
 
 
-@checked_jit(validate.cross_attention, static_argnames=("num_heads",))
+@checked_jit(contracts.cross_attention, static_argnames=("num_heads",))
 def cross_attention(x, y, params, num_heads, text_mask=None):
     """Multi-head cross-attention to text embeddings, Eq. 2-3, scaled by sqrt(H) (docs/errata.md);
     padded text positions (text_mask False) get zero weight."""

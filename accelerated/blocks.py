@@ -10,19 +10,19 @@ Shapes: B batch, S image tokens, L text tokens, D width, F_t timestep-frequency 
 import jax.numpy as jnp
 import numpy as np
 
-from accelerated._jit import checked_jit
-from accelerated.attention import cross_attention, self_attention
-from accelerated.primitives import feed_forward, layer_norm, silu
-from accelerated.routing import expert_choice_moe, group_tokens, ungroup_tokens
-from accelerated.token_choice import token_choice_moe
-from ecdit import validate
+from .jit import checked_jit
+from .attention import cross_attention, self_attention
+from .primitives import feed_forward, layer_norm, silu
+from .routing import expert_choice_moe, group_tokens, ungroup_tokens
+from .token_choice import token_choice_moe
+from ecdit.core import contracts
 
 
 # ---------------------------------------------------------------------------------------------
 # Conditioning: timestep embedding and AdaLN
 # ---------------------------------------------------------------------------------------------
 
-@checked_jit(validate.sinusoidal_embedding, static_argnames=("dim", "scale", "max_period"))
+@checked_jit(contracts.sinusoidal_embedding, static_argnames=("dim", "scale", "max_period"))
 def sinusoidal_embedding(t, dim, scale=1000.0, max_period=10000.0):
     """Sinusoidal features of 1000 t: [cos(1000 t freq_j), sin(1000 t freq_j)]."""
     half = dim // 2
@@ -31,14 +31,14 @@ def sinusoidal_embedding(t, dim, scale=1000.0, max_period=10000.0):
     return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)  # (B, dim)
 
 
-@checked_jit(validate.timestep_mlp)
+@checked_jit(contracts.timestep_mlp)
 def timestep_mlp(t_freq, params):
     """The two-layer timestep MLP: c = W2 SiLU(W1 t_freq + b1) + b2."""
     hidden = silu(t_freq @ params["w1"] + params["b1"])          # (B, D)
     return hidden @ params["w2"] + params["b2"]                  # (B, D)
 
 
-@checked_jit(validate.adaln_modulation)
+@checked_jit(contracts.adaln_modulation)
 def adaln_modulation(c, params):
     """AdaLN: six (B, D) vectors, Linear(SiLU(c)) split in six (DiT)."""
     mod = silu(c) @ params["w"] + params["b"]                    # (B, 6 D)
@@ -46,7 +46,7 @@ def adaln_modulation(c, params):
     return dict(zip(names, jnp.split(mod, 6, axis=-1)))          # 6 x (B, D)
 
 
-@checked_jit(validate.modulate)
+@checked_jit(contracts.modulate)
 def modulate(x, shift, scale):
     """AdaLN's affine: x * (1 + scale) + shift."""
     return x * (1.0 + scale[:, None, :]) + shift[:, None, :]     # (B, S, D)
@@ -56,25 +56,25 @@ def modulate(x, shift, scale):
 # The block
 # ---------------------------------------------------------------------------------------------
 
-@checked_jit(validate.dit_block,
+@checked_jit(contracts.dit_block,
              static_argnames=("num_heads", "num_kv_heads", "capacity_factor", "group_size", "num_selected"))
 def dit_block(x, c, y, params, num_heads, num_kv_heads, capacity_factor=2.0, group_size=None, text_mask=None,
               num_selected=2):
-    """One EC-DiT block (Fig. 2); dense if params has 'ffn', expert-choice MoE if it has 'moe',
-    token-choice top-k if it has 'token_choice'. Returns (out (B, S, D), routing or None)."""
+    """One EC-DiT block (Fig. 2); the FFN is the one under params' 'dense', 'expert_choice' or
+    'token_choice' key. Returns (out (B, S, D), routing or None)."""
     b, s, d = x.shape
     mod = adaln_modulation(c, params["adaln"])                   # 6 x (B, D)
     h = modulate(layer_norm(x), mod["shift_msa"], mod["scale_msa"])          # (B, S, D)
     x_s = x + mod["gate_msa"][:, None, :] * self_attention(h, params["self_attn"], num_heads, num_kv_heads)  # (B, S, D)
     x_prime = x_s + cross_attention(x_s, y, params["cross_attn"], num_heads, text_mask)  # (B, S, D)  Eq. 4
     x_p = modulate(layer_norm(x_prime), mod["shift_mlp"], mod["scale_mlp"])  # (B, S, D)
-    if "ffn" in params:
-        ffn_out = feed_forward(x_p, params["ffn"]["w1"], params["ffn"]["w2"])  # (B, S, D)
+    if "dense" in params:
+        ffn_out = feed_forward(x_p, params["dense"]["w1"], params["dense"]["w2"])  # (B, S, D)
         routing = None
     else:
         grouped = group_tokens(x_p, s if group_size is None else group_size)  # (G, group_size, D)
-        if "moe" in params:                                      # expert choice, Eq. 5-8
-            moe = params["moe"]
+        if "expert_choice" in params:                            # expert choice, Eq. 5-8
+            moe = params["expert_choice"]
             out_g, routing = expert_choice_moe(grouped, moe["w_router"], moe["w1"], moe["w2"], capacity_factor)
         else:                                                    # token choice top-k (GShard)
             moe = params["token_choice"]

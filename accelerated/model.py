@@ -9,23 +9,27 @@ Same functions, argument order and shape comments as the reference; `forward` co
 (config, group_size, input shapes). The sin-cos table is built on the host with the reference's
 NumPy function (a constant under jit).
 
-Shapes: B batch, H x W x Ch image, p patch, S tokens, S' kept tokens, P = p p Ch, D width,
+Shapes: B batch, I x I x Ch image, p patch, S tokens, S' kept tokens, P = p p Ch, D width,
 L text tokens, Dy text width.
 """
 import jax
 import jax.numpy as jnp
 
-from accelerated.attention import cross_attention
-from accelerated.blocks import dit_block, modulate, sinusoidal_embedding, timestep_mlp
-from accelerated.primitives import feed_forward, layer_norm, silu
-from ecdit.config import check_forward
-from reference import model as _reference
+from ecdit.core import contracts
+from ecdit.core.config import NULL_ID, PAD_ID
+from ecdit.reference import model as _reference
+
+from .attention import cross_attention
+from .blocks import dit_block, modulate, sinusoidal_embedding, timestep_mlp
+from .jit import checked_jit
+from .primitives import feed_forward, layer_norm, silu
 
 
 # ---------------------------------------------------------------------------------------------
 # Patches and positions
 # ---------------------------------------------------------------------------------------------
 
+@checked_jit(contracts.patchify, static_argnames=("patch_size",))
 def patchify(images, patch_size):
     """Row-major p x p patches: (B, H, W, Ch) -> (B, S, p p Ch)."""
     b, h, w, ch = images.shape
@@ -35,6 +39,7 @@ def patchify(images, patch_size):
     return x.reshape(b, (h // p) * (w // p), p * p * ch)         # (B, S, P)
 
 
+@checked_jit(contracts.unpatchify, static_argnames=("patch_size", "height", "width"))
 def unpatchify(patches, patch_size, height, width):
     """Inverse of `patchify`: (B, S, p p Ch) -> (B, H, W, Ch)."""
     b, s, pdim = patches.shape
@@ -45,11 +50,13 @@ def unpatchify(patches, patch_size, height, width):
     return x.reshape(b, height, width, ch)                       # (B, H, W, Ch)
 
 
+@checked_jit(contracts.sincos_embedding_2d, static_argnames=("grid_size", "dim"))
 def sincos_embedding_2d(grid_size, dim):
     """Fixed 2-D sin-cos positions, (S, D). JAX: the reference's host table (a jit constant)."""
     return jnp.asarray(_reference.sincos_embedding_2d(grid_size, dim))
 
 
+@checked_jit(contracts.positional_embedding, static_argnames=("config",))
 def positional_embedding(params, config):
     """(S, D) positions: fixed sin-cos, or learned params['pos_embed']."""
     if config.pos_embedding == "learned":
@@ -57,6 +64,7 @@ def positional_embedding(params, config):
     return sincos_embedding_2d(config.grid_size, config.width)   # (S, D)
 
 
+@checked_jit(contracts.embed_patches, static_argnames=("config",))
 def embed_patches(x_t, params, config):
     """Linear patch embedding plus positions: (B, H, W, Ch) -> (B, S, D)."""
     patches = patchify(x_t, config.patch_size)                   # (B, S, P)
@@ -64,6 +72,7 @@ def embed_patches(x_t, params, config):
     return tokens + positional_embedding(params, config)[None]   # (B, S, D)
 
 
+@checked_jit(contracts.keep_tokens)
 def keep_tokens(tokens, keep_index):
     """Masking: keep tokens keep_index (B, S'); (B, S, D) -> (B, S', D)."""
     return jnp.take_along_axis(tokens, keep_index[..., None], axis=1)  # (B, S', D)  JAX: one gather
@@ -73,6 +82,15 @@ def keep_tokens(tokens, keep_index):
 # Conditioning: text encoder and timestep
 # ---------------------------------------------------------------------------------------------
 
+@checked_jit(contracts.null_caption, static_argnames=("batch_size", "max_len"))
+def null_caption(batch_size, max_len):
+    """The empty caption "" for every row: <null> then padding. (ids (B, L) int32, mask (B, L) bool)."""
+    ids = jnp.full((batch_size, max_len), PAD_ID, dtype=jnp.int32).at[:, 0].set(NULL_ID)  # (B, L)
+    mask = jnp.broadcast_to(jnp.arange(max_len) == 0, (batch_size, max_len))               # (B, L)
+    return ids, mask
+
+
+@checked_jit(contracts.text_encoder, static_argnames=("num_heads",))
 def text_encoder(text_ids, text_mask, params, num_heads):
     """Enc(y): embeddings + positions, pre-LN transformer layers, final LN. (B, L) -> (B, L, Dy)."""
     l = text_ids.shape[1]
@@ -84,12 +102,14 @@ def text_encoder(text_ids, text_mask, params, num_heads):
     return layer_norm(h)                                         # (B, L, Dy)
 
 
+@checked_jit(contracts.timestep_condition, static_argnames=("config",))
 def timestep_condition(t, params, config):
     """c = MLP(sinusoid(1000 t)). (B,) -> (B, D)."""
     t_freq = sinusoidal_embedding(t, config.freq_dim, scale=config.timestep_scale)  # (B, F_t)
     return timestep_mlp(t_freq, params)                          # (B, D)
 
 
+@checked_jit(contracts.pooled_text)
 def pooled_text(y, text_mask, params):
     """Deviation (config.pooled_text): the masked mean of Enc(y), projected to D, added to c.
     (B, L, Dy) -> (B, D)."""
@@ -102,9 +122,10 @@ def pooled_text(y, text_mask, params):
 # Blocks
 # ---------------------------------------------------------------------------------------------
 
+@checked_jit(contracts.model_block, static_argnames=("config", "group_size"))
 def model_block(x, c, y, params, config, group_size=None, text_mask=None):
     """One block with the config's heads, capacity factor and top-k: `dit_block` picks the FFN
-    (dense 'ffn', expert-choice 'moe' or token-choice 'token_choice') from the block's params."""
+    ('dense', 'expert_choice' or 'token_choice') from the block's params."""
     return dit_block(x, c, y, params, config.num_heads, config.num_kv_heads, config.capacity_factor,
                      group_size, text_mask, config.num_selected)
 
@@ -113,6 +134,7 @@ def model_block(x, c, y, params, config, group_size=None, text_mask=None):
 # Final layer and the model
 # ---------------------------------------------------------------------------------------------
 
+@checked_jit(contracts.final_layer)
 def final_layer(x, c, params):
     """v = Linear(modulate(LN(x), shift, scale)); (B, S, D) -> (B, S, P)."""
     mod = silu(c) @ params["adaln"]["w"] + params["adaln"]["b"]  # (B, 2 D)
@@ -121,7 +143,10 @@ def final_layer(x, c, params):
     return h @ params["linear"]["w"] + params["linear"]["b"]     # (B, S, P)
 
 
-def _forward(params, x_t, t, text_ids, text_mask, config, keep_index=None, group_size=None):
+@checked_jit(contracts.forward, static_argnames=("config", "group_size"))
+def forward(params, x_t, t, text_ids, text_mask, config, keep_index=None, group_size=None):
+    """v_theta(x_t, t, y) in patch space: (velocity (B, S', P), per-layer routing list); compiles
+    once per (config, group_size, input shapes)."""
     tokens = embed_patches(x_t, params, config)                  # (B, S, D)
     if keep_index is not None:
         tokens = keep_tokens(tokens, keep_index)                 # (B, S', D)
@@ -136,20 +161,7 @@ def _forward(params, x_t, t, text_ids, text_mask, config, keep_index=None, group
     return final_layer(tokens, c, params["final"]), routing      # (B, S', P)
 
 
-_forward_jit = jax.jit(_forward, static_argnames=("config", "group_size"))
-
-
-def forward(params, x_t, t, text_ids, text_mask, config, keep_index=None, group_size=None):
-    """v_theta(x_t, t, y) in patch space: (velocity (B, S', P), per-layer routing list).
-    Checked on the host, then one compiled call; inside another jit (train step, sampler) the
-    check sees tracers and only checks shapes."""
-    check_forward(params, x_t, t, text_ids, text_mask, config, keep_index, group_size)
-    return _forward_jit(params, x_t, t, text_ids, text_mask, config, keep_index, group_size)
-
-
-forward.jitted = _forward_jit
-
-
+@checked_jit(contracts.velocity, static_argnames=("config", "group_size"))
 def velocity(params, x_t, t, text_ids, text_mask, config, group_size=None):
     """The full-image velocity (B, H, W, Ch): `forward` without masking, unpatchified."""
     v, _ = forward(params, x_t, t, text_ids, text_mask, config, None, group_size)  # (B, S, P)

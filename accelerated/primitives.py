@@ -6,23 +6,23 @@ Shapes: (..., D) means any leading axes and a last axis of width D; F is the FFN
 import jax
 import jax.numpy as jnp
 
-from accelerated._jit import checked_jit
-from ecdit import validate
+from .jit import checked_jit
+from ecdit.core import contracts
 
 
-@checked_jit(validate.softmax, static_argnames=("axis",))
+@checked_jit(contracts.softmax, static_argnames=("axis",))
 def softmax(x, axis=-1):
     """softmax along `axis` (jax.nn.softmax: the same max-shifted formula)."""
     return jax.nn.softmax(x, axis=axis)                          # (...), sums to 1 along axis
 
 
-@checked_jit(validate.elementwise)
+@checked_jit(contracts.elementwise)
 def gelu_tanh(x):
     """GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
     return jax.nn.gelu(x, approximate=True)                      # (...)
 
 
-@checked_jit(validate.layer_norm, static_argnames=("eps",))
+@checked_jit(contracts.layer_norm, static_argnames=("eps",))
 def layer_norm(x, eps=1e-6):
     """LayerNorm over the last axis without a learned affine (DiT: AdaLN supplies scale and shift)."""
     mean = jnp.mean(x, axis=-1, keepdims=True)                   # (..., 1)
@@ -30,14 +30,14 @@ def layer_norm(x, eps=1e-6):
     return (x - mean) * jax.lax.rsqrt(var + eps)                 # (..., D)
 
 
-@checked_jit(validate.feed_forward)
+@checked_jit(contracts.feed_forward)
 def feed_forward(x, w1, w2):
     """Dense FFN, the layer an expert replicates (Sec. 2.3): GeLU(x W1) W2, no biases."""
     hidden = gelu_tanh(x @ w1)                                   # (..., F)
     return hidden @ w2                                           # (..., D)
 
 
-@checked_jit(validate.elementwise)
+@checked_jit(contracts.elementwise)
 def silu(x):
     """SiLU (swish), x * sigmoid(x), the activation of the timestep MLP and AdaLN (DiT)."""
     return jax.nn.silu(x)                                        # (...)

@@ -19,16 +19,16 @@ Ties in top-k break toward the lower expert index (jax.lax.top_k's documented or
 import jax
 import jax.numpy as jnp
 
-from accelerated._jit import checked_jit
-from accelerated.routing import combine, dispatch, expert_capacity, expert_ffn, router_affinity
-from ecdit import validate_token_choice
+from .jit import checked_jit
+from .routing import combine, dispatch, expert_capacity, expert_ffn, router_affinity
+from ecdit.core import contracts
 
 
 # ---------------------------------------------------------------------------------------------
 # Routing: top-k per token, capacity per expert, the auxiliary loss
 # ---------------------------------------------------------------------------------------------
 
-@checked_jit(validate_token_choice.top_k_experts, static_argnames=("num_selected",))
+@checked_jit(contracts.top_k_experts, static_argnames=("num_selected",))
 def top_k_experts(affinity, num_selected):
     """e_{s,1..k} = top-k_i A_{s,i} and w_{s,r} = A_{s,e_{s,r}} / sum_{r'} A_{s,e_{s,r'}};
     returns (weights, experts), both (G, S, k), best first, ties toward the lower expert."""
@@ -37,7 +37,7 @@ def top_k_experts(affinity, num_selected):
     return weights, experts
 
 
-@checked_jit(validate_token_choice.token_choice_gating, static_argnames=("num_selected", "capacity"))
+@checked_jit(contracts.token_choice_gating, static_argnames=("num_selected", "capacity"))
 def token_choice_gating(affinity, num_selected, capacity):
     """Top-k per token, then at most C tokens per expert in priority order (first choices before
     second choices, token order within a round); p_{s,r} < C is kept.
@@ -63,7 +63,7 @@ def token_choice_gating(affinity, num_selected, capacity):
     return gating, index, experts, kept
 
 
-@checked_jit(validate_token_choice.load_balancing_loss)
+@checked_jit(contracts.load_balancing_loss)
 def load_balancing_loss(affinity, top1_expert):
     """l_aux = E * sum_e f_e P_e averaged over groups (GShard Algorithm 1 scaled by E^2, as in its
     Mesh-TF code and Switch Transformer's Eq. 4): 1 for uniform routing, up to E when collapsed."""
@@ -78,7 +78,7 @@ def load_balancing_loss(affinity, top1_expert):
 # The layer
 # ---------------------------------------------------------------------------------------------
 
-@checked_jit(validate_token_choice.token_choice_moe, static_argnames=("capacity_factor", "num_selected"))
+@checked_jit(contracts.token_choice_moe, static_argnames=("capacity_factor", "num_selected"))
 def token_choice_moe(x, w_router, w1, w2, capacity_factor, num_selected=2):
     """The token-choice MoE layer: Eq. 5, top-k gating with C = round(S f_c / E), gather dispatch,
     batched experts, scatter-add combine. Returns (out (G, S, D), {gating, index (G, E, C),
@@ -88,8 +88,8 @@ def token_choice_moe(x, w_router, w1, w2, capacity_factor, num_selected=2):
     affinity = router_affinity(x, w_router)                      # (G, S, E)     Eq. 5
     gating, index, experts, kept = token_choice_gating(          # (G, E, C) x2, (G, S, k) x2
         affinity, num_selected, capacity)
-    x_in = dispatch(x, index)                                    # (G, E, C, D)  Eq. 7
-    x_e = expert_ffn(x_in, w1, w2)                               # (G, E, C, D)
+    x_in = dispatch(x, index)                                    # (E, G, C, D)  Eq. 7
+    x_e = expert_ffn(x_in, w1, w2)                               # (E, G, C, D)
     out = combine(x_e, gating, index, s)                         # (G, S, D)     Eq. 8
     routing = {"gating": gating, "index": index, "experts": experts, "kept": kept,
                "experts_per_token": jnp.sum(kept, axis=-1, dtype=jnp.int32),   # (G, S)

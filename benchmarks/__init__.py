@@ -1,5 +1,5 @@
 """Benchmarks of ecdit: pytest-benchmark suites (`pytest benchmarks/`) and the report
-(`python -m benchmarks`, later `ecdit bench`), which writes docs/benchmarks.md and its plots.
+(`python -m ecdit.benchmarks`, later `ecdit bench`), which writes docs/benchmarks.md and its plots.
 
 `run_report(full=False, out_dir="docs", smoke=False)` is the entry point; see report.py.
 """
@@ -8,5 +8,5 @@
 def run_report(full: bool = False, out_dir="docs", smoke: bool = False, **kwargs):
     """Run the benchmark sweep and write <out_dir>/benchmarks.md and <out_dir>/benchmarks/*.png;
     returns the path of the markdown file. See benchmarks.report.run_report."""
-    from benchmarks.report import run_report as _run
+    from .report import run_report as _run
     return _run(full=full, out_dir=out_dir, smoke=smoke, **kwargs)

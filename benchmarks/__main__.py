@@ -1,11 +1,11 @@
-"""`python -m benchmarks [--full | --smoke] [--out-dir DIR] [--json PATH]`: run the benchmark
+"""`python -m ecdit.benchmarks [--full | --smoke] [--out-dir DIR] [--json PATH]`: run the benchmark
 sweep and write DIR/benchmarks.md (default docs/) with its plots in DIR/benchmarks/."""
 import argparse
 import sys
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m ecdit.benchmarks", description=__doc__)
     size = p.add_mutually_exclusive_group()
     size.add_argument("--full", action="store_true", help="every size of the issue (takes longer)")
     size.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: checks the code path only")
@@ -15,12 +15,12 @@ def main(argv=None) -> int:
     p.add_argument("--from-json", default=None, metavar="PATH",
                    help="redraw the report of an earlier --json dump instead of measuring")
     a = p.parse_args(argv)
-    from benchmarks.report import report_from_json, run_report
+    from .report import report_from_json, run_report
     if a.from_json:
         print(report_from_json(a.from_json, a.out_dir))
         return 0
     path = run_report(full=a.full, out_dir=a.out_dir, smoke=a.smoke, progress=not a.quiet, json_path=a.json,
-                      command="python -m benchmarks" + (" --full" if a.full else "") + (" --smoke" if a.smoke else ""))
+                      command="python -m ecdit.benchmarks" + (" --full" if a.full else "") + (" --smoke" if a.smoke else ""))
     print(path)
     return 0
 

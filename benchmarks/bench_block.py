@@ -2,8 +2,8 @@
 JAX against the NumPy reference in the same group; forward and forward+backward (JAX)."""
 import pytest
 
-from benchmarks import workloads as W
-from benchmarks.timing import rounds_for, timed
+from . import workloads as W
+from .timing import rounds_for, timed
 
 
 def pytest_generate_tests(metafunc):

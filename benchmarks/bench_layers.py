@@ -11,8 +11,8 @@ JAX call ends in block_until_ready (see benchmarks/workloads.py for what each mo
 """
 import pytest
 
-from benchmarks import workloads as W
-from benchmarks.timing import rounds_for, timed
+from . import workloads as W
+from .timing import rounds_for, timed
 
 
 def pytest_generate_tests(metafunc):

@@ -3,7 +3,7 @@ peak the layers are compared with."""
 import numpy as np
 import pytest
 
-from benchmarks.timing import rounds_for, timed
+from .timing import rounds_for, timed
 
 SIZES = {"smoke": (64,), "quick": (1024, 2048), "full": (1024, 2048, 4096)}
 

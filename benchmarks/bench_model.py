@@ -3,8 +3,8 @@ Euler + CFG sampler — for EC-DiT, the dense DiT, the FLOP-equal dense DiT and 
 top-2. JAX only (the reference has no optimiser or jit-compiled sampler)."""
 import pytest
 
-from benchmarks import workloads as W
-from benchmarks.timing import rounds_for, timed
+from . import workloads as W
+from .timing import rounds_for, timed
 
 
 @pytest.fixture(scope="module")

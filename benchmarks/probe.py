@@ -2,7 +2,7 @@
 (GLIBC_TUNABLES: the allocator reads them once). The report runs it under several environments
 and compares; it prints one JSON line.
 
-    python -m benchmarks.probe --S 1024 --D 512 --E 8 --fc 2 --G 8 --rounds 5
+    python -m ecdit.benchmarks.probe --S 1024 --D 512 --E 8 --fc 2 --G 8 --rounds 5
 """
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ import sys
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.probe")
+    p = argparse.ArgumentParser(prog="python -m ecdit.benchmarks.probe")
     for name, kind, default in (("S", int, 1024), ("D", int, 512), ("E", int, 8), ("fc", float, 2.0),
                                 ("G", int, 8), ("rounds", int, 5)):
         p.add_argument(f"--{name}", type=kind, default=default)
     a = p.parse_args(argv)
 
-    from benchmarks import timing
-    from benchmarks import workloads as W
+    from . import timing
+    from . import workloads as W
     case = W.Case(S=a.S, D=a.D, E=a.E, fc=a.fc, G=a.G)
     arrays = W.make_arrays(case)
     variants = {"ec:jit": ("ec", "jit"), "dense:jit": ("dense", "jit"),

@@ -43,12 +43,6 @@ _FUNCTIONS = {                      # kind -> (module under accelerated/ or refe
     "tc": ("token_choice", "token_choice_moe"),
     "dense": ("primitives", "feed_forward"),
 }
-_CHECKS = {                         # kind -> (module, function) of the shared argument check
-    "ec": ("ecdit.validate", "expert_choice_moe"),
-    "onehot": ("ecdit.validate", "expert_choice_moe"),
-    "tc": ("ecdit.validate_token_choice", "token_choice_moe"),
-    "dense": ("ecdit.validate", "feed_forward"),
-}
 TOP_K = 2                           # token choice: top-2, the activation of f_c = 2 (Sec. 3.5)
 
 
@@ -73,7 +67,7 @@ class Case:
 
     @property
     def C(self) -> int:
-        from reference.routing import expert_capacity
+        from ecdit.core.config import expert_capacity
         return expert_capacity(self.S, self.E, self.fc)
 
     @property
@@ -198,13 +192,14 @@ def dtype_support(dtype: str) -> str | None:
 def layer_function(kind: str, impl: str = "acc"):
     """The public layer function of a variant in `accelerated/` (impl 'acc') or `reference/`."""
     module, name = _FUNCTIONS[kind]
-    package = "accelerated" if impl == "acc" else "reference"
+    package = "ecdit.accelerated" if impl == "acc" else "ecdit.reference"
     return getattr(importlib.import_module(f"{package}.{module}"), name)
 
 
 def check_function(kind: str):
-    module, name = _CHECKS[kind]
-    return getattr(importlib.import_module(module), name)
+    """The argument check alone: the layer's contract (ecdit.core.contracts), which both halves run."""
+    fn = layer_function(kind, "acc")
+    return fn.contract.bind(fn)
 
 
 def layer_args(kind: str, case: Case, arrays: dict) -> tuple:
@@ -295,11 +290,10 @@ def ec_stage_calls(case: Case, arrays: Arrays) -> dict:
     previous stage's real output: router (Eq. 5), top-C (Eq. 6), dispatch gather (Eq. 7), the
     experts, combine scatter-add (Eq. 8), experts-per-token count.
 
-    The stages are the ones `accelerated.routing.expert_choice_moe` is built from (its
-    expert-major helpers where it has them, else the public per-stage functions), so the
-    profile follows the layer if its implementation changes."""
+    The stages are the public functions `accelerated.routing.expert_choice_moe` is built from,
+    so the profile follows the layer if its implementation changes."""
     import jax
-    from accelerated import routing as R
+    from ecdit.accelerated import routing as R
     dev = arrays.to_device()
     x, wr, w1, w2 = dev["x"], dev["w_router"], dev["w1"], dev["w2"]
     c, s, g = case.C, case.S, case.G
@@ -310,27 +304,13 @@ def ec_stage_calls(case: Case, arrays: Arrays) -> dict:
         "router (x W_r, softmax)": lambda: done(R.router_affinity.jitted(x, wr)),
         "top-C per expert": lambda: done(R.expert_choice_gating.jitted(affinity, c)),
     }
-    if all(hasattr(R, n) for n in ("_expert_major_rows", "_dispatch_by_expert", "_experts_by_expert", "_combine_by_expert")):
-        rows_f = jax.jit(R._expert_major_rows, static_argnums=1)
-        gather_f = jax.jit(R._dispatch_by_expert)
-        experts_f = jax.jit(R._experts_by_expert)
-        combine_f = jax.jit(R._combine_by_expert, static_argnums=(3, 4))
-        rows = rows_f(index, s)
-        x_in = gather_f(x, rows)
-        x_e = experts_f(x_in, w1, w2)
-        calls.update({
-            "dispatch (gather)": lambda: done(gather_f(x, rows_f(index, s))),
-            "experts (2 matmuls + GELU)": lambda: done(experts_f(x_in, w1, w2)),
-            "combine (scatter-add)": lambda: done(combine_f(x_e, gating, rows, g, s)),
-        })
-    else:
-        x_in = R.dispatch.jitted(x, index)
-        x_e = R.expert_ffn.jitted(x_in, w1, w2)
-        calls.update({
-            "dispatch (gather)": lambda: done(R.dispatch.jitted(x, index)),
-            "experts (2 matmuls + GELU)": lambda: done(R.expert_ffn.jitted(x_in, w1, w2)),
-            "combine (scatter-add)": lambda: done(R.combine.jitted(x_e, gating, index, s)),
-        })
+    x_in = R.dispatch.jitted(x, index)
+    x_e = R.expert_ffn.jitted(x_in, w1, w2)
+    calls.update({
+        "dispatch (gather)": lambda: done(R.dispatch.jitted(x, index)),
+        "experts (2 matmuls + GELU)": lambda: done(R.expert_ffn.jitted(x_in, w1, w2)),
+        "combine (scatter-add)": lambda: done(R.combine.jitted(x_e, gating, index, s)),
+    })
     calls["experts per token"] = lambda: done(R.experts_per_token.jitted(index, s))
     return calls
 
@@ -373,7 +353,7 @@ BLOCK_KINDS = ("ec", "dense")       # EC block; dense block with the FLOP-equal 
 def make_block(case: BlockCase, kind: str, seed: int = 0) -> tuple[tuple, dict]:
     """(x, c, y, text_mask) as NumPy and the block's parameters (AdaLN not zero, so every path
     computes). kind 'ec': MoE of E experts of hidden 4 D; 'dense': one FFN of hidden f_c 4 D."""
-    from ecdit import params as P
+    from ecdit.core import params as P
     rng = np.random.default_rng([seed, case.B, case.S, case.D])
     d, f = case.D, 4 * case.D
     if kind == "ec":
@@ -391,14 +371,14 @@ def make_block_call(case: BlockCase, kind: str, impl: str, mode: str = "fwd"):
     """Zero-argument callable: one DiT block forward (public API) or fwd+bwd (jitted)."""
     (x, c, y, mask), params = make_block(case, kind)
     if impl == "ref":
-        from reference.blocks import dit_block
+        from ecdit.reference.blocks import dit_block
         return lambda: dit_block(x, c, y, params, case.num_heads, case.num_kv_heads, case.fc, None, mask)
     import jax
     import jax.numpy as jnp
 
-    from accelerated.blocks import dit_block
-    from ecdit.params import to_jax
-    jp = to_jax(params)
+    from ecdit.accelerated.blocks import dit_block
+    
+    jp = jax.tree.map(jnp.asarray, params)
     jx, jc, jy, jm = (jnp.asarray(a) for a in (x, c, y, mask))
     if mode == "fwd":
         return lambda: jax.block_until_ready(
@@ -414,7 +394,7 @@ def _block_fwdbwd(num_heads: int, num_kv_heads: int, fc: float):
     import jax
     import jax.numpy as jnp
 
-    from accelerated.blocks import dit_block
+    from ecdit.accelerated.blocks import dit_block
 
     def loss(p, x_, c_, y_, m_):     # every array an argument: closed-over arrays would be
         out, _ = dit_block(x_, c_, y_, p, num_heads, num_kv_heads, fc, None, m_)
@@ -438,7 +418,7 @@ MODEL_NAMES = {
 def model_config(size: str, kind: str):
     """A model of preset `size` ('micro', 'tiny' or 'small') with its FFN kind set; 'micro' is a
     two-layer toy for the smoke test."""
-    from ecdit.config import ModelConfig, preset
+    from ecdit.core.config import ModelConfig, preset
     if size == "micro":
         base = ModelConfig(name="micro", image_size=8, patch_size=2, depth=2, width=32, num_heads=2,
                            num_kv_heads=1, num_experts=4, text_width=16, text_depth=1, text_heads=2,
@@ -454,12 +434,13 @@ def make_train_step_call(size: str, kind: str, batch_size: int):
     """Zero-argument callable: one jit-compiled optimisation step (forward + backward + RMSProp)."""
     import jax
 
-    from accelerated import train as T
-    from ecdit.config import TrainConfig
-    from ecdit.model_params import init_model
+    from ecdit.core.config import TrainConfig
+    from ecdit.core.params import init_model
+    from ecdit.systems import train as T
+    from ecdit.systems.optim import init_state
     cfg = model_config(size, kind)
     tcfg = TrainConfig(batch_size=batch_size, warmup_steps=0, mask_ratio=0.0)
-    state = T.init_state(init_model(cfg, 0), tcfg)
+    state = init_state(init_model(cfg, 0), tcfg)
     batch = T.make_batch(0, 0, cfg, tcfg)
     return lambda: jax.block_until_ready(T.run_step(state, batch, cfg, tcfg))
 
@@ -470,14 +451,15 @@ def make_sampler_call(size: str, kind: str, batch_size: int, num_steps: int):
     import jax
     import jax.numpy as jnp
 
-    from accelerated import sample as SM
-    from ecdit import text
-    from ecdit.model_params import init_model, randomize_zero_init
+    from ecdit.accelerated.sample import sample
+    from ecdit.core.params import init_model, randomize_zero_init
+    from ecdit.systems import text
+    from ecdit.systems.sampling import sample_noise
     cfg = model_config(size, kind)
     params = jax.tree.map(jnp.asarray, randomize_zero_init(init_model(cfg, 0)))
     ids, mask = text.tokenize_batch(["a red circle"] * batch_size, cfg.max_text_len)
-    noise = SM.sample_noise(np.random.default_rng(0), batch_size, cfg)
-    return lambda: jax.block_until_ready(SM.sample(params, noise, ids, mask, cfg, num_steps=num_steps))
+    noise = sample_noise(np.random.default_rng(0), batch_size, cfg)
+    return lambda: jax.block_until_ready(sample(params, noise, ids, mask, cfg, num_steps=num_steps))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,10 +7,12 @@ No biases in the projections (the paper's Eq. 2 has none).
 """
 import numpy as np
 
-from ecdit import validate
-from reference.primitives import softmax
+from ecdit.core import contracts
+from ecdit.core.checks import checked
+from .primitives import softmax
 
 
+@checked(contracts.self_attention)
 def self_attention(x, params, num_heads, num_kv_heads):
     """Multi-head self-attention with grouped-query attention (GQA, Table 1).
 
@@ -18,7 +20,6 @@ def self_attention(x, params, num_heads, num_kv_heads):
     kv head n // R (R = N / K), and the heads are joined and projected by Wo:
         head_n = softmax(Q_n K_{n//R}^T / sqrt(H)) V_{n//R},   out = concat(head_1..N) Wo.
     With K = N this is ordinary multi-head attention."""
-    validate.self_attention(x, params, num_heads, num_kv_heads)
     b, s, d = x.shape
     n, k = num_heads, num_kv_heads
     h, r = d // n, n // k
@@ -31,6 +32,7 @@ def self_attention(x, params, num_heads, num_kv_heads):
     return heads.reshape(b, s, d) @ params["wo"]                 # (B, S, D)  head n = k * R + r
 
 
+@checked(contracts.cross_attention)
 def cross_attention(x, y, params, num_heads, text_mask=None):
     """Multi-head cross-attention of image tokens to text embeddings, Eq. 2-3:
 
@@ -41,7 +43,6 @@ def cross_attention(x, y, params, num_heads, text_mask=None):
     Eq. 3 prints sqrt(d_x); we scale by sqrt(H), the head dim, as in Vaswani et al. and PixArt-alpha
     (docs/errata.md). `text_mask` (B, L) marks real caption tokens (True) against padding;
     padded keys get zero weight."""
-    validate.cross_attention(x, y, params, num_heads, text_mask)
     b, s, d = x.shape
     l = y.shape[1]
     n = num_heads

@@ -16,51 +16,52 @@ width, G routing groups of `group_size` tokens.
 """
 import numpy as np
 
-from ecdit import validate
-from reference.attention import cross_attention, self_attention
-from reference.primitives import feed_forward, layer_norm, silu
-from reference.routing import expert_choice_moe, group_tokens, ungroup_tokens
-from reference.token_choice import token_choice_moe
+from ecdit.core import contracts
+from ecdit.core.checks import checked
+from .attention import cross_attention, self_attention
+from .primitives import feed_forward, layer_norm, silu
+from .routing import expert_choice_moe, group_tokens, ungroup_tokens
+from .token_choice import token_choice_moe
 
 
 # ---------------------------------------------------------------------------------------------
 # Conditioning: timestep embedding and AdaLN
 # ---------------------------------------------------------------------------------------------
 
+@checked(contracts.sinusoidal_embedding)
 def sinusoidal_embedding(t, dim, scale=1000.0, max_period=10000.0):
     """Sinusoidal features of the timestep (Vaswani et al.; DiT's TimestepEmbedder):
         freq_j = max_period^(-j / (dim/2)),  emb = [cos(scale t freq), sin(scale t freq)].
 
     t lives in [0, 1]; scaling by 1000 first spreads it over the sinusoids' periods (feeding raw
     [0, 1] into 10000-period sinusoids leaves most features nearly constant)."""
-    validate.sinusoidal_embedding(t, dim, scale, max_period)
     half = dim // 2
     freqs = np.exp(-np.log(max_period) * np.arange(half) / half).astype(t.dtype)  # (dim/2,)
     args = (scale * t)[:, None] * freqs[None, :]                 # (B, dim/2)
     return np.concatenate([np.cos(args), np.sin(args)], axis=-1)  # (B, dim)
 
 
+@checked(contracts.timestep_mlp)
 def timestep_mlp(t_freq, params):
     """The two-layer timestep MLP with width D (Sec. 2.3): c = W2 SiLU(W1 t_freq + b1) + b2."""
-    validate.timestep_mlp(t_freq, params)
     hidden = silu(t_freq @ params["w1"] + params["b1"])          # (B, D)
     return hidden @ params["w2"] + params["b2"]                  # (B, D)
 
 
+@checked(contracts.adaln_modulation)
 def adaln_modulation(c, params):
     """AdaLN: six (B, D) vectors from the conditioning, Linear(SiLU(c)) split in six (DiT).
 
     With the zero initialisation of DiT (adaLN-Zero) every gate starts at 0, so each block
     starts as the identity."""
-    validate.adaln_modulation(c, params)
     mod = silu(c) @ params["w"] + params["b"]                    # (B, 6 D)
     names = ("shift_msa", "scale_msa", "gate_msa", "shift_mlp", "scale_mlp", "gate_mlp")
     return dict(zip(names, np.split(mod, 6, axis=-1)))           # 6 x (B, D)
 
 
+@checked(contracts.modulate)
 def modulate(x, shift, scale):
     """AdaLN's affine: x * (1 + scale) + shift, per sample and channel."""
-    validate.modulate(x, shift, scale)
     return x * (1.0 + scale[:, None, :]) + shift[:, None, :]     # (B, S, D)
 
 
@@ -68,19 +69,18 @@ def modulate(x, shift, scale):
 # The block
 # ---------------------------------------------------------------------------------------------
 
+@checked(contracts.dit_block)
 def dit_block(x, c, y, params, num_heads, num_kv_heads, capacity_factor=2.0, group_size=None, text_mask=None,
               num_selected=2):
     """One EC-DiT block (Fig. 2). `params` holds 'adaln', 'self_attn', 'cross_attn' and exactly one
-    FFN: 'ffn' (dense: w1, w2), 'moe' (expert choice: w_router, w1, w2) or 'token_choice' (the
-    GShard top-`num_selected` baseline, same arrays). For a MoE block the B * S tokens are
+    FFN, under the key of its kind: 'dense' (w1, w2), 'expert_choice' (w_router, w1, w2) or
+    'token_choice' (the GShard top-`num_selected` baseline, same arrays). For a MoE block the B * S tokens are
     regrouped into groups of `group_size` (default S: one image per group) before routing, so a
     group may span several images.
 
     Returns (out (B, S, D), routing) where routing is the MoE's record (expert choice:
     `gating`/`index` (G, E, C); token choice: also the scalar `aux_loss`) with
     `experts_per_token` reshaped to (B, S); None for a dense block."""
-    validate.dit_block(x, c, y, params, num_heads, num_kv_heads, capacity_factor, group_size, text_mask,
-                       num_selected)
     b, s, d = x.shape
     mod = adaln_modulation(c, params["adaln"])                   # 6 x (B, D)
     # Self-attention with AdaLN-Zero gating
@@ -89,13 +89,13 @@ def dit_block(x, c, y, params, num_heads, num_kv_heads, capacity_factor=2.0, gro
     # Eq. 4: cross-attention to the text, its sum is the input of the FFN / router
     x_prime = x_s + cross_attention(x_s, y, params["cross_attn"], num_heads, text_mask)  # (B, S, D)
     x_p = modulate(layer_norm(x_prime), mod["shift_mlp"], mod["scale_mlp"])  # (B, S, D)
-    if "ffn" in params:
-        ffn_out = feed_forward(x_p, params["ffn"]["w1"], params["ffn"]["w2"])  # (B, S, D)
+    if "dense" in params:
+        ffn_out = feed_forward(x_p, params["dense"]["w1"], params["dense"]["w2"])  # (B, S, D)
         routing = None
     else:
         grouped = group_tokens(x_p, s if group_size is None else group_size)  # (G, group_size, D)
-        if "moe" in params:                                      # expert choice, Eq. 5-8
-            moe = params["moe"]
+        if "expert_choice" in params:                            # expert choice, Eq. 5-8
+            moe = params["expert_choice"]
             out_g, routing = expert_choice_moe(grouped, moe["w_router"], moe["w1"], moe["w2"], capacity_factor)
         else:                                                    # token choice top-k (GShard)
             moe = params["token_choice"]

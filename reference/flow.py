@@ -13,15 +13,16 @@ Shapes: B batch, then any trailing axes "...", e.g. (B, S, D) tokens or (B, H, W
 """
 import numpy as np
 
-from ecdit import validate
+from ecdit.core import contracts
+from ecdit.core.checks import checked
 
 
+@checked(contracts.logit_normal_timesteps)
 def logit_normal_timesteps(z, mu=0.0, sigma=1.0):
     """pi(t) of Eq. 1: t = sigmoid(mu + sigma * z) with z ~ N(0, 1) given.
 
     sigmoid(u) = 1 / (1 + exp(-u)) is written as (1 + tanh(u / 2)) / 2, the same function
     without overflow for large |u|."""
-    validate.logit_normal_timesteps(z, mu, sigma)
     u = mu + sigma * z                                           # (B,)  u ~ N(mu, sigma)
     return 0.5 * (1.0 + np.tanh(0.5 * u))                        # (B,)  t in (0, 1)
 
@@ -31,40 +32,48 @@ def _per_sample(t, like):
     return t.reshape(t.shape + (1,) * (like.ndim - 1))           # (B, 1, ..., 1)
 
 
+@checked(contracts.interpolate)
 def interpolate(x0, noise, t):
     """The straight path of Eq. 1: x_t = (1 - t) x0 + t noise (data at t = 0)."""
-    validate.interpolate(x0, noise, t)
     t_b = _per_sample(t, x0)                                     # (B, 1, ...)
     return (1.0 - t_b) * x0 + t_b * noise                        # (B, ...)
 
 
+@checked(contracts.velocity_target)
 def velocity_target(x0, noise):
     """The regression target of Eq. 1: d x_t / dt = noise - x0."""
-    validate.velocity_target(x0, noise)
     return noise - x0                                            # (B, ...)
 
 
+@checked(contracts.rectified_flow_loss)
 def rectified_flow_loss(velocity, x0, noise):
     """Eq. 1: mean over samples and elements of ((noise - x0) - v_theta(x_t, t))^2.
 
     The paper writes a squared norm; we average over elements as well, so the loss does not grow
     with image size or width (a constant factor: same minimiser, same gradient direction)."""
-    validate.rectified_flow_loss(velocity, x0, noise)
     error = velocity_target(x0, noise) - velocity                # (B, ...)
     return np.mean(error ** 2)                                   # ()
 
 
-def euler_sample(velocity_fn, noise, num_steps):
+@checked(contracts.euler_sample)
+def euler_sample(velocity_fn, noise, num_steps, has_aux=False):
     """Integrate dx/dt = velocity_fn(x, t) from t = 1 (noise) to t = 0 (data) in `num_steps`
     equal Euler steps: x_{t - dt} = x_t - dt * v(x_t, t). Returns the sample at t = 0.
 
-    `velocity_fn(x, t)` takes x (B, ...) and t (B,) and returns (B, ...)."""
-    validate.euler_sample(velocity_fn, noise, num_steps)
-    times = np.linspace(1.0, 0.0, num_steps + 1).astype(noise.dtype)   # (num_steps + 1,)  1 -> 0
+    `velocity_fn(x, t)` takes x (B, ...) and t (B,) and returns v (B, ...); with has_aux it
+    returns (v, aux) and euler_sample returns (x, aux of every step stacked on a new first axis
+    (T, ...)), as jax.value_and_grad does with has_aux (the sampler records routing this way)."""
+    times = np.linspace(1.0, 0.0, num_steps + 1).astype(noise.dtype)   # (T + 1,)  1 -> 0
     x = noise                                                    # (B, ...)  x at t = 1
     batch = noise.shape[0]
+    auxes = []
     for i in range(num_steps):
         t = np.full((batch,), times[i])                          # (B,)
         v = velocity_fn(x, t)                                    # (B, ...)
-        x = x + (times[i + 1] - times[i]) * v                    # (B, ...)  step of -1/num_steps
+        if has_aux:
+            v, aux = v
+            auxes.append(aux)
+        x = x + (times[i + 1] - times[i]) * v                    # (B, ...)  step of -1/T
+    if has_aux:
+        return x, np.stack(auxes)                                # (B, ...), (T, ...)
     return x

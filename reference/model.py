@@ -12,23 +12,28 @@ groups: the B * S' tokens of a batch are regrouped into groups of `group_size` (
 per group), so an inference group may hold tokens of several images (Sec. 3.1).
 
 Deviation (docs/model.md): the paper's frozen 670M T5 encoder cannot be downloaded here; the text
-encoder is a small learned word-level transformer over the closed vocabulary of ecdit.text.
+encoder is a small learned word-level transformer over the closed vocabulary of
+ecdit.systems.text (ids in, so the model itself knows no words; ids 0 and 1 are <pad> and <null>).
 
-Shapes: B batch, H x W x Ch image, p patch side, S = (H/p)(W/p) tokens, S' kept tokens,
+Shapes: B batch, I x I x Ch image, p patch side, S = (I/p)^2 tokens, S' kept tokens,
 P = p * p * Ch values per patch, D width, L text tokens, Dy text width.
 """
 import numpy as np
 
-from reference.attention import cross_attention
-from reference.blocks import dit_block, modulate, sinusoidal_embedding, timestep_mlp
-from reference.primitives import feed_forward, layer_norm, silu
-from ecdit.config import check_forward
+from ecdit.core import contracts
+from ecdit.core.checks import checked
+from ecdit.core.config import NULL_ID, PAD_ID
+
+from .attention import cross_attention
+from .blocks import dit_block, modulate, sinusoidal_embedding, timestep_mlp
+from .primitives import feed_forward, layer_norm, silu
 
 
 # ---------------------------------------------------------------------------------------------
 # Patches and positions
 # ---------------------------------------------------------------------------------------------
 
+@checked(contracts.patchify)
 def patchify(images, patch_size):
     """Cut (B, H, W, Ch) images into a row-major sequence of p x p patches, (B, S, p p Ch).
 
@@ -41,6 +46,7 @@ def patchify(images, patch_size):
     return x.reshape(b, (h // p) * (w // p), p * p * ch)         # (B, S, P)
 
 
+@checked(contracts.unpatchify)
 def unpatchify(patches, patch_size, height, width):
     """Inverse of `patchify`: (B, S, p p Ch) back to (B, H, W, Ch)."""
     b, s, pdim = patches.shape
@@ -51,6 +57,7 @@ def unpatchify(patches, patch_size, height, width):
     return x.reshape(b, height, width, ch)                       # (B, H, W, Ch)
 
 
+@checked(contracts.sincos_embedding_2d)
 def sincos_embedding_2d(grid_size, dim):
     """Fixed 2-D sin-cos positions (MAE / DiT): half the channels encode the row, half the column,
     each as [sin(pos w_j), cos(pos w_j)] with w_j = 10000^(-j / (dim/4)). Returns (S, D) float32."""
@@ -66,6 +73,7 @@ def sincos_embedding_2d(grid_size, dim):
     return out.astype(np.float32)                                # (S, D)
 
 
+@checked(contracts.positional_embedding)
 def positional_embedding(params, config):
     """(S, D) positions: the fixed sin-cos table, or the learned one in params['pos_embed']."""
     if config.pos_embedding == "learned":
@@ -73,6 +81,7 @@ def positional_embedding(params, config):
     return sincos_embedding_2d(config.grid_size, config.width)   # (S, D)
 
 
+@checked(contracts.embed_patches)
 def embed_patches(x_t, params, config):
     """Linear patch embedding plus positions: (B, H, W, Ch) -> (B, S, D)."""
     patches = patchify(x_t, config.patch_size)                   # (B, S, P)
@@ -80,6 +89,7 @@ def embed_patches(x_t, params, config):
     return tokens + positional_embedding(params, config)[None]   # (B, S, D)
 
 
+@checked(contracts.keep_tokens)
 def keep_tokens(tokens, keep_index):
     """Masking (MDT, Sec. 3.1): keep the tokens listed in keep_index (B, S'), drop the rest before
     the blocks, so masked tokens take no part in attention or routing. (B, S, D) -> (B, S', D)."""
@@ -91,6 +101,18 @@ def keep_tokens(tokens, keep_index):
 # Conditioning: text encoder and timestep
 # ---------------------------------------------------------------------------------------------
 
+@checked(contracts.null_caption)
+def null_caption(batch_size, max_len):
+    """The empty caption "" of classifier-free guidance for every row: <null> then padding
+    (ecdit.core.config.NULL_ID, PAD_ID; the tokenizer makes the same). (ids (B, L) int32, mask (B, L) bool)."""
+    ids = np.full((batch_size, max_len), PAD_ID, dtype=np.int32)  # (B, L)
+    ids[:, 0] = NULL_ID
+    mask = np.zeros((batch_size, max_len), dtype=bool)           # (B, L)
+    mask[:, 0] = True                                            # one valid token: <null>
+    return ids, mask
+
+
+@checked(contracts.text_encoder)
 def text_encoder(text_ids, text_mask, params, num_heads):
     """Enc(y) of Sec. 2.2, a small pre-LN transformer over word ids (deviation: not a frozen T5).
 
@@ -107,12 +129,14 @@ def text_encoder(text_ids, text_mask, params, num_heads):
     return layer_norm(h)                                         # (B, L, Dy)
 
 
+@checked(contracts.timestep_condition)
 def timestep_condition(t, params, config):
     """c = MLP(sinusoid(1000 t)): t in [0, 1] scaled by `timestep_scale` first. (B,) -> (B, D)."""
     t_freq = sinusoidal_embedding(t, config.freq_dim, scale=config.timestep_scale)  # (B, F_t)
     return timestep_mlp(t_freq, params)                          # (B, D)
 
 
+@checked(contracts.pooled_text)
 def pooled_text(y, text_mask, params):
     """Deviation (config.pooled_text): the masked mean of Enc(y), projected to D, added to c.
     (B, L, Dy) -> (B, D)."""
@@ -125,9 +149,10 @@ def pooled_text(y, text_mask, params):
 # Blocks: the foundation's DiT block, and its token-choice sibling
 # ---------------------------------------------------------------------------------------------
 
+@checked(contracts.model_block)
 def model_block(x, c, y, params, config, group_size=None, text_mask=None):
     """One block with the config's heads, capacity factor and top-k: `dit_block` picks the FFN
-    (dense 'ffn', expert-choice 'moe' or token-choice 'token_choice') from the block's params."""
+    ('dense', 'expert_choice' or 'token_choice') from the block's params."""
     return dit_block(x, c, y, params, config.num_heads, config.num_kv_heads, config.capacity_factor,
                      group_size, text_mask, config.num_selected)
 
@@ -136,6 +161,7 @@ def model_block(x, c, y, params, config, group_size=None, text_mask=None):
 # Final layer and the model
 # ---------------------------------------------------------------------------------------------
 
+@checked(contracts.final_layer)
 def final_layer(x, c, params):
     """DiT's final layer: v = Linear(modulate(LN(x), shift, scale)), (shift, scale) = Linear(SiLU(c)).
     (B, S, D) -> (B, S, P); both linears start at zero (DiT), so an untrained model predicts 0."""
@@ -145,17 +171,17 @@ def final_layer(x, c, params):
     return h @ params["linear"]["w"] + params["linear"]["b"]     # (B, S, P)
 
 
+@checked(contracts.forward)
 def forward(params, x_t, t, text_ids, text_mask, config, keep_index=None, group_size=None):
     """v_theta(x_t, t, y) of Eq. 1 in patch space.
 
     x_t (B, H, W, Ch) noisy images, t (B,) in [0, 1], text_ids / text_mask (B, L) from
-    ecdit.text.tokenize_batch, keep_index (B, S') sorted indices of the kept tokens or None
+    ecdit.systems.text.tokenize_batch, keep_index (B, S') sorted indices of the kept tokens or None
     (all S), group_size the routing group (None: S' tokens, one image per group).
 
     Returns (velocity (B, S', P) for the kept patches in token order, routing) where routing is a
     list over layers of None (dense) or the layer's routing dict (experts_per_token (B, S'), and
     aux_loss for token choice)."""
-    check_forward(params, x_t, t, text_ids, text_mask, config, keep_index, group_size)
     tokens = embed_patches(x_t, params, config)                  # (B, S, D)
     if keep_index is not None:
         tokens = keep_tokens(tokens, keep_index)                 # (B, S', D)
@@ -170,6 +196,7 @@ def forward(params, x_t, t, text_ids, text_mask, config, keep_index=None, group_
     return final_layer(tokens, c, params["final"]), routing      # (B, S', P)
 
 
+@checked(contracts.velocity)
 def velocity(params, x_t, t, text_ids, text_mask, config, group_size=None):
     """The full-image velocity (B, H, W, Ch): `forward` without masking, unpatchified."""
     v, _ = forward(params, x_t, t, text_ids, text_mask, config, None, group_size)  # (B, S, P)

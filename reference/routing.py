@@ -14,56 +14,40 @@ by anywhere from 0 to E experts (adaptive compute, Fig. 6).
 Shapes: G routing groups, S tokens per group, D width, E experts, C capacity per expert,
 F expert hidden width. Eq. 6's tensor is stored compactly as `gating` and `index`, both
 (G, E, C): expert e's c-th choice is token index[g, e, c] with weight gating[g, e, c]; the dense
-(S, E) form of Eq. 6 is gating scattered to those positions (zero elsewhere).
+(S, E) form of Eq. 6 is gating scattered to those positions (zero elsewhere). The tokens sent to
+the experts are expert-major, (E, G, C, D): each expert's G * C tokens are one block, so the
+experts are one batched matrix product (the layout the fast twin computes in; every routing
+method, expert choice and token choice alike, goes through these `dispatch` and `combine`).
 
 Conventions: top-C lists tokens in descending affinity and breaks ties toward the lower token
 index (as jax.lax.top_k does); C = round(S * f_c / E) rounds halves up.
 """
-import math
-
 import numpy as np
 
-from ecdit import validate
-from reference.primitives import gelu_tanh, softmax
+from ecdit.core import contracts
+from ecdit.core.checks import checked
+from ecdit.core.config import expert_capacity  # noqa: F401  C = round(S f_c / E); the config needs it too
+from .primitives import gelu_tanh, softmax
 
 
 # ---------------------------------------------------------------------------------------------
 # Capacity and regrouping
 # ---------------------------------------------------------------------------------------------
 
-def expert_capacity(tokens_per_group, num_experts, capacity_factor):
-    """C = round(S * f_c / E), the number of tokens each expert chooses per group (Sec. 2.3).
-
-    Halves round up (floor(x + 0.5)) so C never depends on banker's rounding. Raises ValueError
-    when C < 1 (an expert that chooses nothing) or C > S (an expert cannot choose a token twice)."""
-    validate.expert_capacity(tokens_per_group, num_experts, capacity_factor)
-    exact = tokens_per_group * capacity_factor / num_experts
-    capacity = math.floor(exact + 0.5)
-    if capacity < 1:
-        raise ValueError(
-            f"capacity_factor: capacity round(S * f_c / E) = round({tokens_per_group} * {capacity_factor} / "
-            f"{num_experts}) = {capacity} is below 1; raise capacity_factor or tokens_per_group, or use fewer experts")
-    if capacity > tokens_per_group:
-        raise ValueError(
-            f"capacity_factor: capacity round(S * f_c / E) = round({tokens_per_group} * {capacity_factor} / "
-            f"{num_experts}) = {capacity} exceeds the S = {tokens_per_group} tokens of a group; need f_c <= E")
-    return capacity
-
-
+@checked(contracts.group_tokens)
 def group_tokens(x, group_size):
     """Regroup (batch, seq, d) into (outer_batch * num_group, group_size, d) (Sec. 3.1).
 
     Tokens are flattened image after image, so a group larger than one image's S holds several
     images (the paper's inference setting) and a smaller one holds part of an image. The paper's
     (outer_batch, num_group) split only matters for sharding; here both are folded into G."""
-    validate.group_tokens(x, group_size)
     b, s, d = x.shape
     return x.reshape(b * s // group_size, group_size, d)        # (G, group_size, D)
 
 
+@checked(contracts.ungroup_tokens)
 def ungroup_tokens(x_grouped, batch_size):
     """Inverse of `group_tokens`: (G, group_size, d) back to (batch_size, seq, d)."""
-    validate.ungroup_tokens(x_grouped, batch_size)
     g, group_size, d = x_grouped.shape
     return x_grouped.reshape(batch_size, g * group_size // batch_size, d)  # (B, S, D)
 
@@ -72,19 +56,19 @@ def ungroup_tokens(x_grouped, batch_size):
 # Eq. 5-8, one function each
 # ---------------------------------------------------------------------------------------------
 
+@checked(contracts.router_affinity)
 def router_affinity(x, w_router):
     """Eq. 5: token-expert affinity A = softmax over experts of x' W_r."""
-    validate.router_affinity(x, w_router)
     logits = x @ w_router                                        # (G, S, E)
     return softmax(logits, axis=-1)                              # (G, S, E)  each token's row sums to 1
 
 
+@checked(contracts.expert_choice_gating)
 def expert_choice_gating(affinity, capacity):
     """Eq. 6: each expert keeps the affinities of its top-C tokens; everything else is zero.
 
     Returns (gating, index), both (G, E, C): expert e's choices in descending affinity, ties
     toward the lower token index (a stable sort keeps equal keys in token order)."""
-    validate.expert_choice_gating(affinity, capacity)
     per_expert = np.swapaxes(affinity, 1, 2)                     # (G, E, S)  Algorithm 1's 'bse->bes'
     order = np.argsort(-per_expert, axis=-1, kind="stable")      # (G, E, S)  descending, stable
     index = order[..., :capacity]                                # (G, E, C)  top-C token indices
@@ -92,36 +76,42 @@ def expert_choice_gating(affinity, capacity):
     return gating, index
 
 
+@checked(contracts.dispatch)
 def dispatch(x, index):
-    """Eq. 7: gather the tokens x'_{I_i} each expert chose, x_in[g, e, c] = x[g, index[g, e, c]]."""
-    validate.dispatch(x, index)
+    """Eq. 7: gather the tokens x'_{I_i} each expert chose, x_in[e, g, c] = x[g, index[g, e, c]].
+
+    Expert-major (E, G, C, D): expert e's G * C chosen tokens form one block, the input of that
+    expert's own matrix products (the layout the fast twin computes in, shared by every routing
+    method: expert choice, token choice)."""
     groups = np.arange(x.shape[0])[:, None, None]                # (G, 1, 1)
-    return x[groups, index]                                      # (G, E, C, D)
+    chosen = x[groups, index]                                    # (G, E, C, D)
+    return np.swapaxes(chosen, 0, 1)                             # (E, G, C, D)
 
 
+@checked(contracts.expert_ffn)
 def expert_ffn(x_in, w1, w2):
-    """The experts, E_i(x) = GeLU(x W1^i) W2^i, each applied to its own C tokens."""
-    validate.expert_ffn(x_in, w1, w2)
-    hidden = gelu_tanh(np.einsum("gecd,edf->gecf", x_in, w1, optimize=True))  # (G, E, C, F)
-    return np.einsum("gecf,efd->gecd", hidden, w2, optimize=True)            # (G, E, C, D)
+    """The experts, E_i(x) = GeLU(x W1^i) W2^i, each applied to its own G * C tokens."""
+    hidden = gelu_tanh(np.einsum("egcd,edf->egcf", x_in, w1, optimize=True))  # (E, G, C, F)
+    return np.einsum("egcf,efd->egcd", hidden, w2, optimize=True)            # (E, G, C, D)
 
 
+@checked(contracts.combine)
 def combine(expert_out, gating, index, num_tokens):
-    """Eq. 8: x_out[s] = sum over (e, c) with index[e, c] = s of gating[e, c] * expert_out[e, c].
+    """Eq. 8: x_out[g, s] = sum over (e, c) with index[g, e, c] = s of gating[g, e, c] * expert_out[e, g, c].
 
-    A token no expert chose gets zero (in the DiT block the residual carries it through)."""
-    validate.combine(expert_out, gating, index, num_tokens)
-    g, e, c, d = expert_out.shape
-    weighted = gating[..., None] * expert_out                    # (G, E, C, D)
+    A token no expert chose gets zero (in the DiT block the residual carries it through); a token
+    chosen several times sums its contributions in increasing expert order."""
+    e, g, c, d = expert_out.shape
+    weighted = np.swapaxes(gating, 0, 1)[..., None] * expert_out  # (E, G, C, D)
     out = np.zeros((g, num_tokens, d), dtype=weighted.dtype)     # (G, S, D)
-    groups = np.arange(g)[:, None, None]                         # (G, 1, 1)
-    np.add.at(out, (groups, index), weighted)                    # scatter-add, repeats accumulate
+    groups = np.arange(g)[None, :, None]                         # (1, G, 1)
+    np.add.at(out, (groups, np.swapaxes(index, 0, 1)), weighted)  # scatter-add, repeats accumulate
     return out                                                   # (G, S, D)
 
 
+@checked(contracts.experts_per_token)
 def experts_per_token(index, num_tokens):
     """How many experts chose each token, |{i : s in I_i}|: the compute allocation of Fig. 6."""
-    validate.experts_per_token(index, num_tokens)
     g = index.shape[0]
     counts = np.zeros((g, num_tokens), dtype=np.int32)           # (G, S)
     groups = np.arange(g)[:, None, None]                         # (G, 1, 1)
@@ -133,30 +123,30 @@ def experts_per_token(index, num_tokens):
 # The layer, two ways
 # ---------------------------------------------------------------------------------------------
 
+@checked(contracts.expert_choice_moe)
 def expert_choice_moe(x, w_router, w1, w2, capacity_factor):
     """The EC MoE layer, Eq. 5-8, with index-based dispatch and combine.
 
     x (G, S, D) is the router input x' of Eq. 4, w_router (D, E), w1 (E, D, F), w2 (E, F, D).
     Returns (out (G, S, D), routing) where routing is a dict of `gating` (G, E, C), `index`
     (G, E, C) and `experts_per_token` (G, S)."""
-    validate.expert_choice_moe(x, w_router, w1, w2, capacity_factor)
     g, s, d = x.shape
     capacity = expert_capacity(s, w_router.shape[1], capacity_factor)
     affinity = router_affinity(x, w_router)                      # (G, S, E)     Eq. 5
     gating, index = expert_choice_gating(affinity, capacity)     # (G, E, C) x2  Eq. 6
-    x_in = dispatch(x, index)                                    # (G, E, C, D)  Eq. 7
-    x_e = expert_ffn(x_in, w1, w2)                               # (G, E, C, D)
+    x_in = dispatch(x, index)                                    # (E, G, C, D)  Eq. 7
+    x_e = expert_ffn(x_in, w1, w2)                               # (E, G, C, D)
     out = combine(x_e, gating, index, s)                         # (G, S, D)     Eq. 8
     routing = {"gating": gating, "index": index, "experts_per_token": experts_per_token(index, s)}
     return out, routing
 
 
+@checked(contracts.expert_choice_moe_onehot)
 def expert_choice_moe_onehot(x, w_router, w1, w2, capacity_factor):
     """Algorithm 1, line by line: dispatch and combine through the one-hot tensor (G, E, C, S).
 
     Same inputs and outputs as `expert_choice_moe`; kept to show the two forms agree and to
     benchmark what the one-hot matrices cost (memory grows as E * C * S)."""
-    validate.expert_choice_moe(x, w_router, w1, w2, capacity_factor)
     g, s, d = x.shape
     capacity = expert_capacity(s, w_router.shape[1], capacity_factor)
     # 1. Compute token-expert affinity scores
@@ -166,9 +156,9 @@ def expert_choice_moe_onehot(x, w_router, w1, w2, capacity_factor):
     gating, index = expert_choice_gating(affinity, capacity)               # (G, E, C)
     dispatch_mask = np.eye(s, dtype=x.dtype)[index]                         # (G, E, C, S)  one_hot
     # 3. Process the tokens by each expert and combine
-    x_in = np.einsum("becs,bsd->becd", dispatch_mask, x, optimize=True)    # (G, E, C, D)
-    x_e = expert_ffn(x_in, w1, w2)                                          # (G, E, C, D)
-    out = np.einsum("becs,bec,becd->bsd", dispatch_mask, gating, x_e, optimize=True)  # (G, S, D)
+    x_in = np.einsum("becs,bsd->ebcd", dispatch_mask, x, optimize=True)    # (E, G, C, D)
+    x_e = expert_ffn(x_in, w1, w2)                                          # (E, G, C, D)
+    out = np.einsum("becs,bec,ebcd->bsd", dispatch_mask, gating, x_e, optimize=True)  # (G, S, D)
     routing = {"gating": gating, "index": index,
                "experts_per_token": dispatch_mask.sum(axis=(1, 2)).astype(np.int32)}  # (G, S)
     return out, routing

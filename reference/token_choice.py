@@ -35,14 +35,16 @@ deterministic.
 """
 import numpy as np
 
-from ecdit import validate_token_choice
-from reference.routing import combine, dispatch, expert_capacity, expert_ffn, router_affinity
+from ecdit.core import contracts
+from ecdit.core.checks import checked
+from .routing import combine, dispatch, expert_capacity, expert_ffn, router_affinity
 
 
 # ---------------------------------------------------------------------------------------------
 # Routing: top-k per token, capacity per expert, the auxiliary loss
 # ---------------------------------------------------------------------------------------------
 
+@checked(contracts.top_k_experts)
 def top_k_experts(affinity, num_selected):
     """e_{s,1..k} = top-k_i A_{s,i} and w_{s,r} = A_{s,e_{s,r}} / sum_{r'} A_{s,e_{s,r'}}.
 
@@ -51,7 +53,6 @@ def top_k_experts(affinity, num_selected):
     equal keys in expert order) and their gates renormalised to sum to 1. The denominator is at
     least the top-1 affinity >= 1/E for softmax rows, so no epsilon is needed. Returns
     (weights, experts), both (G, S, k)."""
-    validate_token_choice.top_k_experts(affinity, num_selected)
     order = np.argsort(-affinity, axis=-1, kind="stable")        # (G, S, E)  descending, stable
     experts = order[..., :num_selected]                          # (G, S, k)  e_{s,1..k}, best first
     top = np.take_along_axis(affinity, experts, axis=-1)         # (G, S, k)  A_{s,e_{s,r}}
@@ -59,6 +60,7 @@ def top_k_experts(affinity, num_selected):
     return weights, experts
 
 
+@checked(contracts.token_choice_gating)
 def token_choice_gating(affinity, num_selected, capacity):
     """Top-k per token, then at most C tokens per expert, filled in priority order.
 
@@ -71,7 +73,6 @@ def token_choice_gating(affinity, num_selected, capacity):
     Returns (gating, index, experts, kept): gating and index (G, E, C), the compact form
     `dispatch`/`combine` consume (empty slots: gating 0, index 0); experts (G, S, k), each
     token's choices best first; kept (G, S, k) bool, which of those choices were dispatched."""
-    validate_token_choice.token_choice_gating(affinity, num_selected, capacity)
     g, s, e = affinity.shape
     k = num_selected
     weights, experts = top_k_experts(affinity, k)                # (G, S, k) x2
@@ -93,6 +94,7 @@ def token_choice_gating(affinity, num_selected, capacity):
     return gating, index, experts, kept
 
 
+@checked(contracts.load_balancing_loss)
 def load_balancing_loss(affinity, top1_expert):
     """l_aux = E * sum_e f_e P_e, averaged over groups; 1 for uniform routing, up to E when collapsed.
 
@@ -103,7 +105,6 @@ def load_balancing_loss(affinity, top1_expert):
     * E^2`) and of Switch Transformer's Eq. 4 (Fedus et al. 2021, N sum_i f_i P_i), so uniform
     routing gives exactly 1. The constant only rescales the loss weight. f is piecewise
     constant: the gradient reaches the router through P alone."""
-    validate_token_choice.load_balancing_loss(affinity, top1_expert)
     e = affinity.shape[-1]
     first = np.eye(e, dtype=affinity.dtype)[top1_expert]         # (G, S, E)  one-hot first choices
     fraction = np.mean(first, axis=1)                            # (G, E)     f_e
@@ -115,6 +116,7 @@ def load_balancing_loss(affinity, top1_expert):
 # The layer
 # ---------------------------------------------------------------------------------------------
 
+@checked(contracts.token_choice_moe)
 def token_choice_moe(x, w_router, w1, w2, capacity_factor, num_selected=2):
     """The token-choice MoE layer: Eq. 5, top-k gating with capacity C = round(S f_c / E), and
     the shared dispatch / experts / combine of Eq. 7-8.
@@ -124,14 +126,13 @@ def token_choice_moe(x, w_router, w1, w2, capacity_factor, num_selected=2):
     and `kept` (G, S, k), `experts_per_token` (G, S) int32 (the kept choices: 0 to k; empty
     slots do not count) and `aux_loss`, the scalar load-balancing loss (add it, weighted, to
     the training loss)."""
-    validate_token_choice.token_choice_moe(x, w_router, w1, w2, capacity_factor, num_selected)
     g, s, d = x.shape
     capacity = expert_capacity(s, w_router.shape[1], capacity_factor)
     affinity = router_affinity(x, w_router)                      # (G, S, E)     Eq. 5
     gating, index, experts, kept = token_choice_gating(          # (G, E, C) x2, (G, S, k) x2
         affinity, num_selected, capacity)
-    x_in = dispatch(x, index)                                    # (G, E, C, D)  Eq. 7
-    x_e = expert_ffn(x_in, w1, w2)                               # (G, E, C, D)
+    x_in = dispatch(x, index)                                    # (E, G, C, D)  Eq. 7
+    x_e = expert_ffn(x_in, w1, w2)                               # (E, G, C, D)
     out = combine(x_e, gating, index, s)                         # (G, S, D)     Eq. 8
     routing = {"gating": gating, "index": index, "experts": experts, "kept": kept,
                "experts_per_token": np.sum(kept, axis=-1, dtype=np.int32),     # (G, S)

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import accelerated.attention as acc
-import reference.attention as ref
-from ecdit import params as init
+import ecdit.accelerated.attention as acc
+import ecdit.reference.attention as ref
+from ecdit.core import params as init
 from tests.helpers import normal, seeds
 from tests.tolerances import assert_close
 

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import accelerated
-import reference
-from ecdit import params as init
+from ecdit import accelerated
+from ecdit import reference
+from ecdit.core import params as init
 
 HALVES = [pytest.param(reference, id="reference"), pytest.param(accelerated, id="accelerated")]
 
@@ -21,7 +21,7 @@ CROSS = init.init_cross_attention(rng, 4, 3)
 Y = rng.standard_normal((2, 3, 3)).astype(f32)                   # (B, L, Dy)
 C = rng.standard_normal((2, 4)).astype(f32)                      # (B, D)
 BLOCK = init.init_block(rng, 4, 3, 2, 1, 6, num_experts=4, adaln_zero=False)
-TC_BLOCK = {k: v for k, v in BLOCK.items() if k != "moe"} | {"token_choice": BLOCK["moe"]}
+TC_BLOCK = {k: v for k, v in BLOCK.items() if k != "expert_choice"} | {"token_choice": BLOCK["expert_choice"]}
 INDEX = np.zeros((2, 4, 3), np.int64)                            # (G, E, C)
 NAN_X = X.copy()
 NAN_X[0, 0, 0] = np.nan
@@ -84,10 +84,10 @@ CASES = [
     (("blocks", "sinusoidal_embedding", (np.full(2, np.inf, f32), 8)), "t"),
     (("blocks", "modulate", (X, C[:1], C)), "shift"),
     (("blocks", "dit_block", (X, C[:, :3], Y, BLOCK, 2, 1)), "c"),
-    (("blocks", "dit_block", (X, C, Y, dict(BLOCK, ffn=init.init_ffn(rng, 4, 6)), 2, 1)), "params"),
+    (("blocks", "dit_block", (X, C, Y, dict(BLOCK, dense=init.init_ffn(rng, 4, 6)), 2, 1)), "params"),
     (("blocks", "dit_block", (X, C, Y, BLOCK, 2, 1, 2.0, 5)), "group_size"),
     (("blocks", "dit_block", (X, C, Y, BLOCK, 2, 1, 0.0)), "capacity_factor"),
-    (("blocks", "dit_block", (X, C, Y, dict(BLOCK, token_choice=BLOCK["moe"]), 2, 1)), "params"),
+    (("blocks", "dit_block", (X, C, Y, dict(BLOCK, token_choice=BLOCK["expert_choice"]), 2, 1)), "params"),
     (("blocks", "dit_block", (X, C, Y, TC_BLOCK, 2, 1, 2.0, None, None, 0)), "num_selected"),
     (("blocks", "dit_block", (X, C, Y, TC_BLOCK, 2, 1, 2.0, None, None, 5)), "num_selected"),  # top-5 of E = 4
     # primitives
@@ -117,7 +117,7 @@ def test_bad_input_raises_a_value_error_naming_the_argument(half, case, argument
 def test_finite_check_on_jax_arrays_flags_exactly_the_non_finite_ones(shape, bad, dtype, scale, where):
     """validate.finite on a JAX array (the fused sum(x * 0) scan) rejects one NaN/inf anywhere
     and accepts every finite array, however large or tiny its entries."""
-    from ecdit import validate
+    from ecdit.core import checks as validate
     values = (np.random.default_rng(where).standard_normal(shape) * scale).astype(np.float32)
     values = np.clip(values, -6e4, 6e4) if dtype == "float16" else values
     if bad is not None:

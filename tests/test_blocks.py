@@ -5,12 +5,12 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-import accelerated.blocks as acc
-import reference.blocks as ref
-import reference.attention as ref_attention
-import reference.primitives as ref_primitives
-import reference.routing as ref_routing
-from ecdit import params as init
+import ecdit.accelerated.blocks as acc
+import ecdit.reference.blocks as ref
+import ecdit.reference.attention as ref_attention
+import ecdit.reference.primitives as ref_primitives
+import ecdit.reference.routing as ref_routing
+from ecdit.core import params as init
 from tests.helpers import fewer_examples, normal, seeds, topc_margin
 from tests.tolerances import assert_close
 
@@ -84,7 +84,7 @@ def test_moe_block_matches_reference_with_groups_spanning_images(shape, experts,
     x_s = x + mod["gate_msa"][:, None] * ref_attention.self_attention(h, p["self_attn"], n, k)
     x_prime = x_s + ref_attention.cross_attention(x_s, y, p["cross_attn"], n, mask)
     x_p = ref.modulate(ref_primitives.layer_norm(x_prime), mod["shift_mlp"], mod["scale_mlp"])
-    affinity = ref_routing.router_affinity(ref_routing.group_tokens(x_p, group_size), p["moe"]["w_router"])
+    affinity = ref_routing.router_affinity(ref_routing.group_tokens(x_p, group_size), p["expert_choice"]["w_router"])
     assume(topc_margin(affinity, ref_routing.expert_capacity(group_size, experts, 2.0)) > 1e-5)
 
     out_r, routing_r = ref.dit_block(x, c, y, p, n, k, 2.0, group_size, mask)
@@ -105,7 +105,7 @@ def test_block_routes_the_modulated_cross_attention_output(half):
     x_s = x + mod["gate_msa"][:, None] * ref_attention.self_attention(h, p["self_attn"], n, k)
     x_prime = x_s + ref_attention.cross_attention(x_s, y, p["cross_attn"], n, mask)          # Eq. 4
     x_p = ref.modulate(ref_primitives.layer_norm(x_prime), mod["shift_mlp"], mod["scale_mlp"])
-    moe_out, routing = ref_routing.expert_choice_moe(x_p, p["moe"]["w_router"], p["moe"]["w1"], p["moe"]["w2"], 2.0)
+    moe_out, routing = ref_routing.expert_choice_moe(x_p, p["expert_choice"]["w_router"], p["expert_choice"]["w1"], p["expert_choice"]["w2"], 2.0)
     out, block_routing = half.dit_block(x, c, y, p, n, k, 2.0, None, mask)
     assert_close(out, x_prime + mod["gate_mlp"][:, None] * moe_out)
     np.testing.assert_array_equal(np.asarray(block_routing["index"]), routing["index"])
@@ -115,10 +115,10 @@ def test_block_routes_the_modulated_cross_attention_output(half):
 def test_token_choice_block_is_the_same_block_with_top_k_routing(half):
     """A block whose params hold 'token_choice' is dit_block with the GShard top-k layer in place
     of expert choice: same attention, Eq. 4 and gating; routing carries the aux loss."""
-    from reference import token_choice as ref_tc
+    from ecdit.reference import token_choice as ref_tc
     b, s, d, n, k, l, dy, e = 2, 6, 8, 2, 1, 3, 5, 3
     x, c, y, p, mask = _block_inputs(11, b, s, d, n, k, l, dy, e)
-    p = {key: v for key, v in p.items() if key != "moe"} | {"token_choice": p["moe"]}
+    p = {key: v for key, v in p.items() if key != "expert_choice"} | {"token_choice": p["expert_choice"]}
     mod = ref.adaln_modulation(c, p["adaln"])
     h = ref.modulate(ref_primitives.layer_norm(x), mod["shift_msa"], mod["scale_msa"])
     x_s = x + mod["gate_msa"][:, None] * ref_attention.self_attention(h, p["self_attn"], n, k)

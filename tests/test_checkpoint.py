@@ -5,9 +5,10 @@ import jax
 import numpy as np
 import pytest
 
-from accelerated import train as T
-from ecdit import checkpoint as C
-from ecdit.model_params import init_model
+from ecdit.systems import train as T
+from ecdit.systems import checkpoint as C
+from ecdit.systems import optim
+from ecdit.core.params import init_model
 from tests.test_train import small_config, small_train
 
 
@@ -34,7 +35,7 @@ def test_stopped_and_resumed_run_equals_unstopped_run(tmp_path):
 
 def test_params_round_trip(tmp_path):
     cfg = tiny()
-    state = T.init_state(init_model(cfg, 3), TC)
+    state = optim.init_state(init_model(cfg, 3), TC)
     path = C.save_train_state(str(tmp_path / "c.npz"), state, cfg, TC)
     params, cfg2, meta = C.load_params(path)
     assert cfg2 == cfg and meta["step"] == 0
@@ -45,7 +46,7 @@ def test_params_round_trip(tmp_path):
 def test_crash_mid_write_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     cfg = tiny()
     path = str(tmp_path / "checkpoint.npz")
-    C.save_train_state(path, T.init_state(init_model(cfg, 0), TC), cfg, TC)
+    C.save_train_state(path, optim.init_state(init_model(cfg, 0), TC), cfg, TC)
     good = open(path, "rb").read()
 
     def crash(f, **arrays):                                      # write half a file, then die
@@ -53,7 +54,7 @@ def test_crash_mid_write_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
         raise KeyboardInterrupt("power cut")
     monkeypatch.setattr(np, "savez", crash)
     with pytest.raises(KeyboardInterrupt):
-        C.save_train_state(path, T.init_state(init_model(cfg, 1), TC), cfg, TC)
+        C.save_train_state(path, optim.init_state(init_model(cfg, 1), TC), cfg, TC)
     monkeypatch.undo()
     assert open(path, "rb").read() == good
     assert [f for f in os.listdir(tmp_path) if f.endswith(".tmp")] == []
@@ -63,7 +64,7 @@ def test_crash_mid_write_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
 def test_truncated_checkpoint_is_a_clear_error(tmp_path):
     cfg = tiny()
     path = str(tmp_path / "checkpoint.npz")
-    C.save_train_state(path, T.init_state(init_model(cfg, 0), TC), cfg, TC)
+    C.save_train_state(path, optim.init_state(init_model(cfg, 0), TC), cfg, TC)
     data = open(path, "rb").read()
     open(path, "wb").write(data[: len(data) // 2])
     with pytest.raises(C.CheckpointError, match="corrupt"):
@@ -73,7 +74,7 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
 def test_garbled_checkpoint_is_a_clear_error(tmp_path):
     cfg = tiny()
     path = str(tmp_path / "checkpoint.npz")
-    C.save_train_state(path, T.init_state(init_model(cfg, 0), TC), cfg, TC)
+    C.save_train_state(path, optim.init_state(init_model(cfg, 0), TC), cfg, TC)
     data = bytearray(open(path, "rb").read())
     for i in range(len(data) // 3, len(data) // 3 + 64):          # flip bytes inside an array
         data[i] ^= 0xFF
@@ -100,7 +101,7 @@ def test_ema_is_the_warmed_up_running_average_and_resumes_bit_for_bit(tmp_path):
     d = min(ema_decay, (1 + step) / (10 + step)); a stopped and resumed run gives the same EMA as
     an unstopped one; train() and load_params() hand back the EMA, not the raw parameters."""
     cfg, tc = tiny(), TC.replace(ema_decay=0.5)
-    state = T.init_state(init_model(cfg, 0), tc)
+    state = optim.init_state(init_model(cfg, 0), tc)
     expected = jax.tree.map(np.asarray, state["params"])
     for step in range(3):
         state, _ = T.run_step(state, T.make_batch(tc.seed, step, cfg, tc), cfg, tc)

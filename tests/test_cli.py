@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from ecdit.cli import main
-from ecdit.config import preset, train_preset
-from ecdit.shapes import CATEGORIES
+from ecdit.app.cli import main
+from ecdit.core.config import preset, train_preset
+from ecdit.systems.shapes import CATEGORIES
 from tests.test_train import small_config, small_train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +42,7 @@ def _small_model() -> dict:
 
 def run_cli(*args):
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "ecdit.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "ecdit", *args], capture_output=True, text=True,
                           cwd=ROOT, env=env, timeout=300)
 
 
@@ -121,7 +121,7 @@ def test_bad_config_values_are_one_line_errors(tmp_path, capsys):
 
 def test_compare_writes_one_row_per_kind_with_a_held_out_loss(tmp_path):
     """`ecdit compare` end to end at toy size: three kinds, finite losses, the table in compare.md."""
-    from ecdit.report import run_compare
+    from ecdit.app.compare import run_compare
     r = run_compare(str(tmp_path), steps=3, per_category=1, sample_steps=2, model_changes=_small_model(),
                     progress=False)
     assert [row["kind"] for row in r["rows"]] == ["dense", "token_choice", "expert_choice"]
@@ -136,7 +136,7 @@ def test_compare_writes_one_row_per_kind_with_a_held_out_loss(tmp_path):
 def test_demo_writes_the_report_end_to_end(tmp_path):
     """`ecdit demo` at toy size: summary.json with trained and untrained scores, report.md with
     the table and every picture it links."""
-    from ecdit.report import run_demo
+    from ecdit.app.demo import run_demo
     s = run_demo(str(tmp_path), steps=3, per_category=2, sample_steps=2, model_changes=_small_model(), progress=False)
     assert s["steps"] == 3 and s["per_category"] == 2
     for model in ("trained", "untrained"):

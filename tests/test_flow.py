@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import accelerated.flow as acc
-import reference.flow as ref
+import ecdit.accelerated.flow as acc
+import ecdit.reference.flow as ref
 from tests.helpers import normal, seeds
 from tests.tolerances import assert_close
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from ecdit import geneval as G
-from ecdit import shapes as S
-from ecdit.shapes import ObjectSpec, SceneObject, make_prompt, parse_prompt
+from ecdit.systems import geneval as G
+from ecdit.systems import shapes as S
+from ecdit.systems.shapes import ObjectSpec, SceneObject, make_prompt, parse_prompt
 
 
 def blur(img: np.ndarray) -> np.ndarray:

@@ -10,9 +10,9 @@ import numpy as np
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-import accelerated
-import reference
-from ecdit import params as init
+from ecdit import accelerated
+from ecdit import reference
+from ecdit.core import params as init
 from tests.helpers import fewer_examples, seeds, topc_margin
 from tests.tolerances import FLOAT64_GRAD
 
@@ -74,7 +74,7 @@ def test_grad_of_the_flow_loss_through_a_dit_block_matches_finite_differences(se
     x, c, y = rng.standard_normal((b, s, d)), rng.standard_normal((b, d)), rng.standard_normal((b, l, dy))
     x0, noise = rng.standard_normal((b, s, d)), rng.standard_normal((b, s, d))
     mask = np.array([[True, True, False], [True, False, False]])
-    ffn_key = "moe" if moe else "ffn"
+    ffn_key = "expert_choice" if moe else "dense"
     w_first = p[ffn_key]["w_router" if moe else "w1"]
     if moe:
         mod = reference.blocks.adaln_modulation(c, p["adaln"])

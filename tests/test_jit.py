@@ -6,9 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-import accelerated
-import reference
-from ecdit import params as init
+from ecdit import accelerated
+from ecdit import reference
+from ecdit.core import params as init
 from tests.tolerances import assert_close
 
 MODULES = ["primitives", "flow", "attention", "routing", "blocks"]

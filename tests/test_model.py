@@ -2,11 +2,12 @@
 import numpy as np
 import pytest
 
-from accelerated import model as A
-from ecdit import text
-from ecdit.config import (ModelConfig, TrainConfig, count_params, preset, train_preset)
-from ecdit.model_params import init_model, num_params, randomize_zero_init
-from reference import model as R
+from ecdit.accelerated import model as A
+from ecdit.systems import text
+from ecdit.core.config import ModelConfig, TrainConfig, preset, train_preset
+from ecdit.core.params import count as num_params
+from ecdit.core.params import count_params, init_model, randomize_zero_init
+from ecdit.reference import model as R
 from tests.tolerances import FLOAT32, assert_close
 
 KINDS = ("dense", "expert_choice", "token_choice")

@@ -4,8 +4,8 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-import accelerated.primitives as acc
-import reference.primitives as ref
+import ecdit.accelerated.primitives as acc
+import ecdit.reference.primitives as ref
 from tests.helpers import normal, seeds
 from tests.tolerances import assert_close
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-import accelerated.routing as acc
-import reference.routing as ref
+import ecdit.accelerated.routing as acc
+import ecdit.reference.routing as ref
 from tests.helpers import dense_gating, moe_shapes, normal, seeds, tied_values, topc_margin
 from tests.tolerances import assert_close
 
@@ -153,19 +153,19 @@ def test_dispatch_expert_ffn_combine_and_counts_match_reference(shape, seed):
 def test_expert_ffn_applies_each_experts_own_weights(half):
     """Expert e's tokens go through w1[e], w2[e] and no other: E_i(x) = GeLU(x W1^i) W2^i."""
     rng = np.random.default_rng(0)
-    x_in = normal(rng, (1, 3, 2, 4))
+    x_in = normal(rng, (3, 1, 2, 4))                             # (E, G, C, D): expert-major
     w1, w2 = normal(rng, (3, 4, 5)), normal(rng, (3, 5, 4))
     out = np.asarray(half.expert_ffn(x_in, w1, w2))
     for e in range(3):
-        h = x_in[0, e] @ w1[e]
+        h = x_in[e, 0] @ w1[e]
         gelu = 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h ** 3)))
-        assert_close(out[0, e], gelu @ w2[e])
+        assert_close(out[e, 0], gelu @ w2[e])
 
 
 @pytest.mark.parametrize("half", HALVES)
 def test_combine_sums_the_weighted_outputs_of_every_expert_that_chose_a_token(half):
     """Two experts chose token 1: its output is the gated sum of both; token 2 was not chosen."""
-    expert_out = np.array([[[[1.0, 0.0]], [[0.0, 2.0]]]], np.float32)   # (G=1, E=2, C=1, D=2)
+    expert_out = np.array([[[[1.0, 0.0]]], [[[0.0, 2.0]]]], np.float32)  # (E=2, G=1, C=1, D=2)
     gating = np.array([[[0.5], [0.25]]], np.float32)                     # (1, 2, 1)
     index = np.array([[[1], [1]]])                                       # both experts chose token 1
     out = np.asarray(half.combine(expert_out, gating, index, 3))

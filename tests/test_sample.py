@@ -2,12 +2,12 @@
 import numpy as np
 import pytest
 
-from accelerated import sample as S
-from ecdit import text
-from ecdit.config import ModelConfig
-from ecdit.model_params import init_model, randomize_zero_init
-from reference import flow as RF
-from reference import model as RM
+from ecdit.systems import sampling as S
+from ecdit.systems import text
+from ecdit.core.config import ModelConfig
+from ecdit.core.params import init_model, randomize_zero_init
+from ecdit.reference import flow as RF
+from ecdit.reference import model as RM
 from tests.tolerances import assert_close
 
 # Euler over a few steps compounds the per-call float32 differences (~1e-6) of the model; the

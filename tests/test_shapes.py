@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from ecdit import shapes as S
-from ecdit.shapes import ObjectSpec, SceneObject, make_prompt, parse_prompt
+from ecdit.systems import shapes as S
+from ecdit.systems.shapes import ObjectSpec, SceneObject, make_prompt, parse_prompt
 
 ALL_PROMPTS = [p for c in S.CATEGORIES for p in S.all_prompts(c)]
 

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from ecdit import shapes as S
-from ecdit.text import MAX_LEN, VOCAB, detokenize, tokenize, tokenize_batch
+from ecdit.systems import shapes as S
+from ecdit.systems.text import MAX_LEN, VOCAB, detokenize, tokenize, tokenize_batch
 
 ALL_CAPTIONS = [p.text for c in S.CATEGORIES for p in S.all_prompts(c)]
 WORDS = VOCAB[2:]

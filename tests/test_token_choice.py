@@ -12,10 +12,10 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from accelerated import token_choice as acc
-from reference import token_choice as ref
-from reference.primitives import feed_forward, softmax
-from reference.routing import expert_capacity
+from ecdit.accelerated import token_choice as acc
+from ecdit.reference import token_choice as ref
+from ecdit.reference.primitives import feed_forward, softmax
+from ecdit.reference.routing import expert_capacity
 from tests.tolerances import assert_close
 
 IMPLS = pytest.mark.parametrize("impl", [ref, acc], ids=["reference", "accelerated"])

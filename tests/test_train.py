@@ -3,12 +3,13 @@ import jax
 import numpy as np
 import pytest
 
-from accelerated import train as T
-from ecdit import text
-from ecdit.config import ModelConfig, TrainConfig
-from ecdit.model_params import init_model, randomize_zero_init
-from reference import flow as RF
-from reference import model as RM
+from ecdit.accelerated.objective import training_loss
+from ecdit.core.config import ModelConfig, TrainConfig
+from ecdit.core.params import init_model, randomize_zero_init
+from ecdit.reference import flow as RF
+from ecdit.reference import model as RM
+from ecdit.systems import optim, text
+from ecdit.systems import train as T
 
 
 def small_config(kind="expert_choice", **changes):
@@ -30,7 +31,7 @@ def small_train(**changes):
 def test_a_few_steps_lower_the_loss():
     """30 steps on one repeated batch of captioned shapes: the loss must fall clearly."""
     cfg, tc = small_config(), small_train()
-    state = T.init_state(init_model(cfg, 0), tc)
+    state = optim.init_state(init_model(cfg, 0), tc)
     batch = T.make_batch(0, 0, cfg, tc)
     losses = []
     for _ in range(30):
@@ -41,11 +42,11 @@ def test_a_few_steps_lower_the_loss():
 
 
 def test_loss_matches_reference_on_kept_tokens():
-    """loss_fn == Eq. 1 computed with the reference model and flow, on the kept patches only."""
+    """training_loss == Eq. 1 computed with the reference model and flow, on the kept patches only."""
     cfg, tc = small_config(), small_train(mask_ratio=0.5, caption_dropout=0.5)
     params = randomize_zero_init(init_model(cfg, 1))
     batch = T.make_batch(0, 3, cfg, tc)
-    loss, metrics = T.loss_fn(params, batch, cfg, tc)
+    loss, metrics = training_loss(params, batch, cfg, tc)
     t = RF.logit_normal_timesteps(batch["z"], tc.t_mu, tc.t_sigma)
     x_t = RF.interpolate(batch["x0"], batch["noise"], t)
     null_ids, null_mask = text.tokenize_batch([""] * 8, cfg.max_text_len)
@@ -67,7 +68,7 @@ def test_token_choice_adds_the_aux_loss():
     cfg, tc = small_config("token_choice", aux_loss_weight=0.5), small_train()
     params = randomize_zero_init(init_model(cfg, 0))
     batch = T.make_batch(0, 0, cfg, tc)
-    loss, m = T.loss_fn(params, batch, cfg, tc)
+    loss, m = training_loss(params, batch, cfg, tc)
     assert float(m["aux_loss"]) >= 1.0 - 1e-5           # E sum f P >= 1, equality when balanced
     np.testing.assert_allclose(float(loss), float(m["flow_loss"]) + 0.5 * float(m["aux_loss"]), rtol=1e-6)
 
@@ -79,15 +80,15 @@ def test_full_caption_dropout_equals_null_caption():
     assert batch["drop"].all()
     nulled = dict(batch, drop=np.zeros(8, bool))
     nulled["text_ids"], nulled["text_mask"] = text.tokenize_batch([""] * 8, cfg.max_text_len)
-    a, _ = T.loss_fn(params, batch, cfg, small_train(caption_dropout=1.0))
-    b, _ = T.loss_fn(params, nulled, cfg, small_train(caption_dropout=1.0))
+    a, _ = training_loss(params, batch, cfg, small_train(caption_dropout=1.0))
+    b, _ = training_loss(params, nulled, cfg, small_train(caption_dropout=1.0))
     assert float(a) == float(b)
 
 
 def test_warmup_is_linear_then_constant():
-    sched = T.learning_rate_schedule(TrainConfig(learning_rate=1e-3, warmup_steps=10))
+    sched = optim.learning_rate_schedule(TrainConfig(learning_rate=1e-3, warmup_steps=10))
     np.testing.assert_allclose([float(sched(i)) for i in (0, 5, 10, 100)], [0.0, 5e-4, 1e-3, 1e-3], rtol=1e-6)
-    decayed = T.learning_rate_schedule(TrainConfig(learning_rate=1e-3, warmup_steps=10, decay_steps=110))
+    decayed = optim.learning_rate_schedule(TrainConfig(learning_rate=1e-3, warmup_steps=10, decay_steps=110))
     np.testing.assert_allclose([float(decayed(i)) for i in (5, 10, 60, 110, 200)], [5e-4, 1e-3, 5e-4, 0, 0],
                                rtol=1e-6, atol=1e-12)
 
@@ -110,19 +111,19 @@ def test_batches_depend_only_on_seed_and_step():
 
 def test_train_step_compiles_once():
     cfg, tc = small_config(), small_train()
-    state = T.init_state(init_model(cfg, 0), tc)
+    state = optim.init_state(init_model(cfg, 0), tc)
     state, _ = T.run_step(state, T.make_batch(0, 0, cfg, tc), cfg, tc)
-    n = T.train_step._cache_size()
+    n = T.train_step.trace_count()
     state, _ = T.run_step(state, T.make_batch(0, 1, cfg, tc), cfg, tc)
-    assert T.train_step._cache_size() == n
+    assert T.train_step.trace_count() == n
     assert int(state["step"]) == 2
 
 
-def test_train_loop_writes_metrics_and_plot(tmp_path):
+def test_train_loop_writes_metrics_and_a_checkpoint(tmp_path):
     cfg, tc = small_config(), small_train()
     params, history = T.train(cfg, tc, 4, str(tmp_path), log_every=2, progress=False)
     assert [r["step"] for r in history] == [2, 4]
-    assert (tmp_path / "loss.png").stat().st_size > 1000
+    assert (tmp_path / "checkpoint.npz").stat().st_size > 1000
     logged = T.read_metrics(str(tmp_path / "metrics.jsonl"))
     assert len(logged) == 2 and "unrouted" in logged[0] and logged[0]["images_per_s"] > 0
     assert jax.tree.structure(params) == jax.tree.structure(init_model(cfg, 0))
@@ -143,8 +144,8 @@ def test_text_lr_scale_scales_only_the_text_encoder_updates(scale):
     base, scaled = small_train(warmup_steps=0), small_train(warmup_steps=0, text_lr_scale=scale)
     params = randomize_zero_init(init_model(cfg, 0))             # a zero final layer would block every gradient
     batch = T.make_batch(0, 0, cfg, base)
-    new_base, _ = T.run_step(T.init_state(params, base), batch, cfg, base)
-    new_scaled, _ = T.run_step(T.init_state(params, scaled), batch, cfg, scaled)
+    new_base, _ = T.run_step(optim.init_state(params, base), batch, cfg, base)
+    new_scaled, _ = T.run_step(optim.init_state(params, scaled), batch, cfg, scaled)
     for key in params:
         for p0, pb, ps in zip(jax.tree.leaves(params[key]), jax.tree.leaves(new_base["params"][key]),
                               jax.tree.leaves(new_scaled["params"][key])):
@@ -160,7 +161,7 @@ def test_text_lr_scale_scales_only_the_text_encoder_updates(scale):
 
 def _heldout_batch(cfg, items, seed):
     """The held-out images, noise and captions that validation_loss builds, rebuilt here."""
-    from ecdit import shapes
+    from ecdit.systems import shapes
     x0 = 2.0 * shapes.render_items(items, cfg.image_size) - 1.0              # (N, H, W, 3)
     noise = np.random.default_rng(seed).standard_normal(x0.shape).astype(np.float32)  # (N, H, W, 3)
     ids, mask = text.tokenize_batch([it.text for it in items], cfg.max_text_len)      # (N, L) x2
@@ -169,7 +170,7 @@ def _heldout_batch(cfg, items, seed):
 
 def test_validation_loss_of_the_untrained_model_is_the_target_energy():
     """The zero-initialised final layer predicts v = 0, so the loss is mean((noise - x0)^2) at every t."""
-    from ecdit import shapes
+    from ecdit.systems import shapes
     cfg, items = small_config(), shapes.heldout_items(2)
     x0, noise, _, _ = _heldout_batch(cfg, items, seed=3)
     res = T.validation_loss(init_model(cfg, 0), cfg, items, seed=3, timesteps=(0.2, 0.8), batch_size=5)
@@ -181,7 +182,7 @@ def test_validation_loss_of_the_untrained_model_is_the_target_energy():
 
 def test_validation_loss_equals_the_training_loss_at_the_same_t():
     """At t = sigmoid(z), no dropout and no masking, the validation loss is Eq. 1 as train_step sees it."""
-    from ecdit import shapes
+    from ecdit.systems import shapes
     cfg, tc = small_config(), small_train(mask_ratio=0.0)
     params = randomize_zero_init(init_model(cfg, 1), 1)
     items = shapes.heldout_items(1)
@@ -189,13 +190,13 @@ def test_validation_loss_equals_the_training_loss_at_the_same_t():
     t = 0.3
     batch = {"x0": x0, "noise": noise, "text_ids": ids, "text_mask": mask, "keep_index": None,
              "z": np.full((len(items),), np.log(t / (1 - t)), np.float32), "drop": np.zeros(len(items), bool)}
-    want, _ = T.loss_fn(params, batch, cfg, tc)
+    want, _ = training_loss(params, batch, cfg, tc)
     res = T.validation_loss(params, cfg, items, seed=0, timesteps=(t,))
     assert res["mean"] == pytest.approx(float(want), rel=1e-4)
 
 
 def test_validation_loss_rejects_bad_input():
-    from ecdit import shapes
+    from ecdit.systems import shapes
     cfg = small_config()
     params = init_model(cfg, 0)
     with pytest.raises(ValueError, match="items"):

@@ -1,6 +1,6 @@
 """Checkpoints: one .npz per run, written atomically, checked on load.
 
-Layout: every array of the state under its tree path ("params/blocks/1/moe/w1",
+Layout: every array of the state under its tree path ("params/blocks/1/expert_choice/w1",
 "opt/0/nu/...") plus "__meta__", a JSON string with the configs, the step, the array names and a
 SHA-256 of all array bytes.
 
@@ -16,15 +16,31 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 import zipfile
 from dataclasses import asdict
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from ecdit.config import ModelConfig, TrainConfig
+from ecdit.core.config import ModelConfig, TrainConfig
+from ecdit.core.params import init_model
+from ecdit.systems.optim import make_optimizer
 
-FORMAT = "ecdit-checkpoint-v1"
+FORMAT = "ecdit-checkpoint-v2"
+# v1 named a block's FFN "ffn" (dense) and "moe" (expert choice); v2 names it by its kind, as the
+# config does ("dense", "expert_choice", "token_choice"). A v1 file is read with the names mapped.
+_V1 = "ecdit-checkpoint-v1"
+_V1_NAMES = ((re.compile(r"(^|/)blocks/(\d+)/moe/"), r"\1blocks/\2/expert_choice/"),
+             (re.compile(r"(^|/)blocks/(\d+)/ffn/"), r"\1blocks/\2/dense/"))
+
+
+def _from_v1(name: str) -> str:
+    for pattern, new in _V1_NAMES:
+        name = pattern.sub(new, name)
+    return name
 
 
 class CheckpointError(ValueError):
@@ -44,7 +60,6 @@ def _key_name(k) -> str:
 
 def flatten(tree, prefix: str) -> dict[str, np.ndarray]:
     """{"prefix/a/0/b": array} for every leaf of a pytree (dicts, lists, optax states)."""
-    import jax
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {"/".join([prefix] + [_key_name(k) for k in path]): np.asarray(leaf) for path, leaf in leaves}
 
@@ -52,7 +67,6 @@ def flatten(tree, prefix: str) -> dict[str, np.ndarray]:
 def unflatten_like(template, arrays: dict[str, np.ndarray], prefix: str):
     """Fill `template`'s structure with arrays[name]; CheckpointError on a missing name or a
     shape/dtype mismatch."""
-    import jax
     leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
     out = []
     for path, leaf in leaves:
@@ -130,10 +144,12 @@ def load(path: str) -> tuple[dict[str, np.ndarray], dict]:
         meta = json.loads(str(arrays.pop("__meta__")))
     except json.JSONDecodeError:
         raise CheckpointError(f"checkpoint: {path!r} has garbled metadata") from None
-    if meta.get("format") != FORMAT:
+    if meta.get("format") not in (FORMAT, _V1):
         raise CheckpointError(f"checkpoint: {path!r} has format {meta.get('format')!r}, expected {FORMAT!r}")
     if sorted(arrays) != meta.get("arrays") or _digest(arrays) != meta.get("sha256"):
         raise CheckpointError(f"checkpoint: {path!r} is corrupt (its contents do not match the recorded SHA-256)")
+    if meta["format"] == _V1:
+        arrays = {_from_v1(k): v for k, v in arrays.items()}
     return arrays, meta
 
 
@@ -164,7 +180,6 @@ def save_train_state(path: str, state: dict, model_cfg: ModelConfig, train_cfg: 
 def load_params(path: str) -> tuple[dict, ModelConfig, dict]:
     """(params as NumPy, model config, meta) from a checkpoint: what sampling needs. A training
     checkpoint with an EMA of the parameters gives the EMA (meta["weights"] says which)."""
-    from ecdit.model_params import init_model
     arrays, meta = load(path)
     model_cfg, _ = _configs(meta, path)
     which = "ema" if any(k.startswith("ema/") for k in arrays) else "params"
@@ -174,11 +189,6 @@ def load_params(path: str) -> tuple[dict, ModelConfig, dict]:
 
 def load_train_state(path: str) -> tuple[dict, ModelConfig, TrainConfig, dict]:
     """(state, model config, train config, meta) to resume training bit for bit."""
-    import jax.numpy as jnp
-    import jax
-
-    from accelerated.train import make_optimizer
-    from ecdit.model_params import init_model
     arrays, meta = load(path)
     model_cfg, train_cfg = _configs(meta, path)
     if train_cfg is None:

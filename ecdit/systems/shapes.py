@@ -27,7 +27,7 @@ Design choices (why they are what they are):
   small flow model that regresses to that mean draws nothing (docs/data.md, measured).
 * **Shapes.** circle, square, triangle (apex up), diamond, cross (a plus sign) and ring; each is
   drawn inside an axis-aligned square box of side `size`, so one number fixes its scale.
-  At 32x32 the smallest box is 8 px: large enough that the scorer (`ecdit.geneval`) tells the
+  At 32x32 the smallest box is 8 px: large enough that the scorer (`ecdit.systems.geneval`) tells the
   six apart from the colour-segmented mask (ring hole 4 px, cross arms 3 px).
 * **Geometry** lives in image-fraction units (centre and size in [0, 1]), so one scene renders at
   any resolution (16, 32, 64, ...). Rendering is anti-aliased by 4x4 supersampling.

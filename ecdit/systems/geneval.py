@@ -25,7 +25,7 @@ position). Here the "detector" is exact-by-construction for our synthetic world:
 Position rule (GenEval's `relative_position`): with offset = centroid(A) - centroid(B) and the
 two bounding-box sides, shrink each axis' |offset| by 0.1 x (dim A + dim B) (never below 0),
 divide by |offset|, and say "left of" when the x part < -0.5 (right > 0.5; above: y < -0.5;
-below: y > 0.5, y pointing down). Renders from `ecdit.shapes` keep the perpendicular offset under
+below: y > 0.5, y pointing down). Renders from `ecdit.systems.shapes` keep the perpendicular offset under
 0.35 x the offset along the axis, well inside this rule.
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ecdit.shapes import (
+from ecdit.systems.shapes import (
     BACKGROUND, CATEGORIES, COLOURS, SHAPE_CENTROID_DY, SHAPE_FILL, SHAPES, PromptSpec,
     parse_prompt, shape_coverage,
 )

@@ -10,7 +10,7 @@ import ast
 import os
 import sys
 
-from ecdit.config import DEFAULT_EVAL_PER_CATEGORY, DEFAULT_GUIDANCE, DEFAULT_SAMPLE_STEPS
+from ecdit.core.config import DEFAULT_EVAL_PER_CATEGORY, DEFAULT_GUIDANCE, DEFAULT_SAMPLE_STEPS
 
 EXIT_BAD_INPUT = 2
 
@@ -82,11 +82,11 @@ def _sampling_args(p):
 # ---------------------------------------------------------------------------------------------
 
 def cmd_demo(a):
-    from ecdit.report import run_demo
+    from ecdit.app.demo import run_demo
     s = run_demo(a.out, steps=a.steps, minutes=a.minutes, per_category=a.per_category, sample_steps=a.sample_steps,
                  guidance_scale=a.guidance, seed=a.seed, model_changes=_overrides(a.set, "set"),
                  train_changes=_overrides(a.train_set, "train-set"), progress=not a.quiet)
-    from ecdit.report import scores_table
+    from ecdit.app.reports import scores_table
     print(scores_table([("trained", s["trained"]), ("untrained", s["untrained"])]))
     print(f"demo finished in {s['total_seconds'] / 60:.1f} min ({s['steps']} training steps); "
           f"report: {os.path.join(a.out, 'report.md')}")
@@ -94,13 +94,16 @@ def cmd_demo(a):
 
 
 def cmd_train(a):
-    from accelerated.train import train
-    from ecdit.config import preset, train_preset
+    from ecdit.app.plots import plot_loss
+    from ecdit.core.config import preset, train_preset
+    from ecdit.systems.train import train
     cfg = preset(a.preset, **_overrides(a.set, "set"))
     tc = train_preset(a.preset, **_overrides(a.train_set, "train-set"))
     out = a.out or os.path.join("runs", cfg.name)
     _, history = train(cfg, tc, a.steps, out, minutes=a.minutes, resume=not a.no_resume,
                        checkpoint_every=a.checkpoint_every, progress=not a.quiet, desc=f"train {cfg.name}")
+    if history:
+        plot_loss(history, os.path.join(out, "loss.png"))
     last = history[-1] if history else {}
     print(f"step {last.get('step', 0)}: loss {last.get('loss', float('nan')):.4f}; "
           f"checkpoint {os.path.join(out, 'checkpoint.npz')}, metrics {os.path.join(out, 'metrics.jsonl')}")
@@ -108,9 +111,9 @@ def cmd_train(a):
 
 
 def cmd_sample(a):
-    from accelerated.sample import generate
-    from ecdit.checkpoint import load_params
-    from ecdit.heatmap import save_image_grid
+    from ecdit.app.heatmap import save_image_grid
+    from ecdit.systems.checkpoint import load_params
+    from ecdit.systems.sampling import generate
     params, cfg, _ = load_params(_checkpoint_path(a.checkpoint))
     images, _ = generate(params, cfg, [a.prompt] * a.num, seed=a.seed, num_steps=a.steps,
                          guidance_scale=a.guidance, group_size=a.group_size, progress=not a.quiet)
@@ -128,9 +131,9 @@ def cmd_sample(a):
 def cmd_eval(a):
     import json
 
-    from ecdit import shapes
-    from ecdit.checkpoint import load_params
-    from ecdit.report import evaluate_model, scores_table
+    from ecdit.app.reports import evaluate_model, scores_table
+    from ecdit.systems import shapes
+    from ecdit.systems.checkpoint import load_params
     params, cfg, meta = load_params(_checkpoint_path(a.checkpoint))
     items = (shapes.validation_items if a.split == "validation" else shapes.heldout_items)(a.per_category)
     res, _, _, secs = evaluate_model(params, cfg, items, num_steps=a.steps, guidance_scale=a.guidance, seed=a.seed,
@@ -143,9 +146,9 @@ def cmd_eval(a):
 
 
 def cmd_heatmap(a):
-    from accelerated.sample import generate
-    from ecdit.checkpoint import load_params
-    from ecdit.heatmap import plot_allocation
+    from ecdit.app.heatmap import plot_allocation
+    from ecdit.systems.checkpoint import load_params
+    from ecdit.systems.sampling import generate
     params, cfg, _ = load_params(_checkpoint_path(a.checkpoint))
     if not cfg.sparse_layers:
         raise UsageError("heatmap: the checkpoint is a dense model; there is no expert allocation to draw")
@@ -158,7 +161,7 @@ def cmd_heatmap(a):
 
 
 def cmd_compare(a):
-    from ecdit.report import run_compare
+    from ecdit.app.compare import run_compare
     kinds = tuple(k.strip() for k in a.kinds.split(",") if k.strip())
     r = run_compare(a.out, steps=a.steps, per_category=a.per_category, sample_steps=a.sample_steps,
                     guidance_scale=a.guidance, seed=a.seed, kinds=kinds, model_changes=_overrides(a.set, "set"),
@@ -169,7 +172,7 @@ def cmd_compare(a):
 
 
 def cmd_bench(a):
-    from benchmarks.report import run_report
+    from ecdit.benchmarks.report import run_report
     run_report(full=a.full, out_dir=a.out, smoke=a.smoke)
     return 0
 
@@ -270,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(fn=cmd_compare)
 
     b = sub.add_parser("bench", help="run the benchmarks and write their report",
-                       description="Run benchmarks.report.run_report (reference vs accelerated timings).")
+                       description="Run ecdit.benchmarks.report.run_report (reference vs accelerated timings).")
     b.add_argument("--full", action="store_true", help="the full benchmark set")
     b.add_argument("--smoke", action="store_true", help="a seconds-long smoke run")
     b.add_argument("--out", default="docs", help="output folder (default %(default)s)")

@@ -1,12 +1,8 @@
-"""Training (Sec. 3.1): one jit-compiled step, the optimiser, and a resumable loop.
+"""Training (Sec. 3.1): the optimiser, one jit-compiled step, the data pipeline and a resumable loop.
 
-One step, for images x0 in [-1, 1] and their captions:
+One step minimises the objective of `accelerated.objective.training_loss` (its specification:
+reference/objective.py; Eq. 1 on the kept tokens, caption dropout, the token-choice aux loss):
 
-    t      = sigmoid(mu + sigma z)                   logit-normal timesteps, z ~ N(0, 1) given
-    x_t    = (1 - t) x0 + t noise                    data at t = 0 (project convention)
-    y      = null caption where drop, else caption   caption dropout, for classifier-free guidance
-    v      = v_theta(x_t, t, y)[keep]                masked tokens dropped before the blocks
-    loss   = mean (patchify(noise - x0)[keep] - v)^2 + aux_weight * mean_l aux_l   (token choice)
     params = RMSProp-with-momentum(grad), lr warmed up linearly (paper: 1e-4, 20K steps)
 
 Randomness enters the step as arguments (z, noise, keep_index, drop); `sample_step_inputs` draws
@@ -28,62 +24,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from tqdm.auto import tqdm
 
-from accelerated.flow import interpolate, logit_normal_timesteps, rectified_flow_loss
-from accelerated.model import forward, patchify
-from ecdit.config import ModelConfig, TrainConfig
-
-
-# ---------------------------------------------------------------------------------------------
-# Optimiser
-# ---------------------------------------------------------------------------------------------
-
-def learning_rate_schedule(train_cfg: TrainConfig):
-    """Linear warmup from 0 to learning_rate over warmup_steps, then constant (Sec. 3.1); with
-    decay_steps > 0, then linear decay to 0 at step decay_steps (a short-run choice, not the paper's)."""
-    lr, warm = train_cfg.learning_rate, train_cfg.warmup_steps
-    after = (optax.constant_schedule(lr) if not train_cfg.decay_steps
-             else optax.linear_schedule(lr, 0.0, train_cfg.decay_steps - warm))
-    if warm == 0:
-        return after
-    return optax.join_schedules([optax.linear_schedule(0.0, lr, warm), after], [warm])
-
-
-def make_optimizer(train_cfg: TrainConfig) -> optax.GradientTransformation:
-    """RMSProp with momentum (Hinton 2012; Sec. 3.1) and linear warmup; optional global-norm clip."""
-    rmsprop = optax.rmsprop(learning_rate_schedule(train_cfg), decay=train_cfg.rmsprop_decay,
-                            eps=train_cfg.eps, momentum=train_cfg.momentum)
-    if train_cfg.grad_clip > 0:
-        return optax.chain(optax.clip_by_global_norm(train_cfg.grad_clip), rmsprop)
-    return rmsprop
-
-
-def init_state(params, train_cfg: TrainConfig) -> dict:
-    """{'params', 'opt_state', 'step'} (+ 'ema' when train_cfg.ema_decay > 0): the whole
-    resumable training state."""
-    params = jax.tree.map(jnp.asarray, params)
-    state = {"params": params, "opt_state": make_optimizer(train_cfg).init(params),
-             "step": jnp.zeros((), jnp.int32)}
-    if train_cfg.ema_decay > 0:
-        state["ema"] = jax.tree.map(jnp.copy, params)
-    return state
-
-
-def ema_decay_at(step, train_cfg: TrainConfig):
-    """The EMA decay used after step `step` (0-based): min(ema_decay, (1 + step) / (10 + step)),
-    so the average forgets the random initialisation quickly in a short run."""
-    step = jnp.asarray(step, jnp.float32)
-    return jnp.minimum(train_cfg.ema_decay, (1.0 + step) / (10.0 + step))
-
-
-def update_ema(ema, params, step, train_cfg: TrainConfig):
-    """ema <- decay * ema + (1 - decay) * params (optax.incremental_update)."""
-    return optax.incremental_update(params, ema, 1.0 - ema_decay_at(step, train_cfg))
-
-
-def sampling_params(state) -> dict:
-    """The parameters to sample with: the EMA when the run keeps one, else the raw parameters."""
-    return state.get("ema", state["params"])
+from ecdit.accelerated.jit import checked_jit
+from ecdit.accelerated.objective import flow_matching_loss, training_loss
+from ecdit.core import contracts
+from ecdit.core.checks import Contract, Instance, Int, Params, positive_int
+from ecdit.core.config import ModelConfig, TrainConfig
+from ecdit.core.params import init_model
+from ecdit.systems import checkpoint, shapes, text
+from ecdit.systems.optim import init_state, learning_rate_schedule, make_optimizer, sampling_params, update_ema
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,7 +56,6 @@ def sample_step_inputs(rng: np.random.Generator, images, captions, model_cfg: Mo
                        train_cfg: TrainConfig) -> dict:
     """Everything random of one step, as NumPy: x0 = 2 images - 1 (B, H, W, Ch), text ids / mask
     (B, L), noise (B, H, W, Ch), z (B,), keep_index (B, S') or None, drop (B,) bool."""
-    from ecdit import text
     b = len(captions)
     ids, mask = text.tokenize_batch(captions, model_cfg.max_text_len)       # (B, L) x2
     batch = {
@@ -125,7 +74,6 @@ def sample_step_inputs(rng: np.random.Generator, images, captions, model_cfg: Mo
 
 def make_batch(seed: int, step: int, model_cfg: ModelConfig, train_cfg: TrainConfig) -> dict:
     """The data and randomness of training step `step` (captioned shapes)."""
-    from ecdit import shapes
     rng = step_rng(seed, step)
     images, captions = shapes.sample_batch(rng, train_cfg.batch_size, model_cfg.image_size)
     return sample_step_inputs(rng, images, captions, model_cfg, train_cfg)
@@ -135,62 +83,13 @@ def make_batch(seed: int, step: int, model_cfg: ModelConfig, train_cfg: TrainCon
 # Loss and step
 # ---------------------------------------------------------------------------------------------
 
-def null_caption(batch_size: int, max_len: int):
-    """The empty caption "" (one <null> token) for every row: (ids (B, L), mask (B, L))."""
-    from ecdit import text
-    return text.tokenize_batch([""] * batch_size, max_len)
-
-
-def routing_stats(routing, num_experts: int) -> dict:
-    """Per sparse layer: share of tokens no expert processed, mean/max experts per token, and
-    the token-choice aux loss (0 for expert choice). Each (n_sparse,)."""
-    layers = [r for r in routing if r is not None]
-    if not layers:
-        return {}
-    ept = jnp.stack([r["experts_per_token"].astype(jnp.float32) for r in layers])  # (n, B, S')
-    return {
-        "unrouted": jnp.mean(ept == 0, axis=(1, 2)),             # (n,)
-        "experts_mean": jnp.mean(ept, axis=(1, 2)),              # (n,)
-        "experts_max": jnp.max(ept, axis=(1, 2)),                # (n,)
-        "experts_std": jnp.std(ept, axis=(1, 2)),                # (n,)
-        "aux": jnp.stack([r.get("aux_loss", jnp.zeros(())) for r in layers]),  # (n,)
-    }
-
-
-def loss_fn(params, batch, model_cfg: ModelConfig, train_cfg: TrainConfig, group_size=None):
-    """Eq. 1 on the kept tokens (+ the weighted token-choice aux loss). Returns (loss, metrics)."""
-    x0, noise = batch["x0"], batch["noise"]
-    b = x0.shape[0]
-    t = logit_normal_timesteps(batch["z"], train_cfg.t_mu, train_cfg.t_sigma)  # (B,)
-    x_t = interpolate(x0, noise, t)                              # (B, H, W, Ch)
-    null_ids, null_mask = null_caption(b, batch["text_ids"].shape[1])
-    drop = batch["drop"][:, None]                                # (B, 1)
-    ids = jnp.where(drop, null_ids, batch["text_ids"])           # (B, L)
-    mask = jnp.where(drop, null_mask, batch["text_mask"])        # (B, L)
-    v, routing = forward(params, x_t, t, ids, mask, model_cfg, batch["keep_index"], group_size)  # (B, S', P)
-    x0_p = patchify(x0, model_cfg.patch_size)                    # (B, S, P)
-    noise_p = patchify(noise, model_cfg.patch_size)              # (B, S, P)
-    if batch["keep_index"] is not None:                          # the loss is on kept tokens only
-        keep = batch["keep_index"][..., None]                    # (B, S', 1)
-        x0_p = jnp.take_along_axis(x0_p, keep, axis=1)           # (B, S', P)
-        noise_p = jnp.take_along_axis(noise_p, keep, axis=1)     # (B, S', P)
-    flow = rectified_flow_loss(v, x0_p, noise_p)                 # mean ((noise - x0) - v)^2
-    stats = routing_stats(routing, model_cfg.num_experts)
-    aux = jnp.mean(stats["aux"]) if stats else jnp.zeros(())
-    loss = flow + (model_cfg.aux_loss_weight * aux if model_cfg.ffn_kind == "token_choice" else 0.0)
-    return loss, {"loss": loss, "flow_loss": flow, "aux_loss": aux, **stats}
-
-
 VALIDATION_TIMESTEPS = (0.1, 0.3, 0.5, 0.7, 0.9)
 
 
 def _validation_loss(params, x0, noise, t, text_ids, text_mask, model_cfg):
-    """Eq. 1 at one fixed t for every image (no masking, no caption dropout): mean over all
-    patch values. x0, noise (B, H, W, Ch); t scalar; text (B, L)."""
+    """Eq. 1 at one fixed t for every image (no masking, no caption dropout)."""
     tb = jnp.full((x0.shape[0],), t, jnp.float32)               # (B,)
-    x_t = interpolate(x0, noise, tb)                             # (B, H, W, Ch)
-    v, _ = forward(params, x_t, tb, text_ids, text_mask, model_cfg)  # (B, S, P)
-    return rectified_flow_loss(v, patchify(x0, model_cfg.patch_size), patchify(noise, model_cfg.patch_size))
+    return flow_matching_loss(params, x0, noise, tb, text_ids, text_mask, model_cfg)[0]
 
 
 _validation_loss_jit = jax.jit(_validation_loss, static_argnames=("model_cfg",))
@@ -206,7 +105,6 @@ def validation_loss(params, model_cfg: ModelConfig, items, *, seed: int = 0,
     Returns {"mean": mean over timesteps, "per_t": {t: loss}}. Comparable across models only with
     the same items, seed and timesteps.
     """
-    from ecdit import shapes, text
     if not timesteps or not all(0.0 <= float(t) <= 1.0 for t in timesteps):
         raise ValueError(f"timesteps: expected a non-empty sequence of values in [0, 1], got {timesteps!r}")
     x0 = 2.0 * shapes.render_items(items, model_cfg.image_size) - 1.0  # (N, H, W, Ch) in [-1, 1]
@@ -223,8 +121,19 @@ def validation_loss(params, model_cfg: ModelConfig, items, *, seed: int = 0,
     return {"mean": float(np.mean(list(per_t.values()))), "per_t": per_t}
 
 
-def _train_step(state, batch, model_cfg, train_cfg, group_size=None):
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+# The state is the loop's own output, so only its structure is checked: reading its values here
+# would make every step wait for the one before it (no asynchronous dispatch).
+train_step_contract = Contract(
+    state=Params(params=Instance(dict), opt_state=Instance(object), step=Instance(object)),
+    batch=contracts.BATCH, model_cfg=contracts.CONFIG, train_cfg=Instance(TrainConfig, "a TrainConfig"),
+    group_size=Int(optional=True))
+
+
+@checked_jit(train_step_contract, static_argnames=("model_cfg", "train_cfg", "group_size"))
+def train_step(state, batch, model_cfg, train_cfg, group_size=None):
+    """One jit-compiled optimisation step: (state, batch) -> (new state, metrics). batch is
+    `sample_step_inputs`'s dict; `run_step` passes the config's training group size."""
+    (_, metrics), grads = jax.value_and_grad(training_loss, has_aux=True)(
         state["params"], batch, model_cfg, train_cfg, group_size)
     updates, opt_state = make_optimizer(train_cfg).update(grads, state["opt_state"], state["params"])
     if train_cfg.text_lr_scale != 1.0:                           # 0: frozen text encoder (like the paper's T5)
@@ -236,11 +145,6 @@ def _train_step(state, batch, model_cfg, train_cfg, group_size=None):
     if "ema" in state:
         new_state["ema"] = update_ema(state["ema"], params, state["step"], train_cfg)
     return new_state, metrics
-
-
-train_step = jax.jit(_train_step, static_argnames=("model_cfg", "train_cfg", "group_size"))
-train_step.__doc__ = """One jit-compiled optimisation step: (state, batch) -> (new state, metrics).
-batch is `sample_step_inputs`'s dict; group_size None uses model_cfg.train_group_size."""
 
 
 def run_step(state, batch, model_cfg, train_cfg):
@@ -291,16 +195,11 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, steps: int, run_dir=No
     """Train for `steps` steps in total (counting any resumed ones), or until `minutes` pass.
 
     With run_dir: resumes from run_dir/checkpoint.npz if present (and resume), writes it every
-    `checkpoint_every` steps and at the end (atomically), appends metrics to run_dir/metrics.jsonl
-    and draws run_dir/loss.png. Returns (params as NumPy, list of metric records); the params are
+    `checkpoint_every` steps and at the end (atomically) and appends metrics to
+    run_dir/metrics.jsonl (the CLI and the demo draw the loss curve from them). Returns (params as NumPy, list of metric records); the params are
     the EMA when train_cfg.ema_decay > 0 (what sampling should use)."""
-    from tqdm.auto import tqdm
-
-    from ecdit import checkpoint
-    from ecdit.model_params import init_model
-
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
-        raise ValueError(f"steps: expected a non-negative integer, got {steps!r}")
+    positive_int("steps", steps, minimum=0)
+    text.check_config(model_cfg)
     if minutes is not None and not minutes > 0:
         raise ValueError(f"minutes: expected a positive number, got {minutes!r}")
     ckpt_path = os.path.join(run_dir, "checkpoint.npz") if run_dir else None
@@ -355,8 +254,6 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, steps: int, run_dir=No
         bar.close()
     if ckpt_path:
         checkpoint.save_train_state(ckpt_path, state, model_cfg, train_cfg)
-        if history:
-            plot_loss(history, os.path.join(run_dir, "loss.png"))
     return jax.tree.map(np.asarray, sampling_params(state)), history
 
 
@@ -377,30 +274,6 @@ def read_metrics(path, upto: int | None = None) -> list[dict]:
             if upto is None or rec.get("step", 0) <= upto:
                 out.append(rec)
     return out
-
-
-def plot_loss(history, path, title="training loss"):
-    """Loss curve (raw and a running mean) as a PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    steps = np.array([r["step"] for r in history])
-    loss = np.array([r["loss"] for r in history])
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    ax.plot(steps, loss, lw=0.8, alpha=0.5, label="loss")
-    if len(loss) >= 5:
-        k = max(2, len(loss) // 20)
-        smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
-        ax.plot(steps[k - 1:], smooth, lw=1.8, label=f"running mean ({k} logs)")
-    ax.set_xlabel("step")
-    ax.set_ylabel("rectified-flow loss")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
 
 
 def config_dict(model_cfg: ModelConfig, train_cfg: TrainConfig) -> dict:

@@ -11,7 +11,7 @@ Presets (`preset(name)`):
   XL, XXL, 3XL, M the backbones of Table 1 (layers, hidden dim, #heads, #KV), on the paper's
                   latent grid (256x256 images through an 8-channel VAE with stride 8 = 32x32x8,
                   patch 2, Sec. 3.1). Only their shapes are used here: the parameter counter
-                  (`count_params`) puts them beside Table 1.
+                  (`ecdit.core.params.count_params`) puts them beside Table 1.
 
 Layer numbering: "starting from the second layer, all even-numbered layers are sparse" (Sec. 3.1)
 counts layers from 1, so with 0-based indices the sparse layers are 1, 3, 5, ...
@@ -23,32 +23,46 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from dataclasses import dataclass
 
-import numpy as np
+from ecdit.core.checks import boolean, one_of, positive_float, positive_int, real_number
 
+# The FFN kinds of the interleaved layers, one name each everywhere (config, CLI, parameter keys,
+# docs): the dense FFN, expert-choice MoE (EC-DiT, Sec. 2.3), token-choice top-k (GShard, Sec. 3.5).
 FFN_KINDS = ("dense", "expert_choice", "token_choice")
 POS_EMBEDDINGS = ("sincos", "learned")
 
-
-def _int(name, v, minimum=1):
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {v!r}")
-
-
-def _float(name, v, lo=None, hi=None, lo_open=False, hi_open=False):
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
-        raise ValueError(f"{name}: expected a finite number, got {v!r}")
-    if lo is not None and (v < lo or (lo_open and v == lo)):
-        raise ValueError(f"{name}: expected a number {'>' if lo_open else '>='} {lo}, got {v}")
-    if hi is not None and (v > hi or (hi_open and v == hi)):
-        raise ValueError(f"{name}: expected a number {'<' if hi_open else '<='} {hi}, got {v}")
+# The model's two reserved text-token ids; the tokenizer (ecdit.systems.text) follows them. The
+# null caption "" of classifier-free guidance is <null> then padding, so the model, its training
+# objective and its sampler can build it without the tokenizer.
+PAD_ID, NULL_ID = 0, 1
 
 
-def _choice(name, v, choices):
-    if v not in choices:
-        raise ValueError(f"{name}: expected one of {choices}, got {v!r}")
+# ---------------------------------------------------------------------------------------------
+# Capacity (Sec. 2.3): a config-derived value, so it lives here; reference.routing re-exports it
+# ---------------------------------------------------------------------------------------------
+
+def expert_capacity(tokens_per_group, num_experts, capacity_factor):
+    """C = round(S * f_c / E), the number of tokens each expert chooses per group (Sec. 2.3).
+
+    Halves round up (floor(x + 0.5)) so C never depends on banker's rounding. Raises ValueError
+    naming capacity_factor when C < 1 (an expert that chooses nothing) or C > S (an expert cannot
+    choose a token twice). Host-side integer arithmetic on static shapes: it fixes array shapes,
+    so it is never traced, and both halves call this one function."""
+    positive_int("tokens_per_group", tokens_per_group)
+    positive_int("num_experts", num_experts)
+    positive_float("capacity_factor", capacity_factor)
+    exact = tokens_per_group * capacity_factor / num_experts
+    capacity = math.floor(exact + 0.5)
+    if capacity < 1:
+        raise ValueError(
+            f"capacity_factor: capacity round(S * f_c / E) = round({tokens_per_group} * {capacity_factor} / "
+            f"{num_experts}) = {capacity} is below 1; raise capacity_factor or tokens_per_group, or use fewer experts")
+    if capacity > tokens_per_group:
+        raise ValueError(
+            f"capacity_factor: capacity round(S * f_c / E) = round({tokens_per_group} * {capacity_factor} / "
+            f"{num_experts}) = {capacity} exceeds the S = {tokens_per_group} tokens of a group; need f_c <= E")
+    return capacity
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,11 +96,12 @@ class ModelConfig:
     train_group_size: int | None = None
     inference_group_size: int | None = None
     # Text encoder (deviation: a small learned word-level encoder instead of the frozen T5)
-    max_text_len: int = 8              # L >= ecdit.text.MAX_LEN (8: 'a circle to the left of a square')
+    max_text_len: int = 8              # L >= ecdit.systems.text.MAX_LEN (8: 'a circle to the left of a square')
     text_width: int = 64               # Dy
     text_depth: int = 2
     text_heads: int = 4
-    vocab_size: int = 64               # >= len(ecdit.text.VOCAB); checked when the model is built
+    vocab_size: int = 64               # >= len(ecdit.systems.text.VOCAB); checked when training or
+                                       # sampling with the tokenizer
     pooled_text: bool = False          # deviation, off for the paper's shapes: also add the masked
                                        # mean of Enc(y), projected to D, to the AdaLN condition c
                                        # (SD3 / DiT class-embedding style); speeds up learning the
@@ -101,15 +116,14 @@ class ModelConfig:
         for f in ("image_size", "channels", "patch_size", "depth", "width", "num_heads", "num_kv_heads",
                   "ffn_ratio", "num_experts", "num_selected", "max_text_len", "text_width",
                   "text_depth", "text_heads", "vocab_size", "freq_dim"):
-            _int(f, getattr(self, f))
-        _choice("pos_embedding", self.pos_embedding, POS_EMBEDDINGS)
-        _choice("ffn_kind", self.ffn_kind, FFN_KINDS)
-        _float("capacity_factor", self.capacity_factor, lo=0.0, lo_open=True)
-        _float("aux_loss_weight", self.aux_loss_weight, lo=0.0)
-        _float("timestep_scale", self.timestep_scale, lo=0.0, lo_open=True)
+            positive_int(f, getattr(self, f))
+        one_of("pos_embedding", self.pos_embedding, POS_EMBEDDINGS)
+        one_of("ffn_kind", self.ffn_kind, FFN_KINDS)
+        real_number("capacity_factor", self.capacity_factor, lo=0.0, lo_open=True)
+        real_number("aux_loss_weight", self.aux_loss_weight, lo=0.0)
+        real_number("timestep_scale", self.timestep_scale, lo=0.0, lo_open=True)
         for f in ("dense_matched", "pooled_text"):
-            if not isinstance(getattr(self, f), bool):
-                raise ValueError(f"{f}: expected a bool, got {getattr(self, f)!r}")
+            boolean(f, getattr(self, f))
         if self.image_size % self.patch_size:
             raise ValueError(f"patch_size: {self.patch_size} does not divide image_size = {self.image_size}")
         if self.width % self.num_heads:
@@ -128,7 +142,7 @@ class ModelConfig:
         for f in ("train_group_size", "inference_group_size"):
             v = getattr(self, f)
             if v is not None:
-                _int(f, v)
+                positive_int(f, v)
         if self.ffn_kind != "dense":
             self.capacity(self.train_group_size or self.num_tokens)  # C >= 1 at the default group
 
@@ -181,7 +195,6 @@ class ModelConfig:
     def capacity(self, tokens_per_group: int) -> int:
         """C = round(S_group * f_c / E) (expert choice); raises ValueError naming capacity_factor
         when C is below 1 or above the group."""
-        from reference.routing import expert_capacity
         return expert_capacity(tokens_per_group, self.num_experts, self.capacity_factor)
 
     def replace(self, **changes) -> "ModelConfig":
@@ -223,23 +236,23 @@ class TrainConfig:
 
     def __post_init__(self):
         for f in ("batch_size",):
-            _int(f, getattr(self, f))
-        _int("warmup_steps", self.warmup_steps, minimum=0)
-        _int("decay_steps", self.decay_steps, minimum=0)
+            positive_int(f, getattr(self, f))
+        positive_int("warmup_steps", self.warmup_steps, minimum=0)
+        positive_int("decay_steps", self.decay_steps, minimum=0)
         if self.decay_steps and self.decay_steps <= self.warmup_steps:
             raise ValueError(f"decay_steps: {self.decay_steps} must exceed warmup_steps = {self.warmup_steps}")
-        _int("seed", self.seed, minimum=0)
-        _float("learning_rate", self.learning_rate, lo=0.0, lo_open=True)
-        _float("rmsprop_decay", self.rmsprop_decay, lo=0.0, hi=1.0, hi_open=True)
-        _float("momentum", self.momentum, lo=0.0, hi=1.0, hi_open=True)
-        _float("eps", self.eps, lo=0.0, lo_open=True)
-        _float("grad_clip", self.grad_clip, lo=0.0)
-        _float("ema_decay", self.ema_decay, lo=0.0, hi=1.0, hi_open=True)
-        _float("text_lr_scale", self.text_lr_scale, lo=0.0)
-        _float("mask_ratio", self.mask_ratio, lo=0.0, hi=1.0, hi_open=True)
-        _float("caption_dropout", self.caption_dropout, lo=0.0, hi=1.0)
-        _float("t_mu", self.t_mu)
-        _float("t_sigma", self.t_sigma, lo=0.0, lo_open=True)
+        positive_int("seed", self.seed, minimum=0)
+        real_number("learning_rate", self.learning_rate, lo=0.0, lo_open=True)
+        real_number("rmsprop_decay", self.rmsprop_decay, lo=0.0, hi=1.0, hi_open=True)
+        real_number("momentum", self.momentum, lo=0.0, hi=1.0, hi_open=True)
+        real_number("eps", self.eps, lo=0.0, lo_open=True)
+        real_number("grad_clip", self.grad_clip, lo=0.0)
+        real_number("ema_decay", self.ema_decay, lo=0.0, hi=1.0, hi_open=True)
+        real_number("text_lr_scale", self.text_lr_scale, lo=0.0)
+        real_number("mask_ratio", self.mask_ratio, lo=0.0, hi=1.0, hi_open=True)
+        real_number("caption_dropout", self.caption_dropout, lo=0.0, hi=1.0)
+        real_number("t_mu", self.t_mu)
+        real_number("t_sigma", self.t_sigma, lo=0.0, lo_open=True)
 
     def kept_tokens(self, num_tokens: int) -> int:
         """Tokens kept per image after masking: S - round(mask_ratio * S), at least 1."""
@@ -304,7 +317,7 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
                          grad_clip=1.0),
 }
 # Sampling defaults of the command line and the reports. CFG 5 was chosen on the validation
-# items (seen prompts, fresh seeds: ecdit.shapes.validation_items), never on the held-out ones:
+# items (seen prompts, fresh seeds: ecdit.systems.shapes.validation_items), never on the held-out ones:
 # over seven tiny runs, single object / colours averaged 18 / 13 % at CFG 3 and 21 / 16 % at 5
 # (docs/model.md). 20 Euler steps: 50 and 100 scored within noise of 20.
 DEFAULT_GUIDANCE = 5.0
@@ -347,84 +360,3 @@ def train_preset(name: str, /, **changes) -> TrainConfig:
     """Training settings of a preset; the Table 1 backbones use the paper's (Sec. 3.1)."""
     base = TRAIN_PRESETS.get(name, PAPER_TRAIN)
     return base.replace(**changes)
-
-
-# ---------------------------------------------------------------------------------------------
-# Parameter counter (Table 1)
-# ---------------------------------------------------------------------------------------------
-
-def count_params(config: ModelConfig) -> dict[str, int]:
-    """Total and activated parameters of the DiT (the text encoder counted apart).
-
-    Activated = what one token's forward pass uses: a dense layer's FFN once; an expert-choice
-    layer f_c experts on average (C * E = f_c * S choices per group) plus the router; a
-    token-choice layer its top-k experts plus the router. Matches `ecdit.params.count` of
-    `init_model(config)` exactly (tests/test_model.py)."""
-    d, f, n, k = config.width, config.ffn_hidden, config.num_heads, config.num_kv_heads
-    h = config.head_dim
-    dy = config.text_width
-    self_attn = d * n * h + 2 * d * k * h + n * h * d
-    cross_attn = d * d + 2 * dy * d + d * d
-    adaln = d * 6 * d + 6 * d
-    shared = self_attn + cross_attn + adaln
-    total = activated = 0
-    for layer in range(config.depth):
-        if layer in config.sparse_layers:
-            expert = 2 * d * f
-            router = d * config.num_experts
-            total += shared + router + config.num_experts * expert
-            per_token = config.capacity_factor if config.ffn_kind == "expert_choice" else config.num_selected
-            activated += shared + router + per_token * expert
-        else:
-            dense = 2 * d * config.layer_ffn_hidden(layer)
-            total += shared + dense
-            activated += shared + dense
-    embed = config.patch_dim * d + d + (config.num_tokens * d if config.pos_embedding == "learned" else 0)
-    t_mlp = config.freq_dim * d + d + d * d + d + ((dy * d + d) if config.pooled_text else 0)
-    final = d * 2 * d + 2 * d + d * config.patch_dim + config.patch_dim
-    rest = embed + t_mlp + final
-    dy_ffn = 4 * dy
-    text = (config.vocab_size * dy + config.max_text_len * dy
-            + config.text_depth * (4 * dy * dy + 2 * dy * dy_ffn))
-    return {"total": int(total + rest), "activated": int(round(activated + rest)), "text_encoder": int(text)}
-
-
-# ---------------------------------------------------------------------------------------------
-# Argument check of the model's forward pass (shared by reference/ and accelerated/ model.py)
-# ---------------------------------------------------------------------------------------------
-
-def check_forward(params, x_t, t, text_ids, text_mask, config, keep_index, group_size) -> None:
-    """ValueError naming the argument when the forward pass's inputs disagree with `config`."""
-    from ecdit import validate
-    if not isinstance(config, ModelConfig):
-        raise ValueError(f"config: expected a ModelConfig, got {type(config).__name__}")
-    if not isinstance(params, dict):
-        raise ValueError(f"params: expected the dict of init_model, got {type(params).__name__}")
-    validate.params("params", params, ("patch_embed", "t_mlp", "text", "blocks", "final"))
-    if len(params["blocks"]) != config.depth:
-        raise ValueError(f"params: {len(params['blocks'])} blocks, expected depth = {config.depth}")
-    b, hh, ww, ch = validate.array("x_t", x_t, 4, "(B, H, W, Ch)")
-    want = (config.image_size, config.image_size, config.channels)
-    if (hh, ww, ch) != want:
-        raise ValueError(f"x_t: image shape {(hh, ww, ch)}, expected {want} from the config")
-    validate.array("t", t, 1, "(B,)")
-    validate.dim("t", "B", validate.shape_of("t", t)[0], b, "one timestep per image")
-    bi, l = validate.array("text_ids", text_ids, 2, "(B, L)")
-    validate.dim("text_ids", "B", bi, b, "one caption per image")
-    if l > config.max_text_len:
-        raise ValueError(f"text_ids: {l} text tokens exceed max_text_len = {config.max_text_len}")
-    if not np.issubdtype(text_ids.dtype, np.integer):
-        raise ValueError(f"text_ids: expected integer token ids, got dtype {text_ids.dtype}")
-    validate.text_mask(text_mask, b, l)
-    s = config.num_tokens
-    if keep_index is not None:
-        bk, s = validate.array("keep_index", keep_index, 2, "(B, S')")
-        validate.dim("keep_index", "B", bk, b, "one row of kept tokens per image")
-        if s > config.num_tokens:
-            raise ValueError(f"keep_index: keeps {s} tokens of the S = {config.num_tokens} of an image")
-    if group_size is not None:
-        gs = validate.positive_int("group_size", group_size)
-        if (b * s) % gs:
-            raise ValueError(f"group_size: {gs} does not divide the B * S' = {b} * {s} = {b * s} tokens")
-    validate.finite("x_t", x_t)
-    validate.finite("t", t)

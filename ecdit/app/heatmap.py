@@ -7,18 +7,15 @@ Each cell is one image token (a p x p patch); its value is how many experts chos
   Fig. 6(b): per denoising step, one row per layer     -> `plot_allocation` lower rows
 
 Inputs: experts (T, n, S) for one image (T denoising steps, n sparse layers, S tokens), or the
-sampler's (T, n, N, S) with an image index.
+sampler's (T, n, M, S) with an image index.
 """
 from __future__ import annotations
 
-import numpy as np
+import matplotlib
 
-
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  the backend is chosen first
+import numpy as np  # noqa: E402
 
 
 def allocation_grid(experts_per_token, grid_size: int) -> np.ndarray:
@@ -36,7 +33,7 @@ def _check(experts, image):
     if e.shape[1] == 0:
         raise ValueError("experts: the model has no sparse layers (dense), so there is no allocation to draw")
     if image is not None and np.asarray(image).ndim != 3:
-        raise ValueError(f"image: expected (H, W, 3), got shape {np.shape(image)}")
+        raise ValueError(f"image: expected (I, I, 3), got shape {np.shape(image)}")
     return e
 
 
@@ -59,7 +56,6 @@ def plot_allocation(image, experts, path, *, sparse_layers=None, num_experts=Non
     cols = sorted(set(np.linspace(0, t_steps - 1, min(num_step_columns, t_steps)).round().astype(int)))
     times = step_times(t_steps)
     ncol = max(n + 1, len(cols))
-    plt = _plt()
     fig, axes = plt.subplots(1 + n, ncol, figsize=(1.6 * ncol + 0.8, 1.6 * (1 + n) + 0.4), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
@@ -85,19 +81,18 @@ def plot_allocation(image, experts, path, *, sparse_layers=None, num_experts=Non
 def plot_allocation_overview(images, experts, prompts, path, *, sparse_layers=None, num_experts=None,
                              step=None):
     """One row per prompt: the sample and its per-layer allocation at `step` (default: last),
-    plus the mean over all steps. images (N, H, W, 3), experts (T, n, N, S). Writes a PNG."""
+    plus the mean over all steps. images (M, I, I, 3), experts (T, n, M, S). Writes a PNG."""
     e = np.asarray(experts)
     if e.ndim != 4:
-        raise ValueError(f"experts: expected (T, n, N, S), got shape {e.shape}")
+        raise ValueError(f"experts: expected (T, n, M, S), got shape {e.shape}")
     t_steps, n, count, s = e.shape
     if n == 0:
         raise ValueError("experts: the model has no sparse layers (dense), so there is no allocation to draw")
     g = int(round(np.sqrt(s)))
-    grid = allocation_grid(e, g)                                  # (T, n, N, g, g)
+    grid = allocation_grid(e, g)                                  # (T, n, M, g, g)
     layers = list(sparse_layers) if sparse_layers is not None else list(range(n))
     vmax = num_experts if num_experts is not None else max(1, int(e.max()))
     step = t_steps - 1 if step is None else int(step)
-    plt = _plt()
     fig, axes = plt.subplots(count, 1 + 2 * n, figsize=(1.5 * (1 + 2 * n) + 0.8, 1.5 * count + 0.5), squeeze=False)
     times = step_times(t_steps)
     for i in range(count):
@@ -121,11 +116,10 @@ def plot_allocation_overview(images, experts, prompts, path, *, sparse_layers=No
 
 
 def save_image_grid(images, path, captions=None, columns=8, scale=2):
-    """A grid of images (N, H, W, 3) in [0, 1], optional captions under each. Writes a PNG."""
+    """A grid of images (M, I, I, 3) in [0, 1], optional captions under each. Writes a PNG."""
     images = np.asarray(images)
     n = len(images)
     rows = (n + columns - 1) // columns
-    plt = _plt()
     fig, axes = plt.subplots(rows, columns, figsize=(columns * 0.9 * scale, rows * (0.9 * scale + 0.25)),
                              squeeze=False)
     for k, ax in enumerate(axes.ravel()):

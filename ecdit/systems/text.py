@@ -1,7 +1,7 @@
 """Closed-vocabulary, word-level tokenizer for the captioned-shapes grammar.
 
 EC-DiT conditions on a frozen text encoder's token embeddings. Our captions come from a tiny
-grammar (`ecdit.shapes`), so a word-level vocabulary covers them exactly: no sub-words, no
+grammar (`ecdit.systems.shapes`), so a word-level vocabulary covers them exactly: no sub-words, no
 out-of-vocabulary fallback. An unknown word is a bug in the caller (or a prompt outside the
 grammar), so it raises rather than mapping to an <unk> token.
 
@@ -16,16 +16,29 @@ from itertools import chain
 
 import numpy as np
 
-from ecdit.shapes import CATEGORIES, all_prompts, grammar_words
+from ecdit.core.config import NULL_ID, PAD_ID, ModelConfig
+from ecdit.systems.shapes import CATEGORIES, all_prompts, grammar_words
 
 PAD, NULL = "<pad>", "<null>"
-VOCAB: tuple[str, ...] = (PAD, NULL) + grammar_words()
+VOCAB: tuple[str, ...] = (PAD, NULL) + grammar_words()      # ids 0 and 1: the model's PAD_ID, NULL_ID
 WORD_TO_ID: dict[str, int] = {w: i for i, w in enumerate(VOCAB)}
-PAD_ID, NULL_ID = WORD_TO_ID[PAD], WORD_TO_ID[NULL]
+if (WORD_TO_ID[PAD], WORD_TO_ID[NULL]) != (PAD_ID, NULL_ID):       # the model builds "" from these
+    raise RuntimeError("the tokenizer's <pad> and <null> ids must be ecdit.core.config.PAD_ID, NULL_ID")
 _WORD_IDS = {w: i for w, i in WORD_TO_ID.items() if w not in (PAD, NULL)}  # what captions may use
 
 # Longest caption the grammar can emit ("a circle to the right of a triangle": 8 words).
 MAX_LEN: int = max(len(p.text.split()) for p in chain.from_iterable(all_prompts(c) for c in CATEGORIES))
+
+
+def check_config(config: ModelConfig) -> None:
+    """The model's text input must hold this tokenizer: vocab_size >= len(VOCAB) and max_text_len
+    >= the longest caption. ValueError naming the field otherwise."""
+    if config.vocab_size < len(VOCAB):
+        raise ValueError(f"vocab_size: {config.vocab_size} is smaller than the {len(VOCAB)} words of "
+                         "ecdit.systems.text.VOCAB")
+    if config.max_text_len < MAX_LEN:
+        raise ValueError(f"max_text_len: {config.max_text_len} is shorter than the longest caption "
+                         f"({MAX_LEN} words)")
 
 
 def _check_max_len(max_len) -> int:
@@ -51,7 +64,7 @@ def tokenize(text: str, max_len: int = MAX_LEN) -> tuple[np.ndarray, np.ndarray]
     for w in words:
         if w not in _WORD_IDS:
             raise ValueError(f"text: unknown word {w!r} in {text!r} (the vocabulary is the "
-                             f"{len(VOCAB) - 2} words of the captioned-shapes grammar, ecdit.text.VOCAB)")
+                             f"{len(VOCAB) - 2} words of the captioned-shapes grammar, ecdit.systems.text.VOCAB)")
     ids = np.full((max_len,), PAD_ID, dtype=np.int32)                         # (L,)
     mask = np.zeros((max_len,), dtype=bool)                                  # (L,)
     row = [_WORD_IDS[w] for w in words] or [NULL_ID]

@@ -1,0 +1,69 @@
+"""The training objective (Sec. 3.1), JAX twin of reference/objective.py:
+
+    t = sigmoid(mu + sigma z);  x_t = (1 - t) x0 + t noise;  y = null caption where drop;
+    loss = mean (patchify(noise - x0)[keep] - v_theta(x_t, t, y)[keep])^2 + aux_weight * mean aux
+
+Same functions, arguments and shape comments as the reference; the training step of
+ecdit.systems.train differentiates `training_loss`.
+
+Shapes: B batch, I x I x Ch images, S tokens, S' kept tokens, P patch values, L text tokens,
+n sparse layers.
+"""
+import jax.numpy as jnp
+
+from ecdit.core import contracts
+
+from .flow import interpolate, logit_normal_timesteps, rectified_flow_loss
+from .jit import checked_jit
+from .model import forward, null_caption, patchify
+
+
+@checked_jit(contracts.caption_dropout)
+def caption_dropout(text_ids, text_mask, drop):
+    """The null caption where drop is True, the caption elsewhere: (ids (B, L), mask (B, L))."""
+    null_ids, null_mask = null_caption(*text_ids.shape)          # (B, L) x2
+    keep = ~drop[:, None]                                        # (B, 1)
+    return jnp.where(keep, text_ids, null_ids), jnp.where(keep, text_mask, null_mask)
+
+
+@checked_jit(contracts.flow_matching_loss, static_argnames=("config", "group_size"))
+def flow_matching_loss(params, x0, noise, t, text_ids, text_mask, config, keep_index=None, group_size=None):
+    """Eq. 1 at the given t on the kept tokens: (loss (), routing of `forward`)."""
+    x_t = interpolate(x0, noise, t)                              # (B, I, I, Ch)
+    v, routing = forward(params, x_t, t, text_ids, text_mask, config, keep_index, group_size)  # (B, S', P)
+    x0_p = patchify(x0, config.patch_size)                       # (B, S, P)
+    noise_p = patchify(noise, config.patch_size)                 # (B, S, P)
+    if keep_index is not None:                                   # the loss is on kept tokens only
+        keep = keep_index[..., None]                             # (B, S', 1)
+        x0_p = jnp.take_along_axis(x0_p, keep, axis=1)           # (B, S', P)
+        noise_p = jnp.take_along_axis(noise_p, keep, axis=1)     # (B, S', P)
+    return rectified_flow_loss(v, x0_p, noise_p), routing        # (), list
+
+
+@checked_jit(contracts.routing_stats)
+def routing_stats(routing):
+    """Per sparse layer: unrouted share, mean / max / std experts per token, aux loss; each (n,)."""
+    layers = [r for r in routing if r is not None]
+    if not layers:
+        return {}
+    ept = jnp.stack([r["experts_per_token"].astype(jnp.float32) for r in layers])  # (n, B, S')
+    return {
+        "unrouted": jnp.mean(ept == 0, axis=(1, 2)),             # (n,)
+        "experts_mean": jnp.mean(ept, axis=(1, 2)),              # (n,)
+        "experts_max": jnp.max(ept, axis=(1, 2)),                # (n,)
+        "experts_std": jnp.std(ept, axis=(1, 2)),                # (n,)
+        "aux": jnp.stack([jnp.asarray(r.get("aux_loss", 0.0), jnp.float32) for r in layers]),  # (n,)
+    }
+
+
+@checked_jit(contracts.training_loss, static_argnames=("model_cfg", "train_cfg", "group_size"))
+def training_loss(params, batch, model_cfg, train_cfg, group_size=None):
+    """The loss one training step minimises: (loss, metrics {loss, flow_loss, aux_loss, routing stats})."""
+    t = logit_normal_timesteps(batch["z"], train_cfg.t_mu, train_cfg.t_sigma)  # (B,)
+    ids, mask = caption_dropout(batch["text_ids"], batch["text_mask"], batch["drop"])  # (B, L) x2
+    flow, routing = flow_matching_loss(params, batch["x0"], batch["noise"], t, ids, mask, model_cfg,
+                                       batch["keep_index"], group_size)
+    stats = routing_stats(routing)
+    aux = jnp.mean(stats["aux"]) if stats else jnp.zeros(())
+    loss = flow + (model_cfg.aux_loss_weight * aux if model_cfg.ffn_kind == "token_choice" else 0.0)
+    return loss, {"loss": loss, "flow_loss": flow, "aux_loss": aux, **stats}

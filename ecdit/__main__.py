@@ -1,0 +1,6 @@
+"""`python -m ecdit ...` is the `ecdit` command."""
+import sys
+
+from ecdit.app.cli import main
+
+sys.exit(main())

@@ -1,0 +1,55 @@
+"""Loss curves as PNGs: one run's training loss, and several runs side by side (compare).
+
+matplotlib with the Agg backend (no screen needed).
+"""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  the backend is chosen first
+import numpy as np  # noqa: E402
+
+
+def _running_mean(values, k):
+    return np.convolve(values, np.ones(k) / k, mode="valid")
+
+
+def plot_loss(history, path, title="training loss"):
+    """Loss curve (raw and a running mean) of metric records [{step, loss, ...}] as a PNG."""
+    steps = np.array([r["step"] for r in history])
+    loss = np.array([r["loss"] for r in history])
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(steps, loss, lw=0.8, alpha=0.5, label="loss")
+    if len(loss) >= 5:
+        k = max(2, len(loss) // 20)
+        ax.plot(steps[k - 1:], _running_mean(loss, k), lw=1.8, label=f"running mean ({k} logs)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("rectified-flow loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_compare(histories: dict, labels: dict, path):
+    """Running-mean training loss of several runs ({kind: metric records}) in one PNG."""
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    for kind, h in histories.items():
+        if not h:
+            continue
+        steps = np.array([r["step"] for r in h])
+        loss = np.array([r["loss"] for r in h])
+        k = max(1, len(loss) // 15)
+        ax.plot(steps[k - 1:], _running_mean(loss, k), label=labels.get(kind, kind))
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (running mean)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

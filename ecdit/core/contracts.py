@@ -1,0 +1,291 @@
+"""The argument contract of every public function of `reference/` and `accelerated/`.
+
+One `Contract` per function name, shared by both halves (the reference decorates with
+`checked(contracts.name)`, the twin with `checked_jit(contracts.name, ...)`), so a bad argument
+raises the same ValueError in the specification and in its fast twin. The language of the
+specs is in `ecdit.core.checks`.
+
+Glossary (docs/architecture.md): B batch, S tokens (per image, or per routing group), S' kept
+tokens, L text tokens, D width, Dy text width, N heads, K kv-heads, F FFN hidden, Ft timestep
+frequencies, E experts, C capacity, G groups, k experts per token, I image side, Ch channels,
+p patch side, P = p p Ch patch values.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ecdit.core.checks import (CALLABLE, FINITE, POSITIVE, Array, Contract, Instance, Int, Params,
+                               is_traced, shape_of)
+from ecdit.core.config import FFN_KINDS, ModelConfig, TrainConfig, expert_capacity
+
+# ---------------------------------------------------------------------------------------------
+# Value checks used by several contracts
+# ---------------------------------------------------------------------------------------------
+
+
+def _every_row_has_a_token(name, mask):
+    """A text mask (B, L): every caption needs at least one valid token."""
+    if not np.asarray(mask).any(axis=1).all():
+        raise ValueError(f"{name}: some caption has no valid token (every row needs at least one True)")
+
+
+def _softmax_rows(name, affinity):
+    """Eq. 5's affinity: non-negative, and every token with some positive entry, so the sum of its
+    top-k affinities (token choice's renormalising denominator) is positive."""
+    a = np.asarray(affinity)
+    if (a < 0).any():
+        raise ValueError(f"{name}: expected non-negative entries (softmax probabilities, Eq. 5), got a "
+                         f"minimum of {a.min()}")
+    if not (a.max(axis=-1) > 0).all():
+        raise ValueError(f"{name}: some token has no positive affinity, so its top-k gates cannot be "
+                         "renormalised (expected softmax probabilities, Eq. 5)")
+
+
+TEXT_MASK = Array("B L", dtype="bool", values=_every_row_has_a_token)
+OPTIONAL_TEXT_MASK = Array("B L", dtype="bool", optional=True, values=_every_row_has_a_token)
+CONFIG = Instance(ModelConfig, "a ModelConfig")
+
+
+# ---------------------------------------------------------------------------------------------
+# primitives
+# ---------------------------------------------------------------------------------------------
+
+def _axis_of_x(args, dims):
+    s = shape_of("x", args["x"])
+    axis = args["axis"]
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -len(s) <= axis < len(s):
+        raise ValueError(f"axis: {axis!r} is not an axis of x with shape {s}")
+
+
+softmax = Contract(x="...", where=_axis_of_x)
+elementwise = Contract(x="...")
+gelu_tanh = silu = elementwise
+layer_norm = Contract(x="... D", eps=POSITIVE)
+feed_forward = Contract(x="... D", w1="D F", w2="F D")
+
+
+# ---------------------------------------------------------------------------------------------
+# flow (Sec. 2.1, Eq. 1)
+# ---------------------------------------------------------------------------------------------
+
+logit_normal_timesteps = Contract(z="B", mu=FINITE, sigma=POSITIVE)
+interpolate = Contract(x0="B *rest", noise="B *rest", t="B")
+velocity_target = Contract(x0="B *rest", noise="B *rest")
+rectified_flow_loss = Contract(x0="B *rest", noise="B *rest", velocity="B *rest")
+euler_sample = Contract(velocity_fn=CALLABLE, noise="B ...", num_steps=Int())
+
+
+# ---------------------------------------------------------------------------------------------
+# attention (Sec. 2.2, Eq. 2-3; GQA from Table 1)
+# ---------------------------------------------------------------------------------------------
+
+self_attention = Contract(
+    x="B S D",
+    num_heads=Int(binds="N", divides="D"),
+    num_kv_heads=Int(binds="K", divides="N", why="each kv head serves num_heads / num_kv_heads query heads"),
+    params=Params(wq="D D", wk="D K*D//N", wv="D K*D//N", wo="D D"))
+cross_attention = Contract(
+    x="B S D", y="B L Dy",
+    num_heads=Int(divides="D"),
+    params=Params(wq="D D", wk="Dy D", wv="Dy D", wo="D D"),
+    text_mask=OPTIONAL_TEXT_MASK)
+
+
+# ---------------------------------------------------------------------------------------------
+# routing (Sec. 2.3, Eq. 5-8, Algorithm 1)
+# ---------------------------------------------------------------------------------------------
+
+def _capacity_fits(args, dims):
+    """C = round(S f_c / E) must lie in [1, S]; expert_capacity names capacity_factor if not."""
+    expert_capacity(dims["S"], dims["E"], args["capacity_factor"])
+
+
+EXPERT_INDEX = Array("G E C", dtype="int", below="S")
+group_tokens = Contract(x="B S D", group_size=Int(divides="B*S"))
+ungroup_tokens = Contract(x_grouped="G Sg D", batch_size=Int(divides="G*Sg"))
+router_affinity = Contract(x="G S D", w_router="D E")
+expert_choice_gating = Contract(affinity="G S E",
+                                capacity=Int(at_most="S", why="an expert cannot choose a token twice"))
+dispatch = Contract(x="G S D", index=EXPERT_INDEX)
+expert_ffn = Contract(x_in="E G C D", w1="E D F", w2="E F D")
+combine = Contract(num_tokens=Int(binds="S"), expert_out="E G C D", gating="G E C", index=EXPERT_INDEX)
+experts_per_token = Contract(num_tokens=Int(binds="S"), index=EXPERT_INDEX)
+expert_choice_moe = expert_choice_moe_onehot = Contract(
+    x="G S D", w_router="D E", w1="E D F", w2="E F D", capacity_factor=POSITIVE, where=_capacity_fits)
+
+
+# ---------------------------------------------------------------------------------------------
+# token choice (GShard top-k, the Sec. 3.5 baseline)
+# ---------------------------------------------------------------------------------------------
+
+AFFINITY = Array("G S E", values=_softmax_rows)
+NUM_SELECTED = Int(at_most="E", why="a token picks k distinct experts")
+top_k_experts = Contract(affinity=AFFINITY, num_selected=NUM_SELECTED)
+token_choice_gating = Contract(
+    affinity=AFFINITY, num_selected=NUM_SELECTED,
+    capacity=Int(at_most="S", why="an expert receives each token at most once, so slots past S stay empty"))
+load_balancing_loss = Contract(affinity=AFFINITY, top1_expert=Array("G S", dtype="int", below="E"))
+token_choice_moe = Contract(
+    x="G S D", w_router="D E", w1="E D F", w2="E F D", capacity_factor=POSITIVE, num_selected=NUM_SELECTED,
+    where=_capacity_fits)
+
+
+# ---------------------------------------------------------------------------------------------
+# blocks (Sec. 2.3: timestep MLP, AdaLN, the DiT block with Eq. 4)
+# ---------------------------------------------------------------------------------------------
+
+def _one_ffn(args, dims):
+    """A block holds exactly one FFN kind; a sparse one must fit the group and the top-k."""
+    params = args["params"]
+    kinds = [k for k in FFN_KINDS if k in params]
+    if len(kinds) != 1:
+        raise ValueError(f"params: a block needs exactly one FFN, one of {FFN_KINDS}, got {kinds or 'none'}")
+    kind = kinds[0]
+    keys = ("w1", "w2") if kind == "dense" else ("w_router", "w1", "w2")
+    missing = [k for k in keys if not isinstance(params[kind], dict) or k not in params[kind]]
+    if missing:
+        raise ValueError(f"params['{kind}']: missing parameter(s) {missing}; expected keys {keys}")
+    if kind == "token_choice":
+        e = shape_of("params['token_choice']['w_router']", params[kind]["w_router"])[-1]
+        if args["num_selected"] > e:
+            raise ValueError(f"num_selected: {args['num_selected']} exceeds the E = {e} experts "
+                             "(a token picks k distinct experts)")
+
+
+modulate = Contract(x="B S D", shift="B D", scale="B D")
+sinusoidal_embedding = Contract(t="B", dim=Int(minimum=2, multiple_of=2, why="cos and sin halves"),
+                                scale=POSITIVE, max_period=POSITIVE)
+timestep_mlp = Contract(t_freq="B Ft", params=Params(w1="Ft D", b1="D", w2="D D", b2="D"))
+adaln_modulation = Contract(c="B D", params=Params(w="D 6*D", b="6*D"))
+dit_block = Contract(
+    x="B S D", c="B D", y="B L Dy",
+    params=Params(adaln=Params(w="D 6*D", b="6*D"), self_attn=Params(), cross_attn=Params()),
+    num_heads=Int(divides="D"), num_kv_heads=Int(), capacity_factor=POSITIVE,
+    group_size=Int(optional=True, divides="B*S"), text_mask=OPTIONAL_TEXT_MASK, num_selected=Int(),
+    where=_one_ffn)
+
+
+# ---------------------------------------------------------------------------------------------
+# model (Sec. 2, Fig. 2)
+# ---------------------------------------------------------------------------------------------
+
+def _fits_config(args, dims, image="x_t", images_per_group_check=1):
+    """The forward pass's arrays against the config: image shape, text length, parameter tree,
+    kept tokens and routing group (over `images_per_group_check` x B images: 2 for a guided batch)."""
+    config, params = args["config"], args["params"]
+    want = (config.image_size, config.image_size, config.channels)
+    got = tuple(dims[k] for k in ("I", "J", "Ch"))
+    if got != want:
+        raise ValueError(f"{image}: image shape {got}, expected {want} from the config")
+    if dims["L"] > config.max_text_len:
+        raise ValueError(f"text_ids: {dims['L']} text tokens exceed max_text_len = {config.max_text_len}")
+    if len(params["blocks"]) != config.depth:
+        raise ValueError(f"params: {len(params['blocks'])} blocks, expected depth = {config.depth}")
+    s = dims.get("Sk", config.num_tokens)
+    keep = args.get("keep_index")
+    if keep is not None:
+        if s > config.num_tokens:
+            raise ValueError(f"keep_index: keeps {s} tokens of the S = {config.num_tokens} of an image")
+        if not is_traced(keep):
+            k = np.asarray(keep)
+            if k.min() < 0 or k.max() >= config.num_tokens:
+                raise ValueError(f"keep_index: token indices must lie in [0, {config.num_tokens}), got range "
+                                 f"[{k.min()}, {k.max()}]")
+    group_size = args.get("group_size")
+    tokens = images_per_group_check * dims["B"] * s
+    if group_size is not None and tokens % group_size:
+        what = "B * S'" if images_per_group_check == 1 else "2B * S of a guided batch (conditional and null halves)"
+        raise ValueError(f"group_size: {group_size} does not divide the {what} = {tokens} tokens")
+
+
+BLOCKS = Instance((list, tuple), "a list of blocks")
+MODEL_PARAMS = Params(patch_embed=Params(w="P D", b="D"), t_mlp=Params(), text=Params(), blocks=BLOCKS, final=Params())
+KEEP_INDEX = Array("B Sk", dtype="int", optional=True)
+IMAGES = "B I J Ch"
+forward = Contract(params=MODEL_PARAMS, x_t=IMAGES, t="B", text_ids=Array("B L", dtype="int"), text_mask=TEXT_MASK,
+                   config=CONFIG, keep_index=KEEP_INDEX,
+                   group_size=Int(optional=True), where=_fits_config)
+velocity = Contract(params=MODEL_PARAMS, x_t=IMAGES, t="B", text_ids=Array("B L", dtype="int"), text_mask=TEXT_MASK,
+                    config=CONFIG, group_size=Int(optional=True), where=_fits_config)
+
+
+def _divides_image(args, dims):
+    p = args["patch_size"]
+    for axis, n in (("I", dims["I"]), ("J", dims["J"])):
+        if n % p:
+            raise ValueError(f"patch_size: {p} does not divide the image side {axis} = {n}")
+
+
+def _unpatchify_fits(args, dims):
+    p, h, w = args["patch_size"], args["height"], args["width"]
+    if h % p or w % p:
+        raise ValueError(f"patch_size: {p} does not divide the image {h} x {w}")
+    if (h // p) * (w // p) != dims["S"]:
+        raise ValueError(f"patches: {dims['S']} patches, expected (height/p) (width/p) = {(h // p) * (w // p)}")
+    if dims["P"] % (p * p):
+        raise ValueError(f"patches: {dims['P']} values per patch is not a whole number of p x p = {p * p} pixels")
+
+
+patchify = Contract(images=IMAGES, patch_size=Int(), where=_divides_image)
+unpatchify = Contract(patches="B S P", patch_size=Int(), height=Int(), width=Int(), where=_unpatchify_fits)
+null_caption = Contract(batch_size=Int(), max_len=Int())
+sincos_embedding_2d = Contract(grid_size=Int(), dim=Int())
+positional_embedding = Contract(params=Params(), config=CONFIG)
+embed_patches = Contract(x_t=IMAGES, params=Params(patch_embed=Params(w="P D", b="D")), config=CONFIG)
+keep_tokens = Contract(tokens="B S D", keep_index=Array("B Sk", dtype="int", below="S"))
+text_encoder = Contract(text_ids=Array("B L", dtype="int"), text_mask=TEXT_MASK,
+                        params=Params(embed="V Dy", pos="Lmax Dy", layers=BLOCKS),
+                        num_heads=Int(divides="Dy"))
+timestep_condition = Contract(t="B", params=Params(w1="Ft D", b1="D", w2="D D", b2="D"), config=CONFIG)
+pooled_text = Contract(y="B L Dy", text_mask=TEXT_MASK, params=Params(w="Dy D", b="D"))
+model_block = Contract(x="B S D", c="B D", y="B L Dy", params=Params(), config=CONFIG,
+                       group_size=Int(optional=True, divides="B*S"), text_mask=OPTIONAL_TEXT_MASK)
+final_layer = Contract(x="B S D", c="B D", params=Params(adaln=Params(w="D 2*D", b="2*D"), linear=Params(w="D P", b="P")))
+
+
+# ---------------------------------------------------------------------------------------------
+# objective (Eq. 1 as trained: kept tokens, caption dropout, the aux loss)
+# ---------------------------------------------------------------------------------------------
+
+def _batch_fits_config(args, dims):
+    _fits_config({"config": args["model_cfg"], "params": args["params"], "group_size": args.get("group_size"),
+                  "keep_index": args["batch"].get("keep_index")}, dims, image="batch['x0']")
+
+
+BATCH = Params(x0=IMAGES, noise=IMAGES, z="B", drop=Array("B", dtype="bool"), text_ids=Array("B L", dtype="int"),
+               text_mask=TEXT_MASK, keep_index=KEEP_INDEX)
+caption_dropout = Contract(text_ids=Array("B L", dtype="int"), text_mask=TEXT_MASK, drop=Array("B", dtype="bool"))
+flow_matching_loss = Contract(params=MODEL_PARAMS, x0=IMAGES, noise=IMAGES, t="B", text_ids=Array("B L", dtype="int"),
+                              text_mask=TEXT_MASK, config=CONFIG,
+                              keep_index=KEEP_INDEX,
+                              group_size=Int(optional=True), where=_fits_config)
+training_loss = Contract(params=MODEL_PARAMS, batch=BATCH, model_cfg=CONFIG,
+                         train_cfg=Instance(TrainConfig, "a TrainConfig"), group_size=Int(optional=True),
+                         where=_batch_fits_config)
+
+
+def _routing_list(args, dims):
+    if not isinstance(args["routing"], (list, tuple)):
+        raise ValueError(f"routing: expected the per-layer list of forward, got {type(args['routing']).__name__}")
+
+
+routing_stats = Contract(where=_routing_list)
+
+
+# ---------------------------------------------------------------------------------------------
+# sample (Euler + classifier-free guidance)
+# ---------------------------------------------------------------------------------------------
+
+def _guided_batch_fits(args, dims):
+    _fits_config(args, dims, image="x" if "x" in args else "noise", images_per_group_check=2)
+
+
+guided_velocity = Contract(params=MODEL_PARAMS, x=IMAGES, t="B", text_ids=Array("B L", dtype="int"),
+                           text_mask=TEXT_MASK, config=CONFIG, guidance_scale=FINITE,
+                           group_size=Int(optional=True), where=_guided_batch_fits)
+sample = Contract(params=MODEL_PARAMS, noise=IMAGES, text_ids=Array("B L", dtype="int"), text_mask=TEXT_MASK,
+                  config=CONFIG, num_steps=Int(), guidance_scale=FINITE, group_size=Int(optional=True),
+                  where=_guided_batch_fits)
+
+
+__all__ = [name for name, value in dict(globals()).items() if isinstance(value, Contract)] + ["is_traced"]

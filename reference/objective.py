@@ -1,0 +1,80 @@
+"""The training objective (Sec. 3.1): Eq. 1 on the kept tokens, with caption dropout and the
+token-choice auxiliary loss.
+
+    t    = sigmoid(mu + sigma z)                     logit-normal timesteps, z ~ N(0, 1) given
+    x_t  = (1 - t) x0 + t noise                      data at t = 0 (project convention)
+    y    = null caption where drop, else caption     caption dropout, for classifier-free guidance
+    v    = v_theta(x_t, t, y)[keep]                  masked tokens dropped before the blocks (MDT)
+    loss = mean (patchify(noise - x0)[keep] - v)^2   Eq. 1, on the kept tokens only
+           + aux_loss_weight * mean_l aux_l          token choice only: GShard's balancing loss
+
+Randomness enters as the batch (z, noise, drop, keep_index): the training loop in ecdit.systems
+draws it, so the two halves can be compared exactly.
+
+`batch` is a dict: x0 and noise (B, I, I, Ch), z (B,), drop (B,) bool, text_ids (B, L) int,
+text_mask (B, L) bool, keep_index (B, S') sorted int or None (no masking).
+
+Shapes: B batch, I x I x Ch images, S tokens, S' kept tokens, P patch values, L text tokens,
+n sparse layers.
+"""
+import numpy as np
+
+from ecdit.core import contracts
+from ecdit.core.checks import checked
+
+from .flow import interpolate, logit_normal_timesteps, rectified_flow_loss
+from .model import forward, null_caption, patchify
+
+
+@checked(contracts.caption_dropout)
+def caption_dropout(text_ids, text_mask, drop):
+    """The null caption where drop is True, the caption elsewhere: (ids (B, L), mask (B, L))."""
+    null_ids, null_mask = null_caption(*text_ids.shape)          # (B, L) x2
+    keep = ~drop[:, None]                                        # (B, 1)
+    return np.where(keep, text_ids, null_ids), np.where(keep, text_mask, null_mask)
+
+
+@checked(contracts.flow_matching_loss)
+def flow_matching_loss(params, x0, noise, t, text_ids, text_mask, config, keep_index=None, group_size=None):
+    """Eq. 1 at the given t for each image, on the kept tokens: mean ((noise - x0) - v)^2 over
+    kept patches and values. Returns (loss (), routing of `forward`)."""
+    x_t = interpolate(x0, noise, t)                              # (B, I, I, Ch)
+    v, routing = forward(params, x_t, t, text_ids, text_mask, config, keep_index, group_size)  # (B, S', P)
+    x0_p = patchify(x0, config.patch_size)                       # (B, S, P)
+    noise_p = patchify(noise, config.patch_size)                 # (B, S, P)
+    if keep_index is not None:                                   # the loss is on kept tokens only
+        keep = keep_index[..., None]                             # (B, S', 1)
+        x0_p = np.take_along_axis(x0_p, keep, axis=1)            # (B, S', P)
+        noise_p = np.take_along_axis(noise_p, keep, axis=1)      # (B, S', P)
+    return rectified_flow_loss(v, x0_p, noise_p), routing        # (), list
+
+
+@checked(contracts.routing_stats)
+def routing_stats(routing):
+    """Per sparse layer: share of tokens no expert processed, mean / max / std experts per token,
+    and the token-choice aux loss (0 for expert choice). Each (n,); {} for a dense model."""
+    layers = [r for r in routing if r is not None]
+    if not layers:
+        return {}
+    ept = np.stack([r["experts_per_token"].astype(np.float32) for r in layers])  # (n, B, S')
+    return {
+        "unrouted": np.mean(ept == 0, axis=(1, 2)),              # (n,)
+        "experts_mean": np.mean(ept, axis=(1, 2)),               # (n,)
+        "experts_max": np.max(ept, axis=(1, 2)),                 # (n,)
+        "experts_std": np.std(ept, axis=(1, 2)),                 # (n,)
+        "aux": np.stack([np.asarray(r.get("aux_loss", 0.0), np.float32) for r in layers]),  # (n,)
+    }
+
+
+@checked(contracts.training_loss)
+def training_loss(params, batch, model_cfg, train_cfg, group_size=None):
+    """The loss one training step minimises. Returns (loss, metrics): metrics holds loss,
+    flow_loss (Eq. 1), aux_loss (mean over sparse layers) and the `routing_stats`."""
+    t = logit_normal_timesteps(batch["z"], train_cfg.t_mu, train_cfg.t_sigma)  # (B,)
+    ids, mask = caption_dropout(batch["text_ids"], batch["text_mask"], batch["drop"])  # (B, L) x2
+    flow, routing = flow_matching_loss(params, batch["x0"], batch["noise"], t, ids, mask, model_cfg,
+                                       batch["keep_index"], group_size)
+    stats = routing_stats(routing)
+    aux = np.mean(stats["aux"]) if stats else np.zeros((), np.float32)
+    loss = flow + (model_cfg.aux_loss_weight * aux if model_cfg.ffn_kind == "token_choice" else 0.0)
+    return loss, {"loss": loss, "flow_loss": flow, "aux_loss": aux, **stats}
