@@ -5,8 +5,32 @@ Drawing arrays through `np.random.default_rng(seed)` keeps examples cheap while 
 shrinks the shapes and the seed; values with deliberate ties come from `tied_values`.
 """
 import numpy as np
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
+
+from ecdit import accelerated, reference
+from ecdit.core.config import ModelConfig, TrainConfig
+
+# The two halves, for tests that run the same property on each: parametrize("half", HALVES).
+HALVES = [pytest.param(reference, id="reference"), pytest.param(accelerated, id="accelerated")]
+
+
+def small_config(kind="expert_choice", **changes) -> ModelConfig:
+    """A 16x16, two-layer model (one sparse layer of 4 experts) that compiles in seconds; tests
+    share it, so equal configs reuse one compiled program."""
+    base = dict(name="test", image_size=16, patch_size=4, depth=2, width=32, num_heads=4, num_kv_heads=2,
+                ffn_kind=kind, num_experts=4, text_width=16, text_depth=1, text_heads=2, freq_dim=16)
+    base.update(changes)
+    return ModelConfig(**base)
+
+
+def small_train(**changes) -> TrainConfig:
+    """Training settings shared by the training, checkpoint and command-line tests."""
+    base = dict(batch_size=8, learning_rate=3e-3, warmup_steps=5, mask_ratio=0.5, caption_dropout=0.1,
+                grad_clip=1.0)
+    base.update(changes)
+    return TrainConfig(**base)
 
 
 def fewer_examples(divisor=3):
