@@ -253,9 +253,10 @@ class Array:
         tokens = _parse_axes(self.axes)
         fixed = [t for t in tokens if t[0] not in ("any", "star")]
         variadic = len(fixed) < len(tokens)
-        if (len(shape) < len(fixed)) if variadic else (len(shape) != len(fixed)):
-            rank = f"at least {len(fixed)}" if variadic else f"{len(fixed)}"
-            raise ValueError(f"{name}: expected a rank-{rank} array {_layout(self.axes)}, got shape {shape}")
+        if variadic and len(shape) < len(fixed):
+            raise ValueError(f"{name}: expected an array of rank >= {len(fixed)} {_layout(self.axes)}, got shape {shape}")
+        if not variadic and len(shape) != len(fixed):
+            raise ValueError(f"{name}: expected a rank-{len(fixed)} array {_layout(self.axes)}, got shape {shape}")
         if tokens != (("any", "..."),) and any(n == 0 for n in shape):
             raise ValueError(f"{name}: expected a non-empty array {_layout(self.axes)}, got shape {shape}")
         star = next((i for i, t in enumerate(tokens) if t[0] in ("any", "star")), None)
