@@ -31,23 +31,23 @@ from .primitives import feed_forward, layer_norm, silu
 
 @checked_jit(contracts.patchify, static_argnames=("patch_size",))
 def patchify(images, patch_size):
-    """Row-major p x p patches: (B, H, W, Ch) -> (B, S, p p Ch)."""
+    """Row-major p x p patches: (B, I, J, Ch) -> (B, S, p p Ch)."""
     b, h, w, ch = images.shape
     p = patch_size
-    x = images.reshape(b, h // p, p, w // p, p, ch)               # (B, H/p, p, W/p, p, Ch)
-    x = x.transpose(0, 1, 3, 2, 4, 5)                            # (B, H/p, W/p, p, p, Ch)
+    x = images.reshape(b, h // p, p, w // p, p, ch)               # (B, I/p, p, J/p, p, Ch)
+    x = x.transpose(0, 1, 3, 2, 4, 5)                            # (B, I/p, J/p, p, p, Ch)
     return x.reshape(b, (h // p) * (w // p), p * p * ch)         # (B, S, P)
 
 
 @checked_jit(contracts.unpatchify, static_argnames=("patch_size", "height", "width"))
 def unpatchify(patches, patch_size, height, width):
-    """Inverse of `patchify`: (B, S, p p Ch) -> (B, H, W, Ch)."""
+    """Inverse of `patchify`: (B, S, p p Ch) -> (B, I, J, Ch)."""
     b, s, pdim = patches.shape
     p = patch_size
     ch = pdim // (p * p)
-    x = patches.reshape(b, height // p, width // p, p, p, ch)    # (B, H/p, W/p, p, p, Ch)
-    x = x.transpose(0, 1, 3, 2, 4, 5)                            # (B, H/p, p, W/p, p, Ch)
-    return x.reshape(b, height, width, ch)                       # (B, H, W, Ch)
+    x = patches.reshape(b, height // p, width // p, p, p, ch)    # (B, I/p, J/p, p, p, Ch)
+    x = x.transpose(0, 1, 3, 2, 4, 5)                            # (B, I/p, p, J/p, p, Ch)
+    return x.reshape(b, height, width, ch)                       # (B, I, J, Ch)
 
 
 @checked_jit(contracts.sincos_embedding_2d, static_argnames=("grid_size", "dim"))
@@ -66,7 +66,7 @@ def positional_embedding(params, config):
 
 @checked_jit(contracts.embed_patches, static_argnames=("config",))
 def embed_patches(x_t, params, config):
-    """Linear patch embedding plus positions: (B, H, W, Ch) -> (B, S, D)."""
+    """Linear patch embedding plus positions: (B, I, J, Ch) -> (B, S, D)."""
     patches = patchify(x_t, config.patch_size)                   # (B, S, P)
     tokens = patches @ params["patch_embed"]["w"] + params["patch_embed"]["b"]  # (B, S, D)
     return tokens + positional_embedding(params, config)[None]   # (B, S, D)
@@ -163,6 +163,6 @@ def forward(params, x_t, t, text_ids, text_mask, config, keep_index=None, group_
 
 @checked_jit(contracts.velocity, static_argnames=("config", "group_size"))
 def velocity(params, x_t, t, text_ids, text_mask, config, group_size=None):
-    """The full-image velocity (B, H, W, Ch): `forward` without masking, unpatchified."""
+    """The full-image velocity (B, I, J, Ch): `forward` without masking, unpatchified."""
     v, _ = forward(params, x_t, t, text_ids, text_mask, config, None, group_size)  # (B, S, P)
-    return unpatchify(v, config.patch_size, config.image_size, config.image_size)  # (B, H, W, Ch)
+    return unpatchify(v, config.patch_size, config.image_size, config.image_size)  # (B, I, J, Ch)

@@ -56,5 +56,5 @@ def test_layer_forward_backward(benchmark, case, arrays, kind):
 
 def test_layer_argument_check(benchmark, case, arrays):
     """What the public API adds to the compiled body: the shared shape + finite-value check."""
-    call = W.make_call("ec", "acc", "check", case, arrays)
-    _bench(benchmark, call, f"layer forward {case.label}", case, "ec", impl="check only")
+    call = W.make_call(W.EXPERT_CHOICE, "acc", "check", case, arrays)
+    _bench(benchmark, call, f"layer forward {case.label}", case, W.EXPERT_CHOICE, impl="check only")

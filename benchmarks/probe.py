@@ -21,16 +21,16 @@ def main(argv=None) -> int:
 
     from . import timing
     from . import workloads as W
+    from .plans import DENSE, EC, key
     case = W.Case(S=a.S, D=a.D, E=a.E, fc=a.fc, G=a.G)
     arrays = W.make_arrays(case)
-    variants = {"ec:jit": ("ec", "jit"), "dense:jit": ("dense", "jit"),
-                "ec:fwd": ("ec", "fwd"), "dense:fwd": ("dense", "fwd")}
-    calls = {name: W.make_call(kind, "acc", mode, case, arrays) for name, (kind, mode) in variants.items()}
+    calls = {key(kind, mode): W.make_call(kind, "acc", mode, case, arrays)
+             for mode in ("jit", "fwd") for kind in (EC, DENSE)}
     samples = timing.time_interleaved(calls, a.rounds)
     out = {"glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "case": case.label,
            "median_s": {k: timing.median(v) for k, v in samples.items()},
-           "ratio_fwd": timing.median_ratio(samples["ec:fwd"], samples["dense:fwd"]),
-           "ratio_jit": timing.median_ratio(samples["ec:jit"], samples["dense:jit"])}
+           "ratio_fwd": timing.median_ratio(samples[key(EC, "fwd")], samples[key(DENSE, "fwd")]),
+           "ratio_jit": timing.median_ratio(samples[key(EC, "jit")], samples[key(DENSE, "jit")])}
     sys.stdout.write(json.dumps(out) + "\n")
     return 0
 

@@ -2,12 +2,15 @@
 (variant, implementation, mode). Shared by the pytest-benchmark suites and the report, so both
 time exactly the same thing.
 
-Variants of the FFN/MoE layer (all take x (G, S, D) and return (G, S, D)):
-  ec      expert-choice MoE, gather dispatch + scatter-add combine (`expert_choice_moe`)
-  onehot  the same layer as the literal Algorithm 1, with the (G, E, C, S) one-hot tensor
-  tc      token-choice top-2 (GShard), the paper's Sec. 3.5 baseline (`token_choice_moe`)
-  dense   the FLOP-equal dense FFN: hidden width H = E C F / S (= f_c F when E C = S f_c), so it
-          does exactly the expert matmul FLOPs of `ec`, with no routing (the fair baseline)
+Variants of the FFN/MoE layer (all take x (G, S, D) and return (G, S, D)), named as the FFN kinds
+are everywhere in ecdit (config values, CLI, parameter keys), the one-hot form by its function:
+  expert_choice         expert-choice MoE, gather dispatch + scatter-add combine (`expert_choice_moe`)
+  expert_choice_onehot  the same layer as the literal Algorithm 1, with the (G, E, C, S) one-hot
+                        tensor (`expert_choice_moe_onehot`)
+  token_choice          token-choice top-2 (GShard), the paper's Sec. 3.5 baseline (`token_choice_moe`)
+  dense                 the FLOP-equal dense FFN: hidden width H = E C F / S (= f_c F when E C = S f_c),
+                        so it does exactly the expert matmul FLOPs of `expert_choice`, with no routing
+                        (the fair baseline)
 
 Implementations: `acc` (JAX, accelerated/) and `ref` (NumPy, reference/).
 Modes:
@@ -30,18 +33,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-LAYER_KINDS = ("ec", "onehot", "tc", "dense")
+EXPERT_CHOICE = "expert_choice"
+EXPERT_CHOICE_ONEHOT = "expert_choice_onehot"
+TOKEN_CHOICE = "token_choice"
+DENSE = "dense"
+LAYER_KINDS = (EXPERT_CHOICE, EXPERT_CHOICE_ONEHOT, TOKEN_CHOICE, DENSE)
 LAYER_NAMES = {
-    "ec": "EC MoE (gather/scatter)",
-    "onehot": "EC MoE (one-hot Alg. 1)",
-    "tc": "token-choice top-2",
-    "dense": "dense FFN (FLOP-equal)",
+    EXPERT_CHOICE: "EC MoE (gather/scatter)",
+    EXPERT_CHOICE_ONEHOT: "EC MoE (one-hot Alg. 1)",
+    TOKEN_CHOICE: "token-choice top-2",
+    DENSE: "dense FFN (FLOP-equal)",
 }
 _FUNCTIONS = {                      # kind -> (module under accelerated/ or reference/, function)
-    "ec": ("routing", "expert_choice_moe"),
-    "onehot": ("routing", "expert_choice_moe_onehot"),
-    "tc": ("token_choice", "token_choice_moe"),
-    "dense": ("primitives", "feed_forward"),
+    EXPERT_CHOICE: ("routing", "expert_choice_moe"),
+    EXPERT_CHOICE_ONEHOT: ("routing", "expert_choice_moe_onehot"),
+    TOKEN_CHOICE: ("token_choice", "token_choice_moe"),
+    DENSE: ("primitives", "feed_forward"),
 }
 TOP_K = 2                           # token choice: top-2, the activation of f_c = 2 (Sec. 3.5)
 
@@ -93,7 +100,7 @@ class Case:
         return 4.0 * self.G * self.S * self.D * self.H
 
     def layer_flops(self, kind: str) -> float:
-        return self.dense_flops if kind == "dense" else self.flops
+        return self.dense_flops if kind == DENSE else self.flops
 
     @property
     def label(self) -> str:
@@ -204,10 +211,10 @@ def check_function(kind: str):
 
 def layer_args(kind: str, case: Case, arrays: dict) -> tuple:
     """Positional arguments of the layer (static ones, capacity_factor and k, included)."""
-    if kind == "dense":
+    if kind == DENSE:
         return arrays["x"], arrays["ffn_w1"], arrays["ffn_w2"]
     args = (arrays["x"], arrays["w_router"], arrays["w1"], arrays["w2"], case.fc)
-    return args + (TOP_K,) if kind == "tc" else args
+    return args + (TOP_K,) if kind == TOKEN_CHOICE else args
 
 
 @functools.lru_cache(maxsize=64)
@@ -216,12 +223,12 @@ def fwdbwd_function(kind: str, fc: float):
     import jax
     import jax.numpy as jnp
     fn = layer_function(kind, "acc")
-    if kind == "dense":
+    if kind == DENSE:
         def loss(x, w1, w2, ct):
             return jnp.sum(fn(x, w1, w2) * ct)
         argnums = (0, 1, 2)
     else:
-        static = (fc, TOP_K) if kind == "tc" else (fc,)
+        static = (fc, TOP_K) if kind == TOKEN_CHOICE else (fc,)
 
         def loss(x, w_router, w1, w2, ct):
             out, _ = fn(x, w_router, w1, w2, *static)
@@ -232,7 +239,7 @@ def fwdbwd_function(kind: str, fc: float):
 
 def _dynamic_args(kind: str, case: Case, arrays: dict) -> tuple:
     """The array arguments only (what a fwdbwd function takes, cotangent last)."""
-    n = 3 if kind == "dense" else 4
+    n = 3 if kind == DENSE else 4
     return layer_args(kind, case, arrays)[:n] + (arrays["cotangent"],)
 
 
@@ -347,16 +354,16 @@ class BlockCase:
         return f"B{self.B}-S{self.S}-D{self.D}-E{self.E}-fc{self.fc:g}"
 
 
-BLOCK_KINDS = ("ec", "dense")       # EC block; dense block with the FLOP-equal FFN (hidden f_c F)
+BLOCK_KINDS = (EXPERT_CHOICE, DENSE)  # EC block; dense block with the FLOP-equal FFN (hidden f_c F)
 
 
 def make_block(case: BlockCase, kind: str, seed: int = 0) -> tuple[tuple, dict]:
     """(x, c, y, text_mask) as NumPy and the block's parameters (AdaLN not zero, so every path
-    computes). kind 'ec': MoE of E experts of hidden 4 D; 'dense': one FFN of hidden f_c 4 D."""
+    computes). kind 'expert_choice': MoE of E experts of hidden 4 D; 'dense': one FFN of hidden f_c 4 D."""
     from ecdit.core import params as P
     rng = np.random.default_rng([seed, case.B, case.S, case.D])
     d, f = case.D, 4 * case.D
-    if kind == "ec":
+    if kind == EXPERT_CHOICE:
         params = P.init_block(rng, d, d, case.num_heads, case.num_kv_heads, f, num_experts=case.E, adaln_zero=False)
     else:
         params = P.init_block(rng, d, d, case.num_heads, case.num_kv_heads, int(round(case.fc * f)), adaln_zero=False)

@@ -9,7 +9,7 @@ Convention, fixed for the whole project (docs/errata.md says why it differs from
 Timesteps are logit-normal, t = sigmoid(u) with u ~ N(mu, sigma) (Esser et al. 2024, Sec. 3.1).
 Randomness enters as arguments (`z`, `noise`), so both halves can be compared exactly.
 
-Shapes: B batch, then any trailing axes "...", e.g. (B, S, D) tokens or (B, H, W, 3) images.
+Shapes: B batch, then any trailing axes "...", e.g. (B, S, D) tokens or (B, I, J, 3) images.
 """
 import numpy as np
 

@@ -35,26 +35,26 @@ from .primitives import feed_forward, layer_norm, silu
 
 @checked(contracts.patchify)
 def patchify(images, patch_size):
-    """Cut (B, H, W, Ch) images into a row-major sequence of p x p patches, (B, S, p p Ch).
+    """Cut (B, I, J, Ch) images into a row-major sequence of p x p patches, (B, S, p p Ch).
 
-    Token s = i * (W/p) + j holds the patch at grid row i, column j; inside a patch the values
+    Token s = i * (J/p) + j holds the patch at grid row i, column j; inside a patch the values
     are ordered (row, column, channel)."""
     b, h, w, ch = images.shape
     p = patch_size
-    x = images.reshape(b, h // p, p, w // p, p, ch)               # (B, H/p, p, W/p, p, Ch)
-    x = x.transpose(0, 1, 3, 2, 4, 5)                            # (B, H/p, W/p, p, p, Ch)
+    x = images.reshape(b, h // p, p, w // p, p, ch)               # (B, I/p, p, J/p, p, Ch)
+    x = x.transpose(0, 1, 3, 2, 4, 5)                            # (B, I/p, J/p, p, p, Ch)
     return x.reshape(b, (h // p) * (w // p), p * p * ch)         # (B, S, P)
 
 
 @checked(contracts.unpatchify)
 def unpatchify(patches, patch_size, height, width):
-    """Inverse of `patchify`: (B, S, p p Ch) back to (B, H, W, Ch)."""
+    """Inverse of `patchify`: (B, S, p p Ch) back to (B, I, J, Ch)."""
     b, s, pdim = patches.shape
     p = patch_size
     ch = pdim // (p * p)
-    x = patches.reshape(b, height // p, width // p, p, p, ch)    # (B, H/p, W/p, p, p, Ch)
-    x = x.transpose(0, 1, 3, 2, 4, 5)                            # (B, H/p, p, W/p, p, Ch)
-    return x.reshape(b, height, width, ch)                       # (B, H, W, Ch)
+    x = patches.reshape(b, height // p, width // p, p, p, ch)    # (B, I/p, J/p, p, p, Ch)
+    x = x.transpose(0, 1, 3, 2, 4, 5)                            # (B, I/p, p, J/p, p, Ch)
+    return x.reshape(b, height, width, ch)                       # (B, I, J, Ch)
 
 
 @checked(contracts.sincos_embedding_2d)
@@ -83,7 +83,7 @@ def positional_embedding(params, config):
 
 @checked(contracts.embed_patches)
 def embed_patches(x_t, params, config):
-    """Linear patch embedding plus positions: (B, H, W, Ch) -> (B, S, D)."""
+    """Linear patch embedding plus positions: (B, I, J, Ch) -> (B, S, D)."""
     patches = patchify(x_t, config.patch_size)                   # (B, S, P)
     tokens = patches @ params["patch_embed"]["w"] + params["patch_embed"]["b"]  # (B, S, D)
     return tokens + positional_embedding(params, config)[None]   # (B, S, D)
@@ -175,7 +175,7 @@ def final_layer(x, c, params):
 def forward(params, x_t, t, text_ids, text_mask, config, keep_index=None, group_size=None):
     """v_theta(x_t, t, y) of Eq. 1 in patch space.
 
-    x_t (B, H, W, Ch) noisy images, t (B,) in [0, 1], text_ids / text_mask (B, L) from
+    x_t (B, I, J, Ch) noisy images, t (B,) in [0, 1], text_ids / text_mask (B, L) from
     ecdit.systems.text.tokenize_batch, keep_index (B, S') sorted indices of the kept tokens or None
     (all S), group_size the routing group (None: S' tokens, one image per group).
 
@@ -198,6 +198,6 @@ def forward(params, x_t, t, text_ids, text_mask, config, keep_index=None, group_
 
 @checked(contracts.velocity)
 def velocity(params, x_t, t, text_ids, text_mask, config, group_size=None):
-    """The full-image velocity (B, H, W, Ch): `forward` without masking, unpatchified."""
+    """The full-image velocity (B, I, J, Ch): `forward` without masking, unpatchified."""
     v, _ = forward(params, x_t, t, text_ids, text_mask, config, None, group_size)  # (B, S, P)
-    return unpatchify(v, config.patch_size, config.image_size, config.image_size)  # (B, H, W, Ch)
+    return unpatchify(v, config.patch_size, config.image_size, config.image_size)  # (B, I, J, Ch)

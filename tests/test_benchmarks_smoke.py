@@ -50,7 +50,7 @@ def test_report_smoke_sweep_writes_markdown_and_plots(tmp_path):
 def test_report_plans_cover_the_issue_sizes():
     """The --full sweep covers S in {256, 1024, 4096, 16384}, d in {256, 512, 1024},
     E in {4, ..., 64} and f_c in {1, 2}; the quick default is a subset."""
-    from ecdit.benchmarks.report import make_plan
+    from ecdit.benchmarks.plans import make_plan
     full, quick = make_plan("full"), make_plan("quick")
     assert set(full.grid_S) == {256, 1024, 4096, 16384}
     assert set(full.grid_D) == {256, 512, 1024}

@@ -29,7 +29,7 @@ def evaluate_model(params, config: ModelConfig, items, *, num_steps=DEFAULT_SAMP
                    guidance_scale=DEFAULT_GUIDANCE, seed=0,
                    batch_size=64, progress=True, desc="sample"):
     """Sample every held-out item (noise seeded by its index) and score it.
-    Returns (results dict of evaluate, images (N, H, W, 3), experts (T, n, N, S), seconds)."""
+    Returns (results dict of evaluate, images (M, I, J, 3), experts (T, n, M, S), seconds)."""
     t0 = time.perf_counter()
     images, experts = generate(params, config, [it.text for it in items], seed=seed, num_steps=num_steps,
                                guidance_scale=guidance_scale, batch_size=batch_size, progress=progress,

@@ -206,7 +206,7 @@ def shape_coverage(shape: str, cx: float, cy: float, size: float, height: int, w
     is independent of the image size. Used by `render` and by the scorer's templates.
     Returns (height, width) float32 in [0, 1].
     """
-    cov = np.zeros((height, width), dtype=np.float32)                        # (H, W)
+    cov = np.zeros((height, width), dtype=np.float32)                        # (I, J)
     if size <= 0:
         return cov
     x0 = max(int(math.floor(cx - size / 2)), 0)
@@ -255,18 +255,18 @@ def render(objects, image_size: int = 32) -> np.ndarray:
 
     Anti-aliased (SUPERSAMPLE^2 samples per pixel); objects are composited in order, so a later
     object covers an earlier one where they would overlap (scenes from `scene_for_prompt` never
-    overlap). Returns (H, W, 3) float32 in [0, 1] with H = W = image_size.
+    overlap). Returns (I, J, 3) float32 in [0, 1] with I = J = image_size.
     """
     n = _check_image_size(image_size)
     bg = np.asarray(BACKGROUND, dtype=np.float32)                            # (3,)
-    img = np.broadcast_to(bg, (n, n, 3)).copy()                              # (H, W, 3)
+    img = np.broadcast_to(bg, (n, n, 3)).copy()                              # (I, J, 3)
     for obj in objects:
         if not isinstance(obj, SceneObject):
             raise ValueError(f"objects: expected SceneObject items, got {type(obj).__name__}")
         _check_object(obj)
-        a = shape_coverage(obj.shape, obj.cx * n, obj.cy * n, obj.size * n, n, n)[..., None]  # (H, W, 1)
+        a = shape_coverage(obj.shape, obj.cx * n, obj.cy * n, obj.size * n, n, n)[..., None]  # (I, J, 1)
         col = np.asarray(COLOURS[obj.colour], dtype=np.float32)              # (3,)
-        img = img * (1.0 - a) + col * a                                      # (H, W, 3)
+        img = img * (1.0 - a) + col * a                                      # (I, J, 3)
     return np.clip(img, 0.0, 1.0).astype(np.float32)
 
 
@@ -682,16 +682,16 @@ def scene_for_prompt(spec: PromptSpec, rng: np.random.Generator, image_size: int
 
 
 def render_items(items, image_size: int = 32) -> np.ndarray:
-    """The held-out items' own scenes (each from its seed), rendered: (N, H, W, 3) float32."""
+    """The held-out items' own scenes (each from its seed), rendered: (M, I, J, 3) float32."""
     image_size = _check_image_size(image_size)
     if len(items) == 0:
         raise ValueError("items: expected at least one held-out item")
     return np.stack([render(scene_for_prompt(it.spec, np.random.default_rng(it.seed), image_size), image_size)
-                     for it in items])                                        # (N, H, W, 3)
+                     for it in items])                                        # (M, I, J, 3)
 
 
 def sample_batch(rng: np.random.Generator, batch_size: int, image_size: int = 32):
-    """A training batch: (images (B, H, W, 3) float32 in [0, 1], captions list[str]).
+    """A training batch: (images (B, I, J, 3) float32 in [0, 1], captions list[str]).
 
     Each example draws a category uniformly, then a training caption of that category uniformly
     (never a held-out combination), then a random scene for it.
@@ -701,7 +701,7 @@ def sample_batch(rng: np.random.Generator, batch_size: int, image_size: int = 32
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
     image_size = _check_image_size(image_size)
-    images = np.empty((int(batch_size), image_size, image_size, 3), dtype=np.float32)  # (B, H, W, 3)
+    images = np.empty((int(batch_size), image_size, image_size, 3), dtype=np.float32)  # (B, I, J, 3)
     captions: list[str] = []
     for i in range(int(batch_size)):
         prompts = training_prompts(CATEGORIES[int(rng.integers(len(CATEGORIES)))])

@@ -54,14 +54,14 @@ def sample_keep_index(rng: np.random.Generator, batch_size: int, num_tokens: int
 
 def sample_step_inputs(rng: np.random.Generator, images, captions, model_cfg: ModelConfig,
                        train_cfg: TrainConfig) -> dict:
-    """Everything random of one step, as NumPy: x0 = 2 images - 1 (B, H, W, Ch), text ids / mask
-    (B, L), noise (B, H, W, Ch), z (B,), keep_index (B, S') or None, drop (B,) bool."""
+    """Everything random of one step, as NumPy: x0 = 2 images - 1 (B, I, J, Ch), text ids / mask
+    (B, L), noise (B, I, J, Ch), z (B,), keep_index (B, S') or None, drop (B,) bool."""
     b = len(captions)
     ids, mask = text.tokenize_batch(captions, model_cfg.max_text_len)       # (B, L) x2
     batch = {
-        "x0": (2.0 * np.asarray(images, np.float32) - 1.0),                 # (B, H, W, Ch) in [-1, 1]
+        "x0": (2.0 * np.asarray(images, np.float32) - 1.0),                 # (B, I, J, Ch) in [-1, 1]
         "text_ids": ids, "text_mask": mask,
-        "noise": rng.standard_normal(np.shape(images)).astype(np.float32),  # (B, H, W, Ch)
+        "noise": rng.standard_normal(np.shape(images)).astype(np.float32),  # (B, I, J, Ch)
         "z": rng.standard_normal((b,)).astype(np.float32),                  # (B,)
         "drop": rng.random((b,)) < train_cfg.caption_dropout,               # (B,)
         "keep_index": None,
@@ -107,9 +107,9 @@ def validation_loss(params, model_cfg: ModelConfig, items, *, seed: int = 0,
     """
     if not timesteps or not all(0.0 <= float(t) <= 1.0 for t in timesteps):
         raise ValueError(f"timesteps: expected a non-empty sequence of values in [0, 1], got {timesteps!r}")
-    x0 = 2.0 * shapes.render_items(items, model_cfg.image_size) - 1.0  # (N, H, W, Ch) in [-1, 1]
-    noise = np.random.default_rng(seed).standard_normal(x0.shape).astype(np.float32)  # (N, H, W, Ch)
-    ids, mask = text.tokenize_batch([it.text for it in items], model_cfg.max_text_len)  # (N, L) x2
+    x0 = 2.0 * shapes.render_items(items, model_cfg.image_size) - 1.0  # (M, I, J, Ch) in [-1, 1]
+    noise = np.random.default_rng(seed).standard_normal(x0.shape).astype(np.float32)  # (M, I, J, Ch)
+    ids, mask = text.tokenize_batch([it.text for it in items], model_cfg.max_text_len)  # (M, L) x2
     per_t = {}
     for t in timesteps:
         total = 0.0
