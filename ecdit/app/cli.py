@@ -71,6 +71,17 @@ def _checkpoint_path(path):
     return os.path.join(path, "checkpoint.npz") if os.path.isdir(path) else path
 
 
+def _experiment_args(p, which):
+    """The options `demo` and `compare` share: sampling, seed, config changes, progress."""
+    p.add_argument("--sample-steps", type=_positive_int, default=DEFAULT_SAMPLE_STEPS,
+                   help="Euler steps (default %(default)s)")
+    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="CFG scale (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="data, init and noise seed (default %(default)s)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help=f"change a ModelConfig field {which}")
+    p.add_argument("--train-set", action="append", metavar="KEY=VALUE", help="change a TrainConfig field")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def _sampling_args(p):
     p.add_argument("--steps", type=_positive_int, default=DEFAULT_SAMPLE_STEPS, help="Euler steps (default %(default)s)")
     p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
@@ -203,13 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop training after this many minutes (default %(default)s)")
     d.add_argument("--per-category", type=_positive_int, default=DEFAULT_EVAL_PER_CATEGORY,
                    help="held-out items per category (default %(default)s)")
-    d.add_argument("--sample-steps", type=_positive_int, default=DEFAULT_SAMPLE_STEPS,
-                   help="Euler steps (default %(default)s)")
-    d.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="CFG scale (default %(default)s)")
-    d.add_argument("--seed", type=int, default=0, help="data, init and noise seed (default %(default)s)")
-    d.add_argument("--set", action="append", metavar="KEY=VALUE", help="change a ModelConfig field of tiny")
-    d.add_argument("--train-set", action="append", metavar="KEY=VALUE", help="change a TrainConfig field")
-    d.add_argument("--quiet", action="store_true", help="no progress bars")
+    _experiment_args(d, "of tiny")
     d.set_defaults(fn=cmd_demo)
 
     t = sub.add_parser("train", help="train a preset on captioned shapes (resumable)",
@@ -267,14 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default="compare", help="output folder (default %(default)s)")
     c.add_argument("--steps", type=_positive_int, default=600, help="training steps per model (default %(default)s)")
     c.add_argument("--per-category", type=_positive_int, default=30, help="held-out items per category (default %(default)s)")
-    c.add_argument("--sample-steps", type=_positive_int, default=DEFAULT_SAMPLE_STEPS,
-                   help="Euler steps (default %(default)s)")
-    c.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="CFG scale (default %(default)s)")
-    c.add_argument("--seed", type=int, default=0, help="seed (default %(default)s)")
     c.add_argument("--kinds", default="dense,token_choice,expert_choice", help="comma-separated FFN kinds")
-    c.add_argument("--set", action="append", metavar="KEY=VALUE", help="change a ModelConfig field of every model")
-    c.add_argument("--train-set", action="append", metavar="KEY=VALUE", help="change a TrainConfig field")
-    c.add_argument("--quiet", action="store_true", help="no progress bars")
+    _experiment_args(c, "of every model")
     c.set_defaults(fn=cmd_compare)
 
     b = sub.add_parser("bench", help="run the benchmarks and write their report",
