@@ -12,7 +12,6 @@ NumPy function (a constant under jit).
 Shapes: B batch, I x I x Ch image, p patch, S tokens, S' kept tokens, P = p p Ch, D width,
 L text tokens, Dy text width.
 """
-import jax
 import jax.numpy as jnp
 
 from ecdit.core import contracts

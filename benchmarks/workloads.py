@@ -303,7 +303,7 @@ def ec_stage_calls(case: Case, arrays: Arrays) -> dict:
     from ecdit.accelerated import routing as R
     dev = arrays.to_device()
     x, wr, w1, w2 = dev["x"], dev["w_router"], dev["w1"], dev["w2"]
-    c, s, g = case.C, case.S, case.G
+    c, s = case.C, case.S
     affinity = R.router_affinity.jitted(x, wr)
     gating, index = R.expert_choice_gating.jitted(affinity, c)
     done = jax.block_until_ready
@@ -378,13 +378,14 @@ def make_block_call(case: BlockCase, kind: str, impl: str, mode: str = "fwd"):
     """Zero-argument callable: one DiT block forward (public API) or fwd+bwd (jitted)."""
     (x, c, y, mask), params = make_block(case, kind)
     if impl == "ref":
-        from ecdit.reference.blocks import dit_block
-        return lambda: dit_block(x, c, y, params, case.num_heads, case.num_kv_heads, case.fc, None, mask)
+        from ecdit.reference import blocks as reference_blocks
+        return lambda: reference_blocks.dit_block(x, c, y, params, case.num_heads, case.num_kv_heads, case.fc,
+                                                  None, mask)
     import jax
     import jax.numpy as jnp
 
     from ecdit.accelerated.blocks import dit_block
-    
+
     jp = jax.tree.map(jnp.asarray, params)
     jx, jc, jy, jm = (jnp.asarray(a) for a in (x, c, y, mask))
     if mode == "fwd":

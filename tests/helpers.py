@@ -1,5 +1,7 @@
-"""Test helpers: hypothesis strategies that draw a configuration first, then arrays from a seeded
-NumPy generator (bounded, unit-scale values, no subnormals), and routing-margin utilities.
+"""Test helpers: the two halves, the small model and training configs the model tests share,
+hypothesis strategies that draw a configuration first, then arrays from a seeded NumPy generator
+(bounded, unit-scale values, no subnormals), shared input builders (text masks, MoE layers, the
+block's router input rebuilt by hand) and routing-margin utilities.
 
 Drawing arrays through `np.random.default_rng(seed)` keeps examples cheap while hypothesis still
 shrinks the shapes and the seed; values with deliberate ties come from `tied_values`.
@@ -38,6 +40,7 @@ def fewer_examples(divisor=3):
     per drawn shape; still scales up under the 'thorough' profile."""
     return settings(max_examples=max(4, settings.default.max_examples // divisor))
 
+
 seeds = st.integers(min_value=0, max_value=2**32 - 1)
 
 
@@ -48,6 +51,33 @@ def normal(rng, shape, scale=1.0, dtype=np.float32):
 def tied_values(rng, shape, levels=4, dtype=np.float32):
     """Values from a handful of levels, so top-C must break many exact ties."""
     return (rng.integers(0, levels, size=shape) / levels).astype(dtype)
+
+
+def text_mask(rng, batch, length):
+    """A (B, L) padding mask with at least one real text token per row, real tokens first."""
+    lengths = rng.integers(1, length + 1, size=batch)            # (B,)
+    return np.arange(length)[None, :] < lengths[:, None]         # (B, L)
+
+
+def moe_layer(seed, g, s, d, e, f):
+    """Inputs of an MoE layer, float32 at unit scale: x (G, S, D), w_router (D, E), w1 (E, D, F),
+    w2 (E, F, D), the weights scaled by 1/sqrt(fan-in)."""
+    rng = np.random.default_rng(seed)
+    return (normal(rng, (g, s, d)), normal(rng, (d, e), 1 / np.sqrt(d)),
+            normal(rng, (e, d, f), 1 / np.sqrt(d)), normal(rng, (e, f, d), 1 / np.sqrt(f)))
+
+
+def block_router_input(x, c, y, p, num_heads, num_kv_heads, text_mask=None):
+    """Eq. 4 rebuilt by hand from the reference pieces, as the DiT block computes it (docs/errata.md):
+    returns the AdaLN modulation `mod`, x' = x_s + MHCA(x_s) (B, S, D) and the router / expert input
+    x_p = modulate(LN(x'), shift_mlp, scale_mlp) (B, S, D)."""
+    blocks, attention, primitives = reference.blocks, reference.attention, reference.primitives
+    mod = blocks.adaln_modulation(c, p["adaln"])
+    h = blocks.modulate(primitives.layer_norm(x), mod["shift_msa"], mod["scale_msa"])
+    x_s = x + mod["gate_msa"][:, None] * attention.self_attention(h, p["self_attn"], num_heads, num_kv_heads)
+    x_prime = x_s + attention.cross_attention(x_s, y, p["cross_attn"], num_heads, text_mask)
+    x_p = blocks.modulate(primitives.layer_norm(x_prime), mod["shift_mlp"], mod["scale_mlp"])
+    return mod, x_prime, x_p
 
 
 @st.composite

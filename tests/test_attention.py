@@ -9,10 +9,8 @@ from hypothesis import strategies as st
 import ecdit.accelerated.attention as acc
 import ecdit.reference.attention as ref
 from ecdit.core import params as init
-from tests.helpers import normal, seeds
+from tests.helpers import HALVES, normal, seeds, text_mask
 from tests.tolerances import assert_close
-
-HALVES = [pytest.param(ref, id="reference"), pytest.param(acc, id="accelerated")]
 
 
 @st.composite
@@ -44,7 +42,8 @@ def test_gqa_equals_multi_head_attention_with_each_kv_head_repeated(half, shape,
         return np.repeat(w.reshape(d, k, 1, h), r, axis=2).reshape(d, n * h)
 
     mha = dict(p, wk=repeat(p["wk"]), wv=repeat(p["wv"]))
-    assert_close(half.self_attention(x, p, n, k), half.self_attention(x, mha, n, n))
+    attend = half.attention.self_attention
+    assert_close(attend(x, p, n, k), attend(x, mha, n, n))
 
 
 @pytest.mark.parametrize("half", HALVES)
@@ -54,7 +53,8 @@ def test_self_attention_is_permutation_equivariant(half, shape, seed):
     rng = np.random.default_rng(seed)
     x, p = normal(rng, (b, s, d)), init.init_self_attention(rng, d, n, k)
     perm = rng.permutation(s)
-    assert_close(half.self_attention(x[:, perm], p, n, k), np.asarray(half.self_attention(x, p, n, k))[:, perm])
+    attend = half.attention.self_attention
+    assert_close(attend(x[:, perm], p, n, k), np.asarray(attend(x, p, n, k))[:, perm])
 
 
 @st.composite
@@ -64,17 +64,12 @@ def cross_shapes(draw):
             draw(st.integers(1, 6)), draw(st.integers(1, 7)))    # B, S, D, N, L, Dy
 
 
-def _text_mask(rng, b, l):
-    lengths = rng.integers(1, l + 1, size=b)                     # at least one real token
-    return np.arange(l)[None, :] < lengths[:, None]              # (B, L)
-
-
 @given(shape=cross_shapes(), seed=seeds, masked=st.booleans())
 def test_cross_attention_matches_reference(shape, seed, masked):
     b, s, d, n, l, dy = shape
     rng = np.random.default_rng(seed)
     x, y, p = normal(rng, (b, s, d)), normal(rng, (b, l, dy)), init.init_cross_attention(rng, d, dy)
-    mask = _text_mask(rng, b, l) if masked else None
+    mask = text_mask(rng, b, l) if masked else None
     assert_close(acc.cross_attention(x, y, p, n, mask), ref.cross_attention(x, y, p, n, mask))
 
 
@@ -84,9 +79,10 @@ def test_cross_attention_ignores_padded_text_tokens(half, shape, seed):
     b, s, d, n, l, dy = shape
     rng = np.random.default_rng(seed)
     x, y, p = normal(rng, (b, s, d)), normal(rng, (b, l, dy)), init.init_cross_attention(rng, d, dy)
-    mask = _text_mask(rng, b, l)
+    mask = text_mask(rng, b, l)
     y_changed = np.where(mask[..., None], y, normal(rng, y.shape, 100.0))   # garbage in the padding
-    assert_close(half.cross_attention(x, y_changed, p, n, mask), half.cross_attention(x, y, p, n, mask))
+    attend = half.attention.cross_attention
+    assert_close(attend(x, y_changed, p, n, mask), attend(x, y, p, n, mask))
 
 
 @pytest.mark.parametrize("half", HALVES)
@@ -95,7 +91,7 @@ def test_cross_attention_to_a_single_text_token_returns_its_value(half):
     rng = np.random.default_rng(0)
     x, y, p = normal(rng, (2, 5, 6)), normal(rng, (2, 1, 3)), init.init_cross_attention(rng, 6, 3)
     expected = np.broadcast_to((y @ p["wv"]) @ p["wo"], (2, 5, 6))
-    assert_close(half.cross_attention(x, y, p, 3), expected)
+    assert_close(half.attention.cross_attention(x, y, p, 3), expected)
 
 
 @pytest.mark.parametrize("half", HALVES)
@@ -108,4 +104,4 @@ def test_cross_attention_scales_scores_by_sqrt_head_dim(half):
     x = np.array([[[1.0, 0, 0, 0]]], np.float32)                 # (1, 1, 4)
     y = np.array([[[2.0, 0, 0, 0], [0, 0, 0, 0]]], np.float32)   # (1, 2, 4)
     w = np.exp(2.0 / np.sqrt(d)) / (np.exp(2.0 / np.sqrt(d)) + 1)  # weight on token 0 with H = D = 4
-    assert_close(half.cross_attention(x, y, p, 1), [[[2.0 * w, 0, 0, 0]]])
+    assert_close(half.attention.cross_attention(x, y, p, 1), [[[2.0 * w, 0, 0, 0]]])

@@ -5,16 +5,12 @@ import jax
 import numpy as np
 import pytest
 
-from ecdit.systems import train as T
+from ecdit.core.params import init_model
 from ecdit.systems import checkpoint as C
 from ecdit.systems import optim
-from ecdit.core.params import init_model
-from tests.test_train import small_config, small_train
-
-
-def tiny():
-    return small_config()
-
+from ecdit.systems import train as T
+from tests.helpers import small_config, small_train
+from tests.tolerances import FLOAT32_ULP, assert_close
 
 TC = small_train()                                  # masks half the tokens
 
@@ -22,7 +18,7 @@ TC = small_train()                                  # masks half the tokens
 def test_stopped_and_resumed_run_equals_unstopped_run(tmp_path):
     """N steps straight == N/2 steps, checkpoint, reload in a fresh call, N/2 more: bit for bit
     (with masking, so the random keep_index is replayed too)."""
-    cfg = tiny()
+    cfg = small_config()
     straight, _ = T.train(cfg, TC, 6, str(tmp_path / "a"), progress=False)
     T.train(cfg, TC, 3, str(tmp_path / "b"), progress=False)
     resumed, history = T.train(cfg, TC, 6, str(tmp_path / "b"), progress=False, log_every=1)
@@ -33,8 +29,8 @@ def test_stopped_and_resumed_run_equals_unstopped_run(tmp_path):
     assert meta["step"] == 6 and int(state["step"]) == 6
 
 
-def test_params_round_trip(tmp_path):
-    cfg = tiny()
+def test_params_round_trip_bit_for_bit(tmp_path):
+    cfg = small_config()
     state = optim.init_state(init_model(cfg, 3), TC)
     path = C.save_train_state(str(tmp_path / "c.npz"), state, cfg, TC)
     params, cfg2, meta = C.load_params(path)
@@ -44,7 +40,7 @@ def test_params_round_trip(tmp_path):
 
 
 def test_crash_mid_write_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    cfg = tiny()
+    cfg = small_config()
     path = str(tmp_path / "checkpoint.npz")
     C.save_train_state(path, optim.init_state(init_model(cfg, 0), TC), cfg, TC)
     good = open(path, "rb").read()
@@ -62,7 +58,7 @@ def test_crash_mid_write_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
 
 
 def test_truncated_checkpoint_is_a_clear_error(tmp_path):
-    cfg = tiny()
+    cfg = small_config()
     path = str(tmp_path / "checkpoint.npz")
     C.save_train_state(path, optim.init_state(init_model(cfg, 0), TC), cfg, TC)
     data = open(path, "rb").read()
@@ -72,7 +68,7 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_garbled_checkpoint_is_a_clear_error(tmp_path):
-    cfg = tiny()
+    cfg = small_config()
     path = str(tmp_path / "checkpoint.npz")
     C.save_train_state(path, optim.init_state(init_model(cfg, 0), TC), cfg, TC)
     data = bytearray(open(path, "rb").read())
@@ -100,7 +96,7 @@ def test_ema_is_the_warmed_up_running_average_and_resumes_bit_for_bit(tmp_path):
     """With ema_decay > 0: after each step, ema = d ema + (1 - d) params with
     d = min(ema_decay, (1 + step) / (10 + step)); a stopped and resumed run gives the same EMA as
     an unstopped one; train() and load_params() hand back the EMA, not the raw parameters."""
-    cfg, tc = tiny(), TC.replace(ema_decay=0.5)
+    cfg, tc = small_config(), TC.replace(ema_decay=0.5)
     state = optim.init_state(init_model(cfg, 0), tc)
     expected = jax.tree.map(np.asarray, state["params"])
     for step in range(3):
@@ -108,7 +104,7 @@ def test_ema_is_the_warmed_up_running_average_and_resumes_bit_for_bit(tmp_path):
         d = min(0.5, (1 + step) / (10 + step))
         expected = jax.tree.map(lambda e, p: d * e + (1 - d) * np.asarray(p), expected, state["params"])
     for x, y in zip(jax.tree.leaves(expected), jax.tree.leaves(state["ema"])):
-        np.testing.assert_allclose(y, x, rtol=1e-6, atol=1e-7)
+        assert_close(y, x, tol=FLOAT32_ULP)
     assert any(not np.array_equal(x, y) for x, y in
                zip(jax.tree.leaves(state["ema"]), jax.tree.leaves(state["params"])))
 

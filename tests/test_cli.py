@@ -13,7 +13,7 @@ import pytest
 from ecdit.app.cli import main
 from ecdit.core.config import preset, train_preset
 from ecdit.systems.shapes import CATEGORIES
-from tests.test_train import small_config, small_train
+from tests.helpers import small_config, small_train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,14 +27,14 @@ def _overrides(flag, wanted, base):
     return out
 
 
-# The small model of test_train (a few thousand parameters): the round trip takes seconds, and in
-# one pytest process it reuses test_train's compiled step.
+# The small model of tests/helpers.py (a few thousand parameters): the round trip takes seconds, and
+# in one pytest process it reuses the compiled step of test_train and test_checkpoint.
 SMALL = (_overrides("--set", small_config(), preset("tiny"))
          + _overrides("--train-set", small_train(), train_preset("tiny")))
 
 
 def _small_model() -> dict:
-    """The ModelConfig fields that make test_train's small model out of `tiny` (for run_demo / run_compare)."""
+    """The ModelConfig fields that make the helpers' small model out of `tiny` (for run_demo / run_compare)."""
     return {k: getattr(small_config(), k) for k in ("image_size", "depth", "width", "num_heads", "num_kv_heads",
                                                     "num_experts", "text_width", "text_depth", "text_heads",
                                                     "freq_dim")}
@@ -67,7 +67,7 @@ def checkpoint(tmp_path_factory):
     return run / "checkpoint.npz"
 
 
-def test_train_sample_heatmap_eval_round_trip(checkpoint, tmp_path, capsys):
+def test_train_then_sample_heatmap_and_eval_write_their_outputs(checkpoint, tmp_path, capsys):
     png = tmp_path / "s.png"
     assert main(["sample", "a red circle", "--checkpoint", str(checkpoint), "--out", str(png), "--steps", "2",
                  "--quiet"]) == 0

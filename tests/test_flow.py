@@ -7,10 +7,10 @@ from hypothesis import strategies as st
 
 import ecdit.accelerated.flow as acc
 import ecdit.reference.flow as ref
-from tests.helpers import normal, seeds
-from tests.tolerances import assert_close
+from tests.helpers import HALVES, normal, seeds
+from tests.tolerances import (EXACT, FLOAT32_MEAN, FLOAT64_LINEAR_DERIVATIVE, LOGIT_OF_SIGMOID, MEDIAN_OF_20001,
+                              assert_close)
 
-HALVES = [pytest.param(ref, id="reference"), pytest.param(acc, id="accelerated")]
 shapes = st.tuples(st.integers(1, 4), st.integers(1, 6), st.integers(1, 5))
 
 
@@ -20,13 +20,13 @@ def test_logit_normal_timesteps_match_reference_and_lie_in_0_1(b, mu, sigma, see
     t = ref.logit_normal_timesteps(z, mu, sigma)
     assert_close(acc.logit_normal_timesteps(z, mu, sigma), t)
     assert ((t > 0) & (t < 1)).all()
-    np.testing.assert_allclose(np.log(t / (1 - t)), mu + sigma * z, rtol=1e-3, atol=1e-3)   # logit(t) ~ N(mu, sigma)
+    assert_close(np.log(t / (1 - t)), mu + sigma * z, tol=LOGIT_OF_SIGMOID)   # logit(t) ~ N(mu, sigma)
 
 
 def test_logit_normal_median_is_sigmoid_of_mu():
     z = np.random.default_rng(0).standard_normal(20001).astype(np.float32)
     t = ref.logit_normal_timesteps(z, 0.5, 1.0)
-    assert abs(np.median(t) - 1 / (1 + np.exp(-0.5))) < 0.01
+    assert_close(np.median(t), 1 / (1 + np.exp(-0.5)), tol=MEDIAN_OF_20001)
 
 
 @given(shape=shapes, seed=seeds)
@@ -45,8 +45,8 @@ def test_path_runs_from_data_at_t0_to_noise_at_t1(half, shape, seed):
     rng = np.random.default_rng(seed)
     x0, noise = normal(rng, shape), normal(rng, shape)
     b = shape[0]
-    assert_close(half.interpolate(x0, noise, np.zeros(b, np.float32)), x0)
-    assert_close(half.interpolate(x0, noise, np.ones(b, np.float32)), noise)
+    assert_close(half.flow.interpolate(x0, noise, np.zeros(b, np.float32)), x0)
+    assert_close(half.flow.interpolate(x0, noise, np.ones(b, np.float32)), noise)
 
 
 @given(shape=shapes, seed=seeds)
@@ -56,7 +56,7 @@ def test_velocity_target_is_the_time_derivative_of_the_path(shape, seed):
     t = rng.uniform(0.1, 0.9, shape[0])
     h = 1e-6
     derivative = (ref.interpolate(x0, noise, t + h) - ref.interpolate(x0, noise, t - h)) / (2 * h)
-    np.testing.assert_allclose(derivative, ref.velocity_target(x0, noise), rtol=1e-6, atol=1e-6)
+    assert_close(derivative, ref.velocity_target(x0, noise), tol=FLOAT64_LINEAR_DERIVATIVE)
 
 
 @pytest.mark.parametrize("half", HALVES)
@@ -65,8 +65,8 @@ def test_flow_loss_is_zero_at_the_target_and_positive_elsewhere(half, shape, see
     rng = np.random.default_rng(seed)
     x0, noise = normal(rng, shape), normal(rng, shape)
     target = noise - x0
-    assert float(half.rectified_flow_loss(target, x0, noise)) == 0.0
-    assert float(half.rectified_flow_loss(target + 0.5, x0, noise)) == pytest.approx(0.25, rel=1e-5)
+    assert float(half.flow.rectified_flow_loss(target, x0, noise)) == 0.0
+    assert_close(float(half.flow.rectified_flow_loss(target + 0.5, x0, noise)), 0.25, tol=FLOAT32_MEAN)
 
 
 @pytest.mark.parametrize("half", HALVES)
@@ -81,7 +81,7 @@ def test_euler_with_the_exact_velocity_of_a_point_mass_lands_on_it(half, shape, 
     def exact_velocity(x, t):
         return (x - point) / t.reshape((-1,) + (1,) * (x.ndim - 1))
 
-    assert_close(half.euler_sample(exact_velocity, noise, steps), point)
+    assert_close(half.flow.euler_sample(exact_velocity, noise, steps), point)
 
 
 @given(shape=shapes, steps=st.integers(1, 8), seed=seeds)
@@ -97,14 +97,16 @@ def test_euler_sample_matches_reference_step_for_step(shape, steps, seed):
 
 @pytest.mark.parametrize("half", HALVES)
 def test_euler_integrates_from_t1_down_to_t0(half):
-    seen = []
+    """Four steps of dt = 1/4 evaluate the velocity at t = 1, 0.75, 0.5, 0.25 in that order, and
+    each step moves x by -dt v: with v = t the sample is noise - (1 + 0.75 + 0.5 + 0.25) / 4."""
+    calls = []
 
-    def record(x, t):
-        seen.append(t)
-        return np.zeros_like(x) if isinstance(x, np.ndarray) else x * 0
+    def t_as_velocity(x, t):                                       # v(x, t) = t; aux: the t seen
+        calls.append(t)
+        return x * 0 + t.reshape(-1, 1), t
 
-    half.euler_sample(record, np.zeros((2, 3), np.float32), 4)
-    if half is ref:
-        np.testing.assert_allclose([t[0] for t in seen], [1.0, 0.75, 0.5, 0.25])
-    else:
-        assert len(seen) == 1                                       # traced once inside fori_loop
+    noise = np.arange(6, dtype=np.float32).reshape(2, 3)
+    x, seen = half.flow.euler_sample(t_as_velocity, noise, 4, has_aux=True)
+    assert_close(seen, np.tile([[1.0], [0.75], [0.5], [0.25]], (1, 2)), tol=EXACT)   # (T, B)
+    assert_close(x, noise - 0.625, tol=EXACT)                     # not + 0.375 (integrating 0 -> 1)
+    assert len(calls) == (4 if half.flow is ref else 1)          # the twin traces one step of its scan

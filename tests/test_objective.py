@@ -12,7 +12,7 @@ from ecdit.reference import objective as R
 from ecdit.systems import text
 from ecdit.systems.train import make_batch
 from tests.helpers import small_config, small_train
-from tests.tolerances import assert_close
+from tests.tolerances import ARITHMETIC, FLOAT32_LOSS, FLOAT32_MEAN, approx, assert_close
 
 KINDS = ("dense", "expert_choice", "token_choice")
 
@@ -28,7 +28,7 @@ def test_accelerated_training_loss_matches_reference(kind):
     cfg, tc, params, batch = _setup(kind)
     loss_r, m_r = R.training_loss(params, batch, cfg, tc)
     loss_a, m_a = A.training_loss(params, batch, cfg, tc)
-    assert_close(loss_a, loss_r)
+    assert_close(loss_a, loss_r, tol=FLOAT32_LOSS)
     assert sorted(m_a) == sorted(m_r)
     for key in m_r:
         assert_close(m_a[key], m_r[key], err_msg=key)
@@ -50,8 +50,8 @@ def test_reference_loss_is_eq1_on_the_kept_patches_with_the_dropped_captions_nul
     rows = np.arange(8)[:, None]
     expected = RF.rectified_flow_loss(v, RM.patchify(batch["x0"], 4)[rows, keep], RM.patchify(batch["noise"], 4)[rows, keep])
     assert keep.shape == (8, 8)
-    assert_close(loss, expected)
-    assert_close(metrics["flow_loss"], expected)
+    assert_close(loss, expected, tol=FLOAT32_LOSS)
+    assert_close(metrics["flow_loss"], expected, tol=FLOAT32_LOSS)
     assert metrics["unrouted"].shape == (1,)
 
 
@@ -61,8 +61,9 @@ def test_token_choice_adds_the_weighted_aux_loss(half):
     tc = small_train()
     params = randomize_zero_init(init_model(cfg, 0))
     loss, m = half.training_loss(params, make_batch(0, 0, cfg, tc), cfg, tc)
-    assert float(m["aux_loss"]) >= 1.0 - 1e-5                    # E sum f P >= 1, equality when balanced
-    assert_close(loss, float(m["flow_loss"]) + 0.5 * float(m["aux_loss"]))
+    aux = float(m["aux_loss"])
+    assert aux >= 1.0 or aux == approx(1.0, FLOAT32_MEAN)         # E sum f P >= 1, equality when balanced
+    assert_close(float(loss), float(m["flow_loss"]) + 0.5 * aux, tol=ARITHMETIC)
 
 
 @pytest.mark.parametrize("half", [R, A], ids=["reference", "accelerated"])
@@ -99,7 +100,7 @@ def test_flow_matching_loss_without_masking_matches_reference_at_fixed_t():
     args = (params, batch["x0"], batch["noise"], t, batch["text_ids"], batch["text_mask"], cfg)
     loss_r, routing_r = R.flow_matching_loss(*args)
     loss_a, routing_a = A.flow_matching_loss(*args)
-    assert_close(loss_a, loss_r)
+    assert_close(loss_a, loss_r, tol=FLOAT32_LOSS)
     for r, a in zip(routing_r, routing_a):
         assert (r is None) == (a is None)
         if r is not None:

@@ -10,12 +10,7 @@ from ecdit.reference import model as RM
 from ecdit.reference import sample as R
 from ecdit.systems import sampling, text
 from tests.helpers import small_config
-from tests.tolerances import assert_close
-
-# Euler over a few steps compounds the per-call float32 differences (~1e-6) of the model; the
-# trajectories stay within 1e-3 absolute (measured ~1e-5) unless a top-C choice flips, which the
-# seeds here avoid.  (TODO move into tests/tolerances.py)
-SAMPLER = dict(rtol=1e-3, atol=1e-3)
+from tests.tolerances import SAMPLER, assert_close
 
 
 def _inputs(kind="expert_choice", prompts=("a red circle", "two squares"), seed=1, **changes):

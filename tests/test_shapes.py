@@ -1,20 +1,23 @@
-"""Tests for the captioned-shapes data set (ecdit/shapes.py)."""
+"""Tests for the captioned-shapes data set (ecdit/systems/shapes.py)."""
 import hashlib
 import itertools
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ecdit.systems import shapes as S
 from ecdit.systems.shapes import ObjectSpec, SceneObject, make_prompt, parse_prompt
+from tests.helpers import seeds
+from tests.tolerances import ARITHMETIC, LAYOUT_SLACK, QUADRATURE, assert_close, raster_coverage
 
 ALL_PROMPTS = [p for c in S.CATEGORIES for p in S.all_prompts(c)]
 
 
 # --------------------------------------------------------------------------- palette & constants
 
-def test_categories_and_vocabulary_of_the_world():
+def test_world_has_six_categories_five_or_six_shapes_and_a_plural_for_each():
     assert S.CATEGORIES == ("single_object", "two_objects", "counting", "colours", "position",
                             "colour_attribution")
     assert {"circle", "square", "triangle"} <= set(S.SHAPES) and 5 <= len(S.SHAPES) <= 6
@@ -22,7 +25,7 @@ def test_categories_and_vocabulary_of_the_world():
     assert set(S.PLURALS) == set(S.SHAPES)
 
 
-def test_palette_is_far_apart():
+def test_palette_colours_are_far_apart_and_from_the_background():
     cols = np.array(list(S.COLOURS.values()))                                # (C, 3)
     assert np.all((cols >= 0) & (cols <= 1))
     d = np.linalg.norm(cols[:, None] - cols[None], axis=-1)                  # (C, C)
@@ -33,11 +36,11 @@ def test_palette_is_far_apart():
 
 
 def test_shape_constants_match_geometry():
-    assert S.SHAPE_FILL["square"] == pytest.approx(1.0)
-    assert S.SHAPE_FILL["circle"] == pytest.approx(np.pi / 4, abs=2e-3)
-    assert S.SHAPE_FILL["triangle"] == pytest.approx(0.5, abs=2e-3)
-    assert S.SHAPE_FILL["diamond"] == pytest.approx(0.5, abs=3e-3)
-    assert S.SHAPE_CENTROID_DY["triangle"] == pytest.approx(1 / 6, abs=2e-3)
+    assert_close(S.SHAPE_FILL["square"], 1.0, tol=ARITHMETIC)
+    assert_close(S.SHAPE_FILL["circle"], np.pi / 4, tol=QUADRATURE)
+    assert_close(S.SHAPE_FILL["triangle"], 0.5, tol=QUADRATURE)
+    assert_close(S.SHAPE_FILL["diamond"], 0.5, tol=QUADRATURE)
+    assert_close(S.SHAPE_CENTROID_DY["triangle"], 1 / 6, tol=QUADRATURE)
     assert all(S.SHAPE_CENTROID_DY[s] == 0.0 for s in S.SHAPES if s != "triangle")
 
 
@@ -60,8 +63,7 @@ def test_render_scales_and_covers_the_right_area(shape, image_size):
     bg, col = np.float32(S.BACKGROUND), np.float32(S.COLOURS["red"])         # (3,), (3,)
     mass = float(((img - bg) @ (col - bg)).sum() / ((col - bg) @ (col - bg)))
     side = 0.4 * image_size
-    # supersampling puts each edge within 1 / (2 * SUPERSAMPLE) px; perimeters are < 8 sides
-    assert mass == pytest.approx(S.SHAPE_FILL[shape] * side ** 2, abs=8 * side / (2 * S.SUPERSAMPLE))
+    assert_close(mass, S.SHAPE_FILL[shape] * side ** 2, tol=raster_coverage(side, S.SUPERSAMPLE))
 
 
 def test_render_rejects_bad_input():
@@ -79,7 +81,7 @@ def test_render_rejects_bad_input():
 
 # --------------------------------------------------------------------------- captions
 
-def test_grammar_sizes_and_uniqueness():
+def test_grammar_has_the_expected_number_of_distinct_captions_per_category():
     n = {c: len(S.all_prompts(c)) for c in S.CATEGORIES}
     k, c = len(S.SHAPES), len(S.COLOURS)
     assert n == {"single_object": k, "two_objects": k * (k - 1), "counting": 3 * k,
@@ -89,7 +91,7 @@ def test_grammar_sizes_and_uniqueness():
     assert len(set(texts)) == len(texts)
 
 
-def test_example_captions():
+def test_captions_read_as_plain_english_in_every_category():
     o = ObjectSpec
     assert make_prompt("single_object", [o("circle")]).text == "a circle"
     assert make_prompt("two_objects", [o("circle"), o("square")]).text == "a circle and a square"
@@ -171,7 +173,7 @@ def test_combination_is_wording_free():
 
 # --------------------------------------------------------------------------- held-out set
 
-def test_heldout_fraction_stratified_colours_and_single_object_exception():
+def test_heldout_combinations_are_a_stratified_fraction_of_each_category_and_never_trained():
     for cat in S.CATEGORIES:
         combos = {S.combination(p) for p in S.all_prompts(cat)}
         held = S.heldout_combinations(cat)
@@ -195,7 +197,7 @@ def test_heldout_fraction_stratified_colours_and_single_object_exception():
             assert {o.shape for p in S.training_prompts(cat) for o in p.objects} == set(S.SHAPES)
 
 
-def test_heldout_items_structure():
+def test_heldout_items_are_50_heldout_prompts_per_category_with_distinct_seeds():
     items = S.heldout_items()
     assert len(items) == 50 * len(S.CATEGORIES)
     for cat in S.CATEGORIES:
@@ -258,7 +260,7 @@ def test_training_captions_never_hit_a_heldout_combination():
     assert len({s.text for s in specs}) > 400
 
 
-def test_sample_batch_shapes_and_determinism():
+def test_sample_batch_is_seeded_in_range_and_rejects_bad_input():
     imgs, caps = S.sample_batch(np.random.default_rng(7), 5, image_size=32)
     assert imgs.shape == (5, 32, 32, 3) and imgs.dtype == np.float32 and len(caps) == 5
     assert imgs.min() >= 0 and imgs.max() <= 1
@@ -283,11 +285,11 @@ def _check_scene(spec, objs, image_size):
     gap, border = S._gap(image_size), S._border(image_size)
     for o in objs:
         assert o.shape in S.SHAPES and o.colour in S.COLOURS
-        assert o.size >= S.MIN_SIZE - 1e-9                       # >= 8 px at 32x32
+        assert o.size >= S.MIN_SIZE - LAYOUT_SLACK              # >= 8 px at 32x32
         for c in (o.cx, o.cy):
-            assert border + o.size / 2 - 1e-9 <= c <= 1 - border - o.size / 2 + 1e-9
+            assert border + o.size / 2 - LAYOUT_SLACK <= c <= 1 - border - o.size / 2 + LAYOUT_SLACK
     for a, b in itertools.combinations(objs, 2):
-        assert S._boxes_apart(a, b, gap - 1e-9)
+        assert S._boxes_apart(a, b, gap - LAYOUT_SLACK)
     if spec.category == "position":
         a, b = objs
         assert (a.shape, b.shape) == (spec.objects[0].shape, spec.objects[1].shape)
@@ -295,19 +297,19 @@ def _check_scene(spec, objs, image_size):
         along, perp = (dx, dy) if spec.relation in ("left of", "right of") else (dy, dx)
         sign = -1 if spec.relation in ("left of", "above") else 1
         assert sign * along > 0
-        assert abs(perp) <= S.POSITION_SLOPE * abs(along) + 1e-9
+        assert abs(perp) <= S.POSITION_SLOPE * abs(along) + LAYOUT_SLACK
 
 
-@settings(max_examples=60, deadline=None)
-@given(idx=st.integers(0, len(ALL_PROMPTS) - 1), seed=st.integers(0, 2**32 - 1),
-       image_size=st.sampled_from([16, 32, 64]))
-def test_scene_for_prompt_satisfies_its_prompt(idx, seed, image_size):
-    spec = ALL_PROMPTS[idx]
+@pytest.mark.parametrize("category", S.CATEGORIES)
+@given(data=st.data(), seed=seeds, image_size=st.sampled_from([16, 32, 64]))
+def test_scene_for_prompt_satisfies_its_prompt(category, data, seed, image_size):
+    """Every category (explicit cases, each with its own layout rules), a drawn prompt of it."""
+    spec = data.draw(st.sampled_from(S.all_prompts(category)), label="spec")
     objs = S.scene_for_prompt(spec, np.random.default_rng(seed), image_size)
     _check_scene(spec, objs, image_size)
 
 
-def test_scene_for_prompt_every_heldout_item():
+def test_scene_for_prompt_satisfies_every_heldout_item():
     for it in S.heldout_items():
         _check_scene(it.spec, S.scene_for_prompt(it.spec, np.random.default_rng(it.seed)), 32)
 

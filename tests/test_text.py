@@ -1,7 +1,8 @@
-"""Tests for the closed-vocabulary tokenizer (ecdit/text.py)."""
+"""Tests for the closed-vocabulary tokenizer (ecdit/systems/text.py)."""
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ecdit.systems import shapes as S
 from ecdit.systems.text import MAX_LEN, VOCAB, detokenize, tokenize, tokenize_batch
@@ -10,7 +11,7 @@ ALL_CAPTIONS = [p.text for c in S.CATEGORIES for p in S.all_prompts(c)]
 WORDS = VOCAB[2:]
 
 
-def test_vocab_layout():
+def test_vocab_is_pad_and_null_then_sorted_distinct_words():
     assert VOCAB[0] == "<pad>" and VOCAB[1] == "<null>"
     assert len(set(VOCAB)) == len(VOCAB)
     assert list(WORDS) == sorted(WORDS)
@@ -30,7 +31,7 @@ def test_every_caption_tokenizes_and_round_trips():
         assert detokenize(row, m) == t
 
 
-def test_tokenize_layout():
+def test_tokenize_lowercases_and_pads_after_the_words():
     ids, mask = tokenize("A Red  CIRCLE")
     assert ids.shape == mask.shape == (MAX_LEN,) and ids.dtype == np.int32 and mask.dtype == bool
     assert [VOCAB[i] for i in ids[:3]] == ["a", "red", "circle"]
@@ -53,7 +54,7 @@ def test_unknown_word_is_named_and_message_is_short():
         tokenize("<null>")                        # special tokens are not words
 
 
-def test_too_many_words():
+def test_more_words_than_max_len_is_an_error_naming_max_len():
     with pytest.raises(ValueError, match="max_len"):
         tokenize("a circle to the right of a triangle", max_len=7)
     tokenize("a circle to the right of a triangle", max_len=8)
@@ -61,7 +62,7 @@ def test_too_many_words():
         tokenize("a circle", max_len=0)
 
 
-def test_bad_types():
+def test_non_string_input_is_an_error_naming_the_argument():
     with pytest.raises(ValueError, match="text"):
         tokenize(None)
     with pytest.raises(ValueError, match="texts"):
@@ -73,7 +74,7 @@ def test_batch_error_names_the_row_and_word():
         tokenize_batch(["a circle", "a hexagon"])
 
 
-def test_batch_with_empty_caption_and_custom_length():
+def test_batch_pads_to_max_len_and_makes_empty_captions_the_null_token():
     ids, mask = tokenize_batch(["", "two rings"], max_len=4)
     assert ids.shape == (2, 4)
     assert ids[0].tolist() == [1, 0, 0, 0] and mask.sum(axis=1).tolist() == [1, 2]
@@ -81,9 +82,11 @@ def test_batch_with_empty_caption_and_custom_length():
     assert ids.shape == (0, MAX_LEN)
 
 
-@settings(max_examples=50, deadline=None)
-@given(st.lists(st.sampled_from(WORDS), min_size=0, max_size=MAX_LEN))
-def test_any_word_sequence_round_trips(words):
+@pytest.mark.parametrize("length", range(MAX_LEN + 1))
+@given(data=st.data())
+def test_any_word_sequence_round_trips(length, data):
+    """Every length from the empty caption (the null token) to a full row (explicit cases), drawn words."""
+    words = data.draw(st.lists(st.sampled_from(WORDS), min_size=length, max_size=length), label="words")
     text = " ".join(words)
     ids, mask = tokenize(text)
     assert mask.sum() == max(len(words), 1)

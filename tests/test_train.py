@@ -4,28 +4,13 @@ import numpy as np
 import pytest
 
 from ecdit.accelerated.objective import training_loss
-from ecdit.core.config import ModelConfig, TrainConfig
+from ecdit.core.config import TrainConfig
 from ecdit.core.params import init_model, randomize_zero_init
-from ecdit.reference import flow as RF
-from ecdit.reference import model as RM
-from ecdit.systems import optim, text
+from ecdit.systems import optim, shapes, text
 from ecdit.systems import train as T
-
-
-def small_config(kind="expert_choice", **changes):
-    """Shared by test_train / test_checkpoint / test_cli: equal configs reuse one compiled step."""
-    base = dict(name="test", image_size=16, patch_size=4, depth=2, width=32, num_heads=4, num_kv_heads=2,
-                ffn_kind=kind, num_experts=4, text_width=16, text_depth=1, text_heads=2, freq_dim=16)
-    base.update(changes)
-    return ModelConfig(**base)
-
-
-def small_train(**changes):
-    """Shared by test_train / test_checkpoint / test_cli: equal configs reuse one compiled step."""
-    base = dict(batch_size=8, learning_rate=3e-3, warmup_steps=5, mask_ratio=0.5, caption_dropout=0.1,
-                grad_clip=1.0)
-    base.update(changes)
-    return TrainConfig(**base)
+from tests.helpers import small_config, small_train
+from tests.tolerances import (ARITHMETIC, FLOAT32_LOSS, FLOAT32_MEAN, OPTIMIZER_UPDATE, OPTIMIZER_UPDATE_SCALED,
+                              assert_close)
 
 
 def test_a_few_steps_lower_the_loss():
@@ -41,56 +26,11 @@ def test_a_few_steps_lower_the_loss():
     assert np.mean(losses[-5:]) < 0.8 * losses[0]
 
 
-def test_loss_matches_reference_on_kept_tokens():
-    """training_loss == Eq. 1 computed with the reference model and flow, on the kept patches only."""
-    cfg, tc = small_config(), small_train(mask_ratio=0.5, caption_dropout=0.5)
-    params = randomize_zero_init(init_model(cfg, 1))
-    batch = T.make_batch(0, 3, cfg, tc)
-    loss, metrics = training_loss(params, batch, cfg, tc)
-    t = RF.logit_normal_timesteps(batch["z"], tc.t_mu, tc.t_sigma)
-    x_t = RF.interpolate(batch["x0"], batch["noise"], t)
-    null_ids, null_mask = text.tokenize_batch([""] * 8, cfg.max_text_len)
-    drop = batch["drop"][:, None]
-    ids = np.where(drop, null_ids, batch["text_ids"])
-    mask = np.where(drop, null_mask, batch["text_mask"])
-    keep = batch["keep_index"]
-    v, _ = RM.forward(params, x_t, t, ids, mask, cfg, keep)
-    rows = np.arange(8)[:, None]
-    x0_p = RM.patchify(batch["x0"], 4)[rows, keep]
-    noise_p = RM.patchify(batch["noise"], 4)[rows, keep]
-    expected = RF.rectified_flow_loss(v, x0_p, noise_p)
-    assert keep.shape == (8, 8)
-    np.testing.assert_allclose(float(loss), expected, rtol=1e-4)
-    assert metrics["unrouted"].shape == (1,)
-
-
-def test_token_choice_adds_the_aux_loss():
-    cfg, tc = small_config("token_choice", aux_loss_weight=0.5), small_train()
-    params = randomize_zero_init(init_model(cfg, 0))
-    batch = T.make_batch(0, 0, cfg, tc)
-    loss, m = training_loss(params, batch, cfg, tc)
-    assert float(m["aux_loss"]) >= 1.0 - 1e-5           # E sum f P >= 1, equality when balanced
-    np.testing.assert_allclose(float(loss), float(m["flow_loss"]) + 0.5 * float(m["aux_loss"]), rtol=1e-6)
-
-
-def test_full_caption_dropout_equals_null_caption():
-    cfg = small_config()
-    params = randomize_zero_init(init_model(cfg, 0))
-    batch = T.make_batch(0, 0, cfg, small_train(caption_dropout=1.0))
-    assert batch["drop"].all()
-    nulled = dict(batch, drop=np.zeros(8, bool))
-    nulled["text_ids"], nulled["text_mask"] = text.tokenize_batch([""] * 8, cfg.max_text_len)
-    a, _ = training_loss(params, batch, cfg, small_train(caption_dropout=1.0))
-    b, _ = training_loss(params, nulled, cfg, small_train(caption_dropout=1.0))
-    assert float(a) == float(b)
-
-
-def test_warmup_is_linear_then_constant():
+def test_learning_rate_warms_up_linearly_then_holds_or_decays_linearly_to_zero():
     sched = optim.learning_rate_schedule(TrainConfig(learning_rate=1e-3, warmup_steps=10))
-    np.testing.assert_allclose([float(sched(i)) for i in (0, 5, 10, 100)], [0.0, 5e-4, 1e-3, 1e-3], rtol=1e-6)
+    assert_close([float(sched(i)) for i in (0, 5, 10, 100)], [0.0, 5e-4, 1e-3, 1e-3], tol=ARITHMETIC)
     decayed = optim.learning_rate_schedule(TrainConfig(learning_rate=1e-3, warmup_steps=10, decay_steps=110))
-    np.testing.assert_allclose([float(decayed(i)) for i in (5, 10, 60, 110, 200)], [5e-4, 1e-3, 5e-4, 0, 0],
-                               rtol=1e-6, atol=1e-12)
+    assert_close([float(decayed(i)) for i in (5, 10, 60, 110, 200)], [5e-4, 1e-3, 5e-4, 0, 0], tol=ARITHMETIC)
 
 
 def test_keep_index_is_a_sorted_subset():
@@ -109,7 +49,7 @@ def test_batches_depend_only_on_seed_and_step():
     assert not np.array_equal(a["noise"], T.make_batch(7, 12, cfg, tc)["noise"])
 
 
-def test_train_step_compiles_once():
+def test_train_step_does_not_retrace_for_the_next_batch():
     cfg, tc = small_config(), small_train()
     state = optim.init_state(init_model(cfg, 0), tc)
     state, _ = T.run_step(state, T.make_batch(0, 0, cfg, tc), cfg, tc)
@@ -151,9 +91,9 @@ def test_text_lr_scale_scales_only_the_text_encoder_updates(scale):
                               jax.tree.leaves(new_scaled["params"][key])):
             step_b, step_s = np.asarray(pb) - p0, np.asarray(ps) - p0
             if key == "text":
-                np.testing.assert_allclose(step_s, scale * step_b, rtol=1e-4, atol=3e-7)   # 1-2 ulp of p0
+                assert_close(step_s, scale * step_b, tol=OPTIMIZER_UPDATE_SCALED)
             else:
-                np.testing.assert_allclose(step_s, step_b, rtol=1e-5, atol=1e-7)
+                assert_close(step_s, step_b, tol=OPTIMIZER_UPDATE)
     moved = [np.abs(np.asarray(a) - b).max() for a, b in zip(jax.tree.leaves(new_base["params"]["text"]),
                                                               jax.tree.leaves(params["text"]))]
     assert max(moved) > 0                                        # the unscaled run does move the encoder
@@ -161,7 +101,6 @@ def test_text_lr_scale_scales_only_the_text_encoder_updates(scale):
 
 def _heldout_batch(cfg, items, seed):
     """The held-out images, noise and captions that validation_loss builds, rebuilt here."""
-    from ecdit.systems import shapes
     x0 = 2.0 * shapes.render_items(items, cfg.image_size) - 1.0              # (N, H, W, 3)
     noise = np.random.default_rng(seed).standard_normal(x0.shape).astype(np.float32)  # (N, H, W, 3)
     ids, mask = text.tokenize_batch([it.text for it in items], cfg.max_text_len)      # (N, L) x2
@@ -170,19 +109,17 @@ def _heldout_batch(cfg, items, seed):
 
 def test_validation_loss_of_the_untrained_model_is_the_target_energy():
     """The zero-initialised final layer predicts v = 0, so the loss is mean((noise - x0)^2) at every t."""
-    from ecdit.systems import shapes
     cfg, items = small_config(), shapes.heldout_items(2)
     x0, noise, _, _ = _heldout_batch(cfg, items, seed=3)
     res = T.validation_loss(init_model(cfg, 0), cfg, items, seed=3, timesteps=(0.2, 0.8), batch_size=5)
     want = float(np.mean((noise - x0) ** 2))
     assert set(res["per_t"]) == {0.2, 0.8}
     for v in res["per_t"].values():
-        assert v == pytest.approx(want, rel=1e-5)
+        assert_close(v, want, tol=FLOAT32_MEAN)
 
 
 def test_validation_loss_equals_the_training_loss_at_the_same_t():
     """At t = sigmoid(z), no dropout and no masking, the validation loss is Eq. 1 as train_step sees it."""
-    from ecdit.systems import shapes
     cfg, tc = small_config(), small_train(mask_ratio=0.0)
     params = randomize_zero_init(init_model(cfg, 1), 1)
     items = shapes.heldout_items(1)
@@ -192,11 +129,10 @@ def test_validation_loss_equals_the_training_loss_at_the_same_t():
              "z": np.full((len(items),), np.log(t / (1 - t)), np.float32), "drop": np.zeros(len(items), bool)}
     want, _ = training_loss(params, batch, cfg, tc)
     res = T.validation_loss(params, cfg, items, seed=0, timesteps=(t,))
-    assert res["mean"] == pytest.approx(float(want), rel=1e-4)
+    assert_close(res["mean"], float(want), tol=FLOAT32_LOSS)
 
 
 def test_validation_loss_rejects_bad_input():
-    from ecdit.systems import shapes
     cfg = small_config()
     params = init_model(cfg, 0)
     with pytest.raises(ValueError, match="items"):

@@ -12,7 +12,7 @@ import time
 
 from ecdit.app.plots import plot_compare
 from ecdit.app.reports import evaluate_model, final_loss, fmt_params
-from ecdit.core.config import DEFAULT_GUIDANCE, DEFAULT_SAMPLE_STEPS, FFN_KINDS, preset, train_preset
+from ecdit.core.config import DEFAULT_GUIDANCE, DEFAULT_SAMPLE_STEPS, preset, train_preset
 from ecdit.core.params import count_params
 from ecdit.systems import shapes
 from ecdit.systems.geneval import TABLE_COLUMNS

@@ -286,6 +286,3 @@ guided_velocity = Contract(params=MODEL_PARAMS, x=IMAGES, t="B", text_ids=Array(
 sample = Contract(params=MODEL_PARAMS, noise=IMAGES, text_ids=Array("B L", dtype="int"), text_mask=TEXT_MASK,
                   config=CONFIG, num_steps=Int(), guidance_scale=FINITE, group_size=Int(optional=True),
                   where=_guided_batch_fits)
-
-
-__all__ = [name for name, value in dict(globals()).items() if isinstance(value, Contract)] + ["is_traced"]

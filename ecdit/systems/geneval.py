@@ -79,12 +79,12 @@ class Detection:
 # ---------------------------------------------------------------------------------------------
 
 def _check_image(image, name: str = "image") -> np.ndarray:
-    """Return `image` as (H, W, 3) float32, or raise ValueError naming `name`."""
+    """Return `image` as (I, J, 3) float32, or raise ValueError naming `name`."""
     a = np.asarray(image)
     if a.ndim != 3 or a.shape[-1] != 3:
-        raise ValueError(f"{name}: expected shape (H, W, 3), got {a.shape}")
+        raise ValueError(f"{name}: expected shape (I, J, 3), got {a.shape}")
     if a.shape[0] < 4 or a.shape[1] < 4:
-        raise ValueError(f"{name}: expected H, W >= 4, got {a.shape}")
+        raise ValueError(f"{name}: expected I, J >= 4, got {a.shape}")
     if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
         raise ValueError(f"{name}: expected real numbers, got dtype {a.dtype}")
     a = a.astype(np.float32)
@@ -116,11 +116,11 @@ def _as_spec(spec_or_text, name: str = "spec_or_text") -> PromptSpec:
 def colour_labels(image: np.ndarray) -> np.ndarray:
     """Per-pixel palette index: 0 background, 1..6 the colours in COLOURS order, -1 none.
 
-    A pixel gets its nearest palette entry when within COLOUR_THRESHOLD of it. (H, W) int.
+    A pixel gets its nearest palette entry when within COLOUR_THRESHOLD of it. (I, J) int.
     """
-    img = _check_image(image)                                                # (H, W, 3)
-    d = np.linalg.norm(img[:, :, None, :] - _PALETTE[None, None], axis=-1)   # (H, W, 7)
-    lab = np.argmin(d, axis=-1)                                              # (H, W)
+    img = _check_image(image)                                                # (I, J, 3)
+    d = np.linalg.norm(img[:, :, None, :] - _PALETTE[None, None], axis=-1)   # (I, J, 7)
+    lab = np.argmin(d, axis=-1)                                              # (I, J)
     return np.where(np.min(d, axis=-1) <= COLOUR_THRESHOLD, lab, -1)
 
 
@@ -128,7 +128,7 @@ _NEIGHBOURS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) !=
 
 
 def _neighbour_views(a: np.ndarray, fill) -> list[np.ndarray]:
-    """For each of the 8 neighbour offsets (dy, dx): the (H, W) array v with v[i, j] = a[i+dy, j+dx]
+    """For each of the 8 neighbour offsets (dy, dx): the (I, J) array v with v[i, j] = a[i+dy, j+dx]
     (`fill` outside the image), as views into one padded copy."""
     h, w = a.shape
     p = np.pad(a, 1, constant_values=fill)                                   # (H+2, W+2)
@@ -136,19 +136,19 @@ def _neighbour_views(a: np.ndarray, fill) -> list[np.ndarray]:
 
 
 def connected_components(labels: np.ndarray) -> np.ndarray:
-    """8-connected components of equal positive labels; (H, W) int, -1 outside components.
+    """8-connected components of equal positive labels; (I, J) int, -1 outside components.
 
     Each pixel starts with its own flat index; every round it takes the smallest index among its
     same-label neighbours, then jumps to its label's label (pointer jumping), until nothing
     changes. Labels always name a pixel of the same component, so the fixed point gives each
     component its smallest pixel index. Rounds ~ log of the component's diameter.
     """
-    lab = np.asarray(labels)                                                 # (H, W)
+    lab = np.asarray(labels)                                                 # (I, J)
     h, w = lab.shape
     fg = lab > 0
     big = h * w
-    links = [fg & (v == lab) for v in _neighbour_views(lab, -1)]             # 8 x (H, W)
-    comp = np.where(fg, np.arange(big).reshape(h, w), big)                   # (H, W)
+    links = [fg & (v == lab) for v in _neighbour_views(lab, -1)]             # 8 x (I, J)
+    comp = np.where(fg, np.arange(big).reshape(h, w), big)                   # (I, J)
     buf = np.full((h + 2, w + 2), big, dtype=comp.dtype)                     # (H+2, W+2)
     views = [buf[1 + dy:1 + dy + h, 1 + dx:1 + dx + w] for dy, dx in _NEIGHBOURS]
     for _ in range(big):
@@ -164,7 +164,7 @@ def connected_components(labels: np.ndarray) -> np.ndarray:
 
 
 def _dilate(mask: np.ndarray) -> np.ndarray:
-    """Mask grown by one pixel in the 8-neighbourhood. (H, W) bool."""
+    """Mask grown by one pixel in the 8-neighbourhood. (I, J) bool."""
     out = mask.copy()
     for v in _neighbour_views(mask, False):
         out |= v
@@ -176,21 +176,21 @@ def _dilate(mask: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 def coverage_map(image: np.ndarray, component: np.ndarray, colour: str, labels: np.ndarray) -> np.ndarray:
-    """Soft coverage alpha of `colour` on the component grown by one pixel. (H, W) float32.
+    """Soft coverage alpha of `colour` on the component grown by one pixel. (I, J) float32.
 
     alpha = <pixel - bg, c - bg> / |c - bg|^2 clipped to [0, 1]; pixels labelled with another
     colour are excluded so a close neighbour never leaks in.
     """
     c = np.asarray(COLOURS[colour], dtype=np.float32) - _BG                  # (3,)
-    alpha = np.clip((image - _BG) @ c / float(c @ c), 0.0, 1.0)              # (H, W)
+    alpha = np.clip((image - _BG) @ c / float(c @ c), 0.0, 1.0)              # (I, J)
     own = _PALETTE_NAMES.index(colour)
-    region = _dilate(component) & ((labels <= 0) | (labels == own))          # (H, W)
+    region = _dilate(component) & ((labels <= 0) | (labels == own))          # (I, J)
     return np.where(region, alpha, 0.0).astype(np.float32)
 
 
 def _blur(a: np.ndarray) -> np.ndarray:
-    """Separable [1, 2, 1] / 4 blur (Gaussian sigma ~0.7 px), zero outside. (H, W)."""
-    b = 0.5 * a                                                              # (H, W)
+    """Separable [1, 2, 1] / 4 blur (Gaussian sigma ~0.7 px), zero outside. (I, J)."""
+    b = 0.5 * a                                                              # (I, J)
     b[1:] += 0.25 * a[:-1]
     b[:-1] += 0.25 * a[1:]
     c = 0.5 * b
@@ -200,18 +200,18 @@ def _blur(a: np.ndarray) -> np.ndarray:
 
 
 def shape_scores(alpha: np.ndarray) -> dict[str, float]:
-    """Soft IoU of the coverage `alpha` (H, W) with each shape posed by alpha's mass and centroid."""
+    """Soft IoU of the coverage `alpha` (I, J) with each shape posed by alpha's mass and centroid."""
     h, w = alpha.shape
     mass = float(alpha.sum())
     if mass <= 0:
         return {s: 0.0 for s in SHAPES}
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64) + 0.5                     # (H, W) pixel centres
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64) + 0.5                     # (I, J) pixel centres
     cx = float((alpha * xs).sum() / mass)
     cy = float((alpha * ys).sum() / mass)
     out = {}
     for s in SHAPES:
         size = math.sqrt(mass / SHAPE_FILL[s])
-        t = shape_coverage(s, cx, cy - SHAPE_CENTROID_DY[s] * size, size, h, w)  # (H, W)
+        t = shape_coverage(s, cx, cy - SHAPE_CENTROID_DY[s] * size, size, h, w)  # (I, J)
         best = 0.0
         for _ in range(BLUR_LEVELS + 1):
             best = max(best, float(np.minimum(alpha, t).sum() / np.maximum(alpha, t).sum()))
@@ -221,25 +221,25 @@ def shape_scores(alpha: np.ndarray) -> dict[str, float]:
 
 
 def find_objects(image) -> list[Detection]:
-    """The recognisable objects in `image` ((H, W, 3), values nominally in [0, 1]).
+    """The recognisable objects in `image` ((I, J, 3), values nominally in [0, 1]).
 
     Colour-segmented 8-connected components of at least max(MIN_AREA_PIXELS,
     MIN_AREA_FRACTION * H * W) pixels whose best shape template overlaps with IoU >= MIN_IOU;
     sorted by decreasing area.
     """
-    img = _check_image(image)                                                # (H, W, 3)
+    img = _check_image(image)                                                # (I, J, 3)
     h, w, _ = img.shape
-    labels = colour_labels(img)                                              # (H, W)
-    comps = connected_components(labels)                                     # (H, W)
+    labels = colour_labels(img)                                              # (I, J)
+    comps = connected_components(labels)                                     # (I, J)
     min_area = max(MIN_AREA_PIXELS, MIN_AREA_FRACTION * h * w)
     ids, counts = np.unique(comps[comps >= 0], return_counts=True)
     found = []
     for cid, n in zip(ids, counts):
         if n < min_area:
             continue
-        mask = comps == cid                                                  # (H, W)
+        mask = comps == cid                                                  # (I, J)
         colour = _PALETTE_NAMES[int(labels[mask][0])]
-        alpha = coverage_map(img, mask, colour, labels)                      # (H, W)
+        alpha = coverage_map(img, mask, colour, labels)                      # (I, J)
         scores = shape_scores(alpha)
         shape = max(scores, key=scores.get)
         if scores[shape] < MIN_IOU:
@@ -296,18 +296,18 @@ def satisfies(detections, spec: PromptSpec) -> bool:
 
 
 def score_image(image, spec_or_text) -> bool:
-    """True when `image` ((H, W, 3)) satisfies the prompt (a PromptSpec or a caption string)."""
+    """True when `image` ((I, J, 3)) satisfies the prompt (a PromptSpec or a caption string)."""
     spec = _as_spec(spec_or_text)
     return satisfies(find_objects(image), spec)
 
 
 def score_items(images, items) -> np.ndarray:
-    """Per-item pass/fail: images (N, H, W, 3) or a sequence of (H, W, 3); items N specs,
-    captions or held-out items. Returns (N,) bool."""
+    """Per-item pass/fail: images (M, I, J, 3) or a sequence of (I, J, 3); items M specs,
+    captions or held-out items. Returns (M,) bool."""
     items = list(items)
     if isinstance(images, np.ndarray):
         if images.ndim != 4:
-            raise ValueError(f"images: expected shape (N, H, W, 3), got {images.shape}")
+            raise ValueError(f"images: expected shape (M, I, J, 3), got {images.shape}")
         imgs = list(images)
     else:
         imgs = list(images)
@@ -324,8 +324,8 @@ def evaluate(images, items) -> dict[str, float]:
     Only categories that occur in `items` get a key; "overall" is the unweighted mean of their
     accuracies (as in GenEval's Table 2), not the fraction of all items.
     """
-    passed = score_items(images, items)                                      # (N,)
-    cats = np.array([_as_spec(it).category for it in items])                 # (N,)
+    passed = score_items(images, items)                                      # (M,)
+    cats = np.array([_as_spec(it).category for it in items])                 # (M,)
     if len(cats) == 0:
         raise ValueError("items: empty")
     out = {c: float(passed[cats == c].mean()) for c in CATEGORIES if np.any(cats == c)}
