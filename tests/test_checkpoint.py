@@ -119,3 +119,22 @@ def test_ema_is_the_warmed_up_running_average_and_resumes_bit_for_bit(tmp_path):
         np.testing.assert_array_equal(x, y)
         np.testing.assert_array_equal(x, z)
         np.testing.assert_array_equal(x, w)
+
+
+def test_a_version_1_checkpoint_loads_with_the_old_ffn_names_mapped(tmp_path):
+    """v1 files named a block's FFN 'moe' (expert choice) and 'ffn' (dense); v2 names it by its
+    kind. A v1 file written before the rename resumes to the same state."""
+    import json
+    cfg = small_config()
+    state = optim.init_state(init_model(cfg, 5), TC)
+    path = C.save_train_state(str(tmp_path / "v2.npz"), state, cfg, TC)
+    arrays, meta = C.load(path)
+    old = {k.replace("/expert_choice/", "/moe/").replace("/dense/", "/ffn/"): v for k, v in arrays.items()}
+    assert any("/blocks/1/moe/" in k for k in old) and any("/blocks/0/ffn/" in k for k in old)
+    assert any("text/layers/0/ffn/" in k for k in old)                  # the text encoder's own FFN keeps its name
+    meta = dict(meta, format="ecdit-checkpoint-v1", arrays=sorted(old), sha256=C._digest(old))
+    with open(tmp_path / "v1.npz", "wb") as f:
+        np.savez(f, __meta__=np.array(json.dumps(meta)), **old)
+    restored, _, _, _ = C.load_train_state(str(tmp_path / "v1.npz"))
+    for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
