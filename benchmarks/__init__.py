@@ -5,9 +5,4 @@
 parts the report is built from.
 """
 
-
-def run_report(full: bool = False, out_dir="docs", smoke: bool = False, **kwargs):
-    """Run the benchmark sweep and write <out_dir>/benchmarks.md and <out_dir>/benchmarks/*.png;
-    returns the path of the markdown file. See ecdit.benchmarks.report.run_report."""
-    from .report import run_report as _run
-    return _run(full=full, out_dir=out_dir, smoke=smoke, **kwargs)
+from .report import run_report  # noqa: F401  the entry point: ecdit.benchmarks.run_report

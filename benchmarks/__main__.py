@@ -3,6 +3,8 @@ sweep and write DIR/benchmarks.md (default docs/) with its plots in DIR/benchmar
 import argparse
 import sys
 
+from .report import report_from_json, run_report
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m ecdit.benchmarks", description=__doc__)
@@ -15,7 +17,6 @@ def main(argv=None) -> int:
     p.add_argument("--from-json", default=None, metavar="PATH",
                    help="redraw the report of an earlier --json dump instead of measuring")
     a = p.parse_args(argv)
-    from .report import report_from_json, run_report
     if a.from_json:
         print(report_from_json(a.from_json, a.out_dir))
         return 0

@@ -1,5 +1,7 @@
 """pytest-benchmark: the machine's float32 matmul, NumPy (BLAS) against jit-compiled JAX — the
 peak the layers are compared with."""
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -19,8 +21,6 @@ def test_matmul(benchmark, n, impl):
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
     if impl == "acc":
-        import jax
-        import jax.numpy as jnp
         f = jax.jit(lambda p, q: p @ q)
         ja, jb = jnp.asarray(a), jnp.asarray(b)
 

@@ -9,6 +9,11 @@ import datetime as _dt
 import os
 import platform
 import re
+import subprocess
+
+import jax
+import jaxlib
+import numpy as np
 
 
 def _read(path: str) -> str:
@@ -25,7 +30,6 @@ def cpu_model() -> str:
     if m:
         return m.group(1).strip()
     if platform.system() == "Darwin":
-        import subprocess
         try:
             return subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True,
                                   text=True, timeout=5).stdout.strip() or "unknown"
@@ -65,7 +69,6 @@ def load_average() -> tuple[float, float, float] | None:
 
 def blas_name() -> str:
     """The BLAS NumPy is linked against (OpenBLAS, MKL, Accelerate, ...)."""
-    import numpy as np
     try:
         cfg = np.show_config(mode="dicts")
         blas = cfg.get("Build Dependencies", {}).get("blas", {})
@@ -78,9 +81,6 @@ def blas_name() -> str:
 
 def info() -> dict:
     """Everything the report's header prints, as a flat dict of strings and numbers."""
-    import jax
-    import jaxlib
-    import numpy as np
 
     devices = jax.devices()
     backend = jax.default_backend()

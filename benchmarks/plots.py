@@ -6,7 +6,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  the backend is chosen first
+import numpy as np  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from . import workloads as W
 from .derived import expert_choice_cells, gflops, peak, ratio
@@ -16,15 +21,7 @@ from .targets import TARGET_FLAT, TARGET_FWD, TARGET_FWDBWD, TARGET_PEAK
 COLORS = {EC: "C0", ONEHOT: "C3", TC: "C2", DENSE: "C7"}
 
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def _log_x_ticks(ax, values):
-    from matplotlib.ticker import NullFormatter
     ax.set_xticks(values, [str(v) for v in values])
     ax.xaxis.set_minor_formatter(NullFormatter())
 
@@ -49,7 +46,6 @@ def plot_time_vs_S(results: dict, title: str):
     grid = _float32_grid(results)
     if not grid:
         return None
-    plt = _pyplot()
     dims = sorted({c["case"]["D"] for c in grid})
     fig, axes = plt.subplots(1, len(dims), figsize=(4.2 * len(dims), 4.2), squeeze=False)
     for ax, d in zip(axes[0], dims):
@@ -75,7 +71,6 @@ def plot_ratio_vs_S(results: dict, title: str):
     grid = _float32_grid(results)
     if not grid:
         return None
-    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for i, d in enumerate(sorted({c["case"]["D"] for c in grid})):
         cs = sorted([c for c in grid if c["case"]["D"] == d], key=lambda c: c["case"]["S"])
@@ -102,7 +97,6 @@ def plot_ratio_vs_E(results: dict, title: str):
     sweep = results["sweep"]
     if not sweep:
         return None
-    plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.0))
     d_all = sorted({c["D"] for c in sweep})
     s_all = sorted({c["S"] for c in sweep})
@@ -154,7 +148,6 @@ def plot_gflops(results: dict, title: str):
                     pts.append((kind, mode, case, gflops(case["flops"] if kind == EC else case["dense_flops"], t)))
     if not pts:
         return None
-    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.8))
     dims_all = sorted({c["D"] for _, _, c, _ in pts})
     for kind, mode, marker in ((EC, "jit", "o"), (EC, "fwd", "."), (DENSE, "jit", "x")):
@@ -190,7 +183,6 @@ def plot_memory(results: dict, title: str):
     mem = results.get("memory") or {}
     if not mem.get("vs_S"):
         return None
-    plt = _pyplot()
     ds = sorted({r["case"]["D"] for r in mem["vs_S"]})
     fig, axes = plt.subplots(1, len(ds) + 1, figsize=(4.2 * (len(ds) + 1), 3.6), squeeze=False)
     for ax, d in zip(axes[0], ds):
@@ -233,7 +225,6 @@ def plot_reference_vs_jax(results: dict, title: str):
     ref = results.get("reference") or []
     if not ref:
         return None
-    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.6))
     kinds = W.LAYER_KINDS
     width = 0.8 / (2 * len(ref))
@@ -255,7 +246,6 @@ def plot_profile(results: dict, title: str):
     prof = results.get("profile") or []
     if not prof:
         return None
-    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 2.4 + 0.6 * len(prof)))
     stage_names = [k for k in prof[0]["median"] if not k.startswith(("whole", "dense", "argument"))]
     for i, row in enumerate(prof):
@@ -278,7 +268,6 @@ def plot_model(results: dict, title: str):
     model = results.get("model")
     if not model:
         return None
-    plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     for ax, what in zip(axes, ("sample", "train")):
         items = [(k.split(":", 1)[1], v) for k, v in model["median"].items() if k.startswith(what + ":")]
@@ -298,7 +287,6 @@ PLOTS = {"time_vs_S": plot_time_vs_S, "ratio_vs_S": plot_ratio_vs_S, "ratio_vs_E
 
 def make_plots(results: dict, plot_dir: Path, title: str) -> dict[str, Path]:
     """Every plot the results have data for, as <plot_dir>/<name>.png; returns {name: path}."""
-    plt = _pyplot()
     plot_dir = Path(plot_dir)
     plot_dir.mkdir(parents=True, exist_ok=True)
     paths = {}

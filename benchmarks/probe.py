@@ -11,6 +11,10 @@ import json
 import os
 import sys
 
+from . import timing
+from . import workloads as W
+from .plans import DENSE, EC, key
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m ecdit.benchmarks.probe")
@@ -18,10 +22,6 @@ def main(argv=None) -> int:
                                 ("G", int, 8), ("rounds", int, 5)):
         p.add_argument(f"--{name}", type=kind, default=default)
     a = p.parse_args(argv)
-
-    from . import timing
-    from . import workloads as W
-    from .plans import DENSE, EC, key
     case = W.Case(S=a.S, D=a.D, E=a.E, fc=a.fc, G=a.G)
     arrays = W.make_arrays(case)
     calls = {key(kind, mode): W.make_call(kind, "acc", mode, case, arrays)

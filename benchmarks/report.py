@@ -33,6 +33,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jax
+
 from . import machine, markdown, plots, targets
 from .plans import make_plan
 from .sweep import Log, dump_results, load_results, measure
@@ -47,7 +49,6 @@ def run_report(full: bool = False, out_dir="docs", smoke: bool = False, *, progr
     """Run the sweep (`smoke`: tiny sizes, seconds; default: quick, minutes; `full`: every size)
     and write <out_dir>/benchmarks.md with plots in <out_dir>/benchmarks/. Returns the .md path.
     `json_path`: also dump every raw sample there."""
-    import jax
     log = Log(progress)
     plan = make_plan("smoke" if smoke else ("full" if full else "quick"), jax.default_backend())
     results = measure(plan, log)

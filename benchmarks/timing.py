@@ -12,12 +12,13 @@ import statistics
 import time
 from typing import Callable
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 
 def block(out):
     """Wait until every array of a (possibly nested) result is computed; NumPy is synchronous."""
-    import jax
     return jax.block_until_ready(out)
 
 
@@ -78,9 +79,6 @@ def matmul_peak(sizes=(1024, 2048, 3072), repeats: int = 5, dtype: str = "float3
     The peak a layer is measured against is the best of a few large square matmuls in the same
     run, not a datasheet number: it already includes the cores' clock, the BLAS and the other
     load on the machine. Returns {'jax': best, 'numpy': best, 'per_size': {...}, 'peak': max}."""
-    import jax
-    import jax.numpy as jnp
-
     rng = np.random.default_rng(0)
     f = jax.jit(lambda a, b: a @ b)
     per_size = {}
@@ -90,7 +88,7 @@ def matmul_peak(sizes=(1024, 2048, 3072), repeats: int = 5, dtype: str = "float3
         b = rng.standard_normal((n, n), dtype=np.float32)
         ja = jnp.asarray(a, dtype=dtype)
         jb = jnp.asarray(b, dtype=dtype)
-        calls = {"jax": lambda: f(ja, jb).block_until_ready()}
+        calls = {"jax": lambda ja=ja, jb=jb: f(ja, jb).block_until_ready()}
         if numpy and dtype == "float32":
             calls["numpy"] = lambda: a @ b
         samples = time_interleaved(calls, repeats, min_sample_s=0.0)

@@ -27,11 +27,25 @@ FLOPs counted (`Case.flops`): the two expert matmuls, 2 * 2 * G * E * C * D * F.
 from __future__ import annotations
 
 import functools
-import importlib
 import math
 from dataclasses import dataclass, field
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+
+from ecdit import accelerated, reference
+from ecdit.accelerated import routing as R
+from ecdit.accelerated.blocks import dit_block
+from ecdit.accelerated.sample import sample
+from ecdit.core import params as P
+from ecdit.core.config import ModelConfig, TrainConfig, expert_capacity, preset
+from ecdit.core.params import init_model, randomize_zero_init
+from ecdit.reference import blocks as reference_blocks
+from ecdit.systems import text
+from ecdit.systems import train as T
+from ecdit.systems.optim import init_state
+from ecdit.systems.sampling import sample_noise
 
 EXPERT_CHOICE = "expert_choice"
 EXPERT_CHOICE_ONEHOT = "expert_choice_onehot"
@@ -74,7 +88,6 @@ class Case:
 
     @property
     def C(self) -> int:
-        from ecdit.core.config import expert_capacity
         return expert_capacity(self.S, self.E, self.fc)
 
     @property
@@ -150,7 +163,6 @@ class Arrays:
     device: dict = field(default_factory=dict)
 
     def to_device(self):
-        import jax.numpy as jnp
         if not self.device:
             dt = jnp.dtype(self.case.dtype)
             self.device = {k: jnp.asarray(v, dtype=dt if v.dtype.kind == "f" else None)
@@ -199,8 +211,7 @@ def dtype_support(dtype: str) -> str | None:
 def layer_function(kind: str, impl: str = "acc"):
     """The public layer function of a variant in `accelerated/` (impl 'acc') or `reference/`."""
     module, name = _FUNCTIONS[kind]
-    package = "ecdit.accelerated" if impl == "acc" else "ecdit.reference"
-    return getattr(importlib.import_module(f"{package}.{module}"), name)
+    return getattr(getattr(accelerated if impl == "acc" else reference, module), name)
 
 
 def check_function(kind: str):
@@ -220,8 +231,6 @@ def layer_args(kind: str, case: Case, arrays: dict) -> tuple:
 @functools.lru_cache(maxsize=64)
 def fwdbwd_function(kind: str, fc: float):
     """jit(value_and_grad) of sum(layer * cotangent) w.r.t. x and every weight of the layer."""
-    import jax
-    import jax.numpy as jnp
     fn = layer_function(kind, "acc")
     if kind == DENSE:
         def loss(x, w1, w2, ct):
@@ -245,7 +254,6 @@ def _dynamic_args(kind: str, case: Case, arrays: dict) -> tuple:
 
 def make_call(kind: str, impl: str, mode: str, case: Case, arrays: Arrays):
     """A zero-argument callable running one layer call to completion (block_until_ready)."""
-    import jax
     if impl == "ref":
         if mode not in ("fwd", "check"):
             raise ValueError(f"mode: the NumPy reference has only 'fwd' and 'check', got {mode!r}")
@@ -299,8 +307,6 @@ def ec_stage_calls(case: Case, arrays: Arrays) -> dict:
 
     The stages are the public functions `accelerated.routing.expert_choice_moe` is built from,
     so the profile follows the layer if its implementation changes."""
-    import jax
-    from ecdit.accelerated import routing as R
     dev = arrays.to_device()
     x, wr, w1, w2 = dev["x"], dev["w_router"], dev["w1"], dev["w2"]
     c, s = case.C, case.S
@@ -360,7 +366,6 @@ BLOCK_KINDS = (EXPERT_CHOICE, DENSE)  # EC block; dense block with the FLOP-equa
 def make_block(case: BlockCase, kind: str, seed: int = 0) -> tuple[tuple, dict]:
     """(x, c, y, text_mask) as NumPy and the block's parameters (AdaLN not zero, so every path
     computes). kind 'expert_choice': MoE of E experts of hidden 4 D; 'dense': one FFN of hidden f_c 4 D."""
-    from ecdit.core import params as P
     rng = np.random.default_rng([seed, case.B, case.S, case.D])
     d, f = case.D, 4 * case.D
     if kind == EXPERT_CHOICE:
@@ -378,13 +383,9 @@ def make_block_call(case: BlockCase, kind: str, impl: str, mode: str = "fwd"):
     """Zero-argument callable: one DiT block forward (public API) or fwd+bwd (jitted)."""
     (x, c, y, mask), params = make_block(case, kind)
     if impl == "ref":
-        from ecdit.reference import blocks as reference_blocks
         return lambda: reference_blocks.dit_block(x, c, y, params, case.num_heads, case.num_kv_heads, case.fc,
                                                   None, mask)
-    import jax
-    import jax.numpy as jnp
 
-    from ecdit.accelerated.blocks import dit_block
 
     jp = jax.tree.map(jnp.asarray, params)
     jx, jc, jy, jm = (jnp.asarray(a) for a in (x, c, y, mask))
@@ -399,11 +400,6 @@ def make_block_call(case: BlockCase, kind: str, impl: str, mode: str = "fwd"):
 def _block_fwdbwd(num_heads: int, num_kv_heads: int, fc: float):
     """jit(value_and_grad) of a DiT block w.r.t. its parameters and x (one per static setting,
     so equal shapes reuse the compiled function)."""
-    import jax
-    import jax.numpy as jnp
-
-    from ecdit.accelerated.blocks import dit_block
-
     def loss(p, x_, c_, y_, m_):     # every array an argument: closed-over arrays would be
         out, _ = dit_block(x_, c_, y_, p, num_heads, num_kv_heads, fc, None, m_)
         return jnp.sum(out * x_)     # constants of the trace, and their value check would fail
@@ -426,7 +422,6 @@ MODEL_NAMES = {
 def model_config(size: str, kind: str):
     """A model of preset `size` ('micro', 'tiny' or 'small') with its FFN kind set; 'micro' is a
     two-layer toy for the smoke test."""
-    from ecdit.core.config import ModelConfig, preset
     if size == "micro":
         base = ModelConfig(name="micro", image_size=8, patch_size=2, depth=2, width=32, num_heads=2,
                            num_kv_heads=1, num_experts=4, text_width=16, text_depth=1, text_heads=2,
@@ -440,12 +435,6 @@ def model_config(size: str, kind: str):
 
 def make_train_step_call(size: str, kind: str, batch_size: int):
     """Zero-argument callable: one jit-compiled optimisation step (forward + backward + RMSProp)."""
-    import jax
-
-    from ecdit.core.config import TrainConfig
-    from ecdit.core.params import init_model
-    from ecdit.systems import train as T
-    from ecdit.systems.optim import init_state
     cfg = model_config(size, kind)
     tcfg = TrainConfig(batch_size=batch_size, warmup_steps=0, mask_ratio=0.0)
     state = init_state(init_model(cfg, 0), tcfg)
@@ -456,13 +445,6 @@ def make_train_step_call(size: str, kind: str, batch_size: int):
 def make_sampler_call(size: str, kind: str, batch_size: int, num_steps: int):
     """Zero-argument callable: Euler + classifier-free guidance sampling of a batch (the paper's
     Fig. 4 measures this: inference time)."""
-    import jax
-    import jax.numpy as jnp
-
-    from ecdit.accelerated.sample import sample
-    from ecdit.core.params import init_model, randomize_zero_init
-    from ecdit.systems import text
-    from ecdit.systems.sampling import sample_noise
     cfg = model_config(size, kind)
     params = jax.tree.map(jnp.asarray, randomize_zero_init(init_model(cfg, 0)))
     ids, mask = text.tokenize_batch(["a red circle"] * batch_size, cfg.max_text_len)
