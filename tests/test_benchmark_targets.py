@@ -1,5 +1,5 @@
 """Each target of the benchmark report, on hand-made measurements whose answer is known: met,
-missed, and the edge at the threshold. No timing and no JAX: the targets are pure functions of
+missed, and the edge at the threshold. No timing: the targets are pure functions of
 the measured numbers (benchmarks/targets.py)."""
 from ecdit.benchmarks import targets as T
 from ecdit.benchmarks.derived import Flatness, MemoryFit
