@@ -3,8 +3,8 @@
     @checked_jit(contracts.router_affinity)
     def router_affinity(x, w_router): ...
 
-On every call it runs the function's contract from `ecdit.core.contracts` (the very one the
-reference runs through `ecdit.core.checks.checked`), then the jit-compiled body. Shapes are
+On every call it runs the function's contract from `ecdit.core.contracts` through the decorator
+the reference uses, `ecdit.core.checks.checked`, then the jit-compiled body. Shapes are
 checked on every call (cheap, and static under jit); value checks (NaN and infinity, index
 ranges) run on concrete arrays and are skipped for tracers, i.e. when one public function is
 called from inside another that has already checked its inputs.
@@ -19,14 +19,13 @@ import functools
 
 import jax
 
-from ecdit.core.checks import Contract
+from ecdit.core.checks import Contract, checked
 
 
 def checked_jit(contract: Contract, static_argnames=(), donate_argnames=()):
-    """Decorator: check the arguments with `contract`, then call the function jit-compiled with
+    """Decorator: the reference's `checked(contract)` around the function jit-compiled with
     `static_argnames` static (they fix shapes, so each new value compiles once)."""
     def wrap(fn):
-        check_call = contract.bind(fn)
         traces = 0
 
         @functools.wraps(fn)
@@ -36,14 +35,8 @@ def checked_jit(contract: Contract, static_argnames=(), donate_argnames=()):
             return fn(*args, **kwargs)
 
         jitted = jax.jit(body, static_argnames=static_argnames, donate_argnames=donate_argnames)
-
-        @functools.wraps(fn)
-        def public(*args, **kwargs):
-            check_call(*args, **kwargs)
-            return jitted(*args, **kwargs)
-
+        public = checked(contract)(jitted)                       # the one decorator both halves use
         public.jitted = jitted
-        public.contract = contract
         public.trace_count = lambda: traces
         return public
     return wrap
