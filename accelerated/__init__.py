@@ -9,6 +9,7 @@ compiled body. Accepts NumPy or JAX arrays, returns JAX arrays. Arguments that f
 (capacity, heads, group size, number of steps, the config) are static: a new value compiles a new
 program once.
 """
-from . import attention, blocks, flow, model, objective, primitives, routing, sample, token_choice  # noqa: F401
+from . import attention, blocks, diffmoe, flow, model, objective, primitives, routing, sample, token_choice  # noqa: F401
 
-MODULES = ("primitives", "flow", "attention", "routing", "token_choice", "blocks", "model", "objective", "sample")
+MODULES = ("primitives", "flow", "attention", "routing", "token_choice", "diffmoe", "blocks", "model", "objective",
+           "sample")

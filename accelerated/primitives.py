@@ -37,6 +37,12 @@ def feed_forward(x, w1, w2):
     return hidden @ w2                                           # (..., D)
 
 
+@checked_jit(contracts.sigmoid)
+def sigmoid(x):
+    """The logistic function 1 / (1 + exp(-x))."""
+    return jax.nn.sigmoid(x)                                     # (...)  in (0, 1)
+
+
 @checked_jit(contracts.elementwise)
 def silu(x):
     """SiLU (swish), x * sigmoid(x), the activation of the timestep MLP and AdaLN (DiT)."""

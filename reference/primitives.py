@@ -41,6 +41,13 @@ def feed_forward(x, w1, w2):
     return hidden @ w2                                           # (..., D)
 
 
+@checked(contracts.sigmoid)
+def sigmoid(x):
+    """The logistic function 1 / (1 + exp(-x)), written as (1 + tanh(x / 2)) / 2: the same
+    function without overflow for large |x|."""
+    return 0.5 * (1.0 + np.tanh(0.5 * x))                        # (...)  in (0, 1)
+
+
 @checked(contracts.silu)
 def silu(x):
     """SiLU (swish), x * sigmoid(x), the activation of the timestep MLP and AdaLN (DiT)."""

@@ -38,6 +38,9 @@ def test_elementwise_activations_match_reference_and_formula(shape, seed):
     silu = x64 / (1 + np.exp(-x64))
     assert_close(ref.silu(x), silu)
     assert_close(acc.silu(x), silu)
+    sigmoid = 1 / (1 + np.exp(-x64))
+    assert_close(ref.sigmoid(x), sigmoid)
+    assert_close(acc.sigmoid(x), sigmoid)
 
 
 @given(shape=shapes, seed=seeds)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ecdit.core.checks import (CALLABLE, FINITE, POSITIVE, Array, Contract, Instance, Int, Params,
+from ecdit.core.checks import (CALLABLE, FINITE, POSITIVE, Array, Contract, Float, Instance, Int, Params,
                                is_traced, shape_of)
 from ecdit.core.config import FFN_KINDS, ModelConfig, TrainConfig, expert_capacity
 
@@ -59,7 +59,7 @@ def _axis_of_x(args, dims):
 
 softmax = Contract(x="...", where=_axis_of_x)
 elementwise = Contract(x="...")
-gelu_tanh = silu = elementwise
+gelu_tanh = silu = sigmoid = elementwise
 layer_norm = Contract(x="... D", eps=POSITIVE)
 feed_forward = Contract(x="... D", w1="D F", w2="F D")
 
@@ -128,6 +128,39 @@ load_balancing_loss = Contract(affinity=AFFINITY, top1_expert=Array("G S", dtype
 token_choice_moe = Contract(
     x="G S D", w_router="D E", w1="E D F", w2="E F D", capacity_factor=POSITIVE, num_selected=NUM_SELECTED,
     where=_capacity_fits)
+
+
+# ---------------------------------------------------------------------------------------------
+# DiffMoE (Shi et al. 2025): the batch-level pool, the capacity predictor, dynamic capacity
+# ---------------------------------------------------------------------------------------------
+
+def _pool_capacity_fits(args, dims):
+    """k = round(N f_c / E) over the pool of N = B S tokens must lie in [1, N]."""
+    expert_capacity(dims["B"] * dims["S"], dims["E"], args["capacity_factor"])
+
+
+def _probabilities(name, threshold):
+    t = np.asarray(threshold)
+    if (t < 0).any() or (t > 1).any():
+        raise ValueError(f"{name}: expected thresholds on sigmoid probabilities, in [0, 1], got range "
+                         f"[{t.min()}, {t.max()}]")
+
+
+def _zeros_and_ones(name, assignment):
+    a = np.asarray(assignment)
+    if not np.isin(a, (0, 1)).all():
+        raise ValueError(f"{name}: expected 0/1 entries (expert e chose token t)")
+
+
+PREDICTOR = Params(w1="D D", b1="D", w2="D E", b2="E")
+capacity_predictor = Contract(x="... D", predictor=PREDICTOR)
+diffmoe_moe = Contract(x="B S D", w_router="D E", w1="E D F", w2="E F D", predictor=PREDICTOR,
+                       capacity_factor=POSITIVE, where=_pool_capacity_fits)
+predictor_loss = Contract(predictor_logits="*lead E", assignment=Array("*lead E", values=_zeros_and_ones))
+update_threshold = Contract(threshold=Array("E", values=_probabilities), kth_score=Array("E", values=_probabilities),
+                            decay=Float(lo=0.0, hi=1.0))
+diffmoe_moe_dynamic = Contract(x="B S D", w_router="D E", w1="E D F", w2="E F D", predictor=PREDICTOR,
+                               threshold=Array("E", values=_probabilities))
 
 
 # ---------------------------------------------------------------------------------------------
