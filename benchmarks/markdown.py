@@ -396,6 +396,35 @@ def section_allocator(results: dict, plan: Plan) -> list[str]:
     return out
 
 
+def section_dynamic(results: dict, rel: dict) -> list[str]:
+    rows_in = results.get("dynamic") or []
+    if not rows_in:
+        return []
+    out = ["## I. DiffMoE: dynamic capacity follows the tokens\n"]
+    if "dynamic" in rel:
+        out.append(f"![dynamic]({rel['dynamic']})\n")
+    out.append("`accelerated.diffmoe.diffmoe_moe_dynamic` (compiled body) over one pool of N tokens, with each expert's "
+               "threshold set between its k-th and (k+1)-th predictor score so that it takes k_e = k tokens; the layer "
+               "`lax.switch`es to the smallest compiled ceiling (1, 2, 4, ..., N) that holds max k_e and computes "
+               "that many slots per expert (docs/diffmoe.md). Beside it, the static training form (top-k over the "
+               "pool, f_c = 1, k = N / E).\n")
+    for row in rows_in:
+        c = row["case"]
+        names = sorted(row["median"], key=lambda n: (not n.startswith("dynamic"), row["slots"][n]))
+        dynamic = [n for n in names if n.startswith("dynamic")]
+        base = row["median"][max(dynamic, key=lambda n: row["slots"][n])] if dynamic else None
+        rows = []
+        for name in names:
+            cap, t = row["capacity"][name], row["median"][name]
+            rows.append([name, f"{min(cap)}-{max(cap)}" if min(cap) != max(cap) else str(cap[0]), row["slots"][name],
+                         ms(t), f"{t / base:.2f}" if base else "-",
+                         f"{1e6 * t / (c['E'] * row['slots'][name]):.2f}"])
+        out.append(f"**{c['label']}**\n")
+        out.append(table(["thresholds", "k_e", "slots computed", "ms", "time / most tokens", "us per expert-slot"],
+                         rows) + "\n")
+    return out
+
+
 def section_reproduce() -> list[str]:
     return ["## Reproduce\n",
             "```bash\npython -m ecdit.benchmarks            # this report, quick sweep\npython -m ecdit.benchmarks --full     # every size\n"
@@ -412,5 +441,5 @@ def render(results: dict, plan: Plan, targets: list[TargetResult], plots: dict, 
              + section_targets(results, targets) + section_grid(results, plan, rel) + section_experts(results, rel)
              + section_gflops(results, rel) + section_memory(results, rel) + section_profile(results, rel)
              + section_reference(results, rel) + section_blocks(results) + section_model(results, rel)
-             + section_allocator(results, plan) + section_reproduce())
+             + section_allocator(results, plan) + section_dynamic(results, rel) + section_reproduce())
     return "\n".join(lines) + "\n"

@@ -78,6 +78,9 @@ class Plan:
     model_kinds: tuple = W.MODEL_KINDS
     model_train_kinds: tuple = W.MODEL_KINDS
     model_rounds: int = 3
+    # I: DiffMoE's dynamic-capacity layer at chosen token counts
+    dynamic: tuple = ()
+    dynamic_rounds: int = 3
     # H: allocator probe in subprocesses
     probe: W.Case | None = None
     probe_settings: tuple = tuple(ALLOCATOR_SETTINGS)
@@ -108,7 +111,8 @@ def make_plan(name: str, backend: str = "cpu") -> Plan:
             model=W.SUITE_MODEL["smoke"], model_kinds=("expert_choice",), model_train_kinds=("expert_choice",),
             model_rounds=1,
             probe=W.Case(S=32, D=16, E=8, fc=2.0, G=2), probe_settings=(ALLOCATOR_SETTINGS[0],),
-            probe_rounds=1, dtypes=("float32",))
+            probe_rounds=1, dtypes=("float32",),
+            dynamic=(W.DynamicCase(B=2, S=16, D=16, E=4, fractions=(1 / 8, 1 / 4)),), dynamic_rounds=1)
     if name == "quick":
         return Plan(
             name="quick", peak_sizes=(1024, 2048), peak_repeats=5,
@@ -121,7 +125,8 @@ def make_plan(name: str, backend: str = "cpu") -> Plan:
             reference_rounds=2, blocks=(W.BlockCase(B=4, S=256, D=256),),
             model=("tiny", 32, 8, 10), model_kinds=("expert_choice", "dense", "dense_matched"),
             model_train_kinds=("expert_choice", "dense_matched"),
-            probe=W.Case(S=1024, D=512, E=8, fc=2.0, G=4), probe_reps=1, dtypes=dtypes)
+            probe=W.Case(S=1024, D=512, E=8, fc=2.0, G=4), probe_reps=1, dtypes=dtypes,
+            dynamic=(W.DynamicCase(B=16, S=256, D=256),))
     if name == "full":
         return Plan(
             name="full", peak_sizes=(1024, 2048, 3072), peak_repeats=5,
@@ -137,5 +142,6 @@ def make_plan(name: str, backend: str = "cpu") -> Plan:
                        W.Case(S=1024, D=512, E=8, fc=2.0, G=2)),
             blocks=(W.BlockCase(B=4, S=256, D=256), W.BlockCase(B=2, S=1024, D=512)),
             model=("tiny", 64, 16, 25), model_kinds=W.MODEL_KINDS, model_train_kinds=W.MODEL_KINDS,
-            probe=W.Case(S=1024, D=512, E=8, fc=2.0, G=8), probe_reps=2, dtypes=dtypes)
+            probe=W.Case(S=1024, D=512, E=8, fc=2.0, G=8), probe_reps=2, dtypes=dtypes,
+            dynamic=(W.DynamicCase(B=16, S=256, D=256), W.DynamicCase(B=16, S=256, D=512)))
     raise ValueError(f"plan: expected 'smoke', 'quick' or 'full', got {name!r}")

@@ -280,9 +280,32 @@ def plot_model(results: dict, title: str):
     return _finish(fig, title)
 
 
+def plot_dynamic(results: dict, title: str):
+    """DiffMoE's dynamic layer: time against the slots each expert computes, with the proportional line."""
+    rows = results.get("dynamic") or []
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for i, row in enumerate(rows):
+        names = sorted((n for n in row["median"] if n.startswith("dynamic")), key=lambda n: row["slots"][n])
+        slots = np.array([row["slots"][n] for n in names], float)
+        t = np.array([1e3 * row["median"][n] for n in names])
+        ax.plot(slots, t, "o-", color=f"C{i}", label=row["case"]["label"])
+        ax.plot(slots, t[-1] * slots / slots[-1], ":", color=f"C{i}", lw=1)
+        static = [n for n in row["median"] if not n.startswith("dynamic")]
+        for n in static:
+            ax.plot([row["slots"][n]], [1e3 * row["median"][n]], "s", color=f"C{i}", mfc="none")
+    ax.set(xscale="log", yscale="log", xlabel="slots computed per expert (the compiled ceiling)", ylabel="ms",
+           title="DiffMoE dynamic layer: time against tokens (dotted: proportional; square: static top-k)")
+    ax.title.set_fontsize(8)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    return _finish(fig, title)
+
+
 PLOTS = {"time_vs_S": plot_time_vs_S, "ratio_vs_S": plot_ratio_vs_S, "ratio_vs_E": plot_ratio_vs_E,
          "gflops": plot_gflops, "memory": plot_memory, "reference_vs_jax": plot_reference_vs_jax,
-         "profile": plot_profile, "model": plot_model}
+         "profile": plot_profile, "model": plot_model, "dynamic": plot_dynamic}
 
 
 def make_plots(results: dict, plot_dir: Path, title: str) -> dict[str, Path]:

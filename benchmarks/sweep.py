@@ -219,6 +219,22 @@ def measure_model(plan: Plan, log) -> dict | None:
                        "experts": cfg.num_experts, "fc": cfg.capacity_factor}, **res}
 
 
+def measure_dynamic(plan: Plan, log) -> list[dict]:
+    """I: DiffMoE's dynamic layer (compiled body) with thresholds set so each expert takes a given
+    share of the pool, beside the static training form: does the time follow the tokens?"""
+    rows = []
+    for case in plan.dynamic:
+        log(f"I DiffMoE dynamic {case.label} (compiling {len(case.fractions)} thresholds)")
+        made = W.make_dynamic_calls(case)
+        calls = {name: call for name, (call, _, _) in made.items()}
+        res = summary(timing.time_interleaved(calls, plan.dynamic_rounds))
+        rows.append({"case": {"B": case.B, "S": case.S, "N": case.N, "D": case.D, "E": case.E,
+                              "label": case.label},
+                     "capacity": {name: [int(v) for v in cap] for name, (_, cap, _) in made.items()},
+                     "slots": {name: slots for name, (_, _, slots) in made.items()}, **res})
+    return rows
+
+
 def measure_allocator(plan: Plan, log) -> dict | None:
     """H: the EC/dense cell in fresh processes (benchmarks/probe.py) under each allocator setting
     (A B C, A B C, ...). The child runs the same interpreter and finds ecdit the way this process did."""
@@ -263,6 +279,7 @@ def measure(plan: Plan, log) -> dict:
     results["reference"] = measure_reference(plan, log)
     results["blocks"] = measure_blocks(plan, log)
     results["model"] = measure_model(plan, log)
+    results["dynamic"] = measure_dynamic(plan, log)
     results["probe"] = measure_allocator(plan, log)
     results["peak_end"] = timing.matmul_peak(plan.peak_sizes, plan.peak_repeats)
     results["info"]["load_average_end"] = machine.load_average()

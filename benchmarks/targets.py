@@ -14,6 +14,7 @@ import numpy as np
 
 from .derived import (Flatness, MemoryFit, expert_choice_cells, flatness, gflops, memory_scaling,
                       onehot_slowdown_bound, peak, ratio)
+from . import timing
 from .plans import DENSE, EC, ONEHOT, key
 
 TARGET_FWD = 1.05            # EC forward <= 1.05 x the FLOP-equal dense FFN, every size with S >= 1024
@@ -25,6 +26,8 @@ TARGET_MEMORY_SLOPE = 1.15   # working memory ~ S^slope at fixed E, f_c: E C d g
 ROWS_MANY = 1024             # flatness is also summarised separately for experts with >= this many rows per call
 MIN_S = 1024                 # the overhead targets hold for S >= this
 ONEHOT_S = 4096              # the one-hot target's S
+TARGET_DYNAMIC = 0.60        # DiffMoE dynamic layer: time at half the slots <= 0.60 x (ideal 0.5)
+DYNAMIC_MIN_SLOTS = 256      # judged where each expert computes at least this many rows
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,31 @@ def _flat(r: float) -> bool:
 # The measured numbers of each target, from a sweep's results
 # ---------------------------------------------------------------------------------------------
 
+def dynamic_follows_tokens(halvings: list[tuple[float, str]]) -> TargetResult | None:
+    """DiffMoE's dynamic layer really changes the compute: halving the tokens each expert takes
+    (the compiled slots) cuts its time to <= 0.60 x (0.5 is proportional).
+    halvings: (time at S slots / time at 2 S slots, label) with S >= DYNAMIC_MIN_SLOTS."""
+    if not halvings:
+        return None
+    worst, met, med = _within(halvings, TARGET_DYNAMIC)
+    measured = (f"worst {worst[0]:.2f}x ({worst[1]}); median {med:.2f}x; {met}/{len(halvings)} halvings within "
+                f"{TARGET_DYNAMIC:.2f}x")
+    return TargetResult(f"DiffMoE dynamic layer: half the slots per expert takes <= {TARGET_DYNAMIC:.2f} x the time "
+                        f"(slots >= {DYNAMIC_MIN_SLOTS})", met == len(halvings), measured)
+
+
+def dynamic_halvings(results: dict) -> list[tuple[float, str]]:
+    """(time at S slots / time at 2 S slots, label) for the dynamic rows of section I."""
+    out = []
+    for row in results.get("dynamic") or []:
+        by_slots = {row["slots"][name]: name for name in row["median"] if name.startswith("dynamic")}
+        for slots, name in sorted(by_slots.items()):
+            if slots >= DYNAMIC_MIN_SLOTS and 2 * slots in by_slots:
+                r = timing.median_ratio(row["samples"][name], row["samples"][by_slots[2 * slots]])
+                out.append((r, f"{row['case']['label']}: {slots} vs {2 * slots} slots"))
+    return out
+
+
 def dense_ratios(results: dict, mode: str) -> list[tuple[float, str]]:
     """(EC / FLOP-equal dense, label) of every float32 cell with S >= 1024 (grid and E sweep)."""
     out = []
@@ -192,4 +220,5 @@ def evaluate(results: dict) -> list[TargetResult]:
     if results["info"]["backend"] == "cpu":
         out.append(share_of_matmul_peak(peak(results), peak_fractions(results, "fwd"), peak_fractions(results, "jit")))
     out.append(flat_across_experts(flatness(results)))
+    out.append(dynamic_follows_tokens(dynamic_halvings(results)))
     return [t for t in out if t is not None]

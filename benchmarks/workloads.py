@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ecdit import accelerated, reference
+from ecdit.accelerated import diffmoe as DM
 from ecdit.accelerated import routing as R
 from ecdit.accelerated.blocks import dit_block
 from ecdit.accelerated.sample import sample
@@ -325,6 +326,66 @@ def ec_stage_calls(case: Case, arrays: Arrays) -> dict:
         "combine (scatter-add)": lambda: done(R.combine.jitted(x_e, gating, index, s)),
     })
     calls["experts per token"] = lambda: done(R.experts_per_token.jitted(index, s))
+    return calls
+
+
+# ---------------------------------------------------------------------------------------------
+# DiffMoE: the dynamic-capacity layer at chosen token counts
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DynamicCase:
+    """A DiffMoE pool of B images x S tokens of width D, E experts of hidden 4 D; `fractions`: the
+    share of the pool each expert takes (k_e = fraction N, set through the thresholds)."""
+    B: int
+    S: int
+    D: int
+    E: int = 8
+    fractions: tuple = (1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2)
+
+    @property
+    def N(self) -> int:
+        return self.B * self.S
+
+    @property
+    def label(self) -> str:
+        return f"B={self.B} S={self.S} (N={self.N}) D={self.D} E={self.E}"
+
+
+def dynamic_thresholds(scores: np.ndarray, k: int) -> np.ndarray:
+    """Per expert, a threshold between its k-th and (k+1)-th largest score, so that exactly k
+    scores lie above it (scores (N, E) without ties at that rank). (E,) float32."""
+    top = -np.sort(-scores, axis=0)                              # (N, E) descending
+    above = top[k - 1] if k >= 1 else np.ones(scores.shape[1], scores.dtype)
+    below = top[k] if k < scores.shape[0] else np.zeros(scores.shape[1], scores.dtype)
+    return ((above.astype(np.float64) + below) / 2).astype(np.float32)
+
+
+def make_dynamic_calls(case: DynamicCase, seed: int = 0) -> dict:
+    """{label: (call, capacity (E,), slots)}: the compiled dynamic layer (`.jitted`) with the
+    thresholds set so each expert takes fraction x N tokens, and the static training form (k = N / E,
+    f_c = 1) beside it."""
+    rng = np.random.default_rng([seed, case.N, case.D])
+    d, e, f = case.D, case.E, 4 * case.D
+    w_router, w1, w2 = _expert_weights(d, e, f, seed)
+    x = jnp.asarray(rng.standard_normal((case.B, case.S, d), dtype=np.float32))
+    predictor = {"w1": jnp.asarray(_uniform(rng, (d, d), 1 / math.sqrt(d))), "b1": jnp.zeros((d,)),
+                 "w2": jnp.asarray(_uniform(rng, (d, e), 1 / math.sqrt(d))), "b2": jnp.zeros((e,))}
+    w_router, w1, w2 = jnp.asarray(w_router), jnp.asarray(w1), jnp.asarray(w2)
+    scores = np.asarray(accelerated.primitives.sigmoid(DM.capacity_predictor(x, predictor))).reshape(case.N, e)  # (N, E)
+    calls = {}
+    for fraction in case.fractions:
+        k = max(1, int(round(fraction * case.N)))
+        tau = jnp.asarray(dynamic_thresholds(scores, k))
+        _, routing = DM.diffmoe_moe_dynamic(x, w_router, w1, w2, predictor, tau)
+        call = (lambda tau=tau: jax.block_until_ready(
+            DM.diffmoe_moe_dynamic.jitted(x, w_router, w1, w2, predictor, tau)))
+        calls[f"dynamic k_e = N/{round(1 / fraction)}"] = (call, np.asarray(routing["capacity"]),
+                                                           int(routing["slots"]))
+    _, static = DM.diffmoe_moe(x, w_router, w1, w2, predictor, 1.0)
+    k = static["index"].shape[-1]
+    calls["static top-k, f_c = 1"] = (lambda: jax.block_until_ready(
+        DM.diffmoe_moe.jitted(x, w_router, w1, w2, predictor, 1.0)), np.full(e, k), k)
     return calls
 
 

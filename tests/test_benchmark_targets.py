@@ -193,3 +193,25 @@ def test_the_target_functions_are_pure_python_over_measured_numbers():
         imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         assert not any(m.split(".")[0] in ("jax", "jaxlib") for m in imported), name
 
+
+
+# ---------------------------------------------------------------------------------------------
+# DiffMoE: the dynamic layer's time follows its slots
+# ---------------------------------------------------------------------------------------------
+
+def test_dynamic_target_is_met_when_every_halving_of_the_slots_at_least_nearly_halves_the_time():
+    met = T.dynamic_follows_tokens([(0.52, "256 vs 512"), (0.60, "512 vs 1024")])
+    assert met.met and "2/2 halvings" in met.measured
+    missed = T.dynamic_follows_tokens([(0.52, "256 vs 512"), (0.95, "512 vs 1024")])   # a masked layer: ~1
+    assert not missed.met and "worst 0.95x (512 vs 1024)" in missed.measured
+    assert T.dynamic_follows_tokens([]) is None
+
+
+def test_dynamic_halvings_pair_each_slot_count_with_its_double_from_the_minimum_up():
+    samples = {"dynamic a": [1.0, 1.0], "dynamic b": [2.0, 2.0], "dynamic c": [4.2, 4.2], "dynamic d": [8.0, 8.0],
+               "static top-k": [3.0, 3.0]}
+    row = {"case": {"label": "toy"}, "samples": samples, "median": {k: v[0] for k, v in samples.items()},
+           "slots": {"dynamic a": 128, "dynamic b": 256, "dynamic c": 512, "dynamic d": 1024, "static top-k": 512}}
+    halvings = T.dynamic_halvings({"dynamic": [row]})
+    assert [label for _, label in halvings] == ["toy: 256 vs 512 slots", "toy: 512 vs 1024 slots"]   # 128 < the minimum
+    assert [round(r, 3) for r, _ in halvings] == [round(2.0 / 4.2, 3), round(4.2 / 8.0, 3)]
