@@ -48,6 +48,11 @@ def table(header, rows) -> str:
     return "\n".join([table_row(header), "|" + "---|" * len(header)] + [table_row(r) for r in rows])
 
 
+def heading(title: str, rel: dict, plot: str, alt: str) -> list[str]:
+    """A section's heading and, where it was drawn, its plot."""
+    return [f"## {title}\n"] + ([f"![{alt}]({rel[plot]})\n"] if plot in rel else [])
+
+
 # ---------------------------------------------------------------------------------------------
 # Sections
 # ---------------------------------------------------------------------------------------------
@@ -183,9 +188,7 @@ def section_experts(results: dict, rel: dict) -> list[str]:
     sweep = results["sweep"]
     if not sweep:
         return []
-    out = ["## B. Against the number of experts E\n"]
-    if "ratio_vs_E" in rel:
-        out.append(f"![against E]({rel['ratio_vs_E']})\n")
+    out = heading("B. Against the number of experts E", rel, "ratio_vs_E", "against E")
     out.append("All E of one (S, D, f_c) are timed in the same interleaved rounds (dense once per row: its width f_c F does "
                "not depend on E); E C = S f_c stays fixed, so every cell does the same expert FLOPs.\n")
     rows = []
@@ -227,9 +230,7 @@ def section_memory(results: dict, rel: dict) -> list[str]:
     mem = results.get("memory") or {}
     if not mem.get("vs_S"):
         return []
-    out = ["## C. Memory (XLA compiled memory analysis)\n"]
-    if "memory" in rel:
-        out.append(f"![memory]({rel['memory']})\n")
+    out = heading("C. Memory (XLA compiled memory analysis)", rel, "memory", "memory")
     out.append("Working memory = outputs + temporaries of the compiled call (arguments, i.e. x and the weights, excluded); "
                "compile only, nothing is run. The fwd+bwd outputs include the weight gradients, E D F per matrix for EC "
                "against f_c D F for the dense FFN.\n")
@@ -260,9 +261,7 @@ def section_profile(results: dict, rel: dict) -> list[str]:
     prof = results.get("profile") or []
     if not prof:
         return []
-    out = ["## D. Where the time goes\n"]
-    if "profile" in rel:
-        out.append(f"![profile]({rel['profile']})\n")
+    out = heading("D. Where the time goes", rel, "profile", "profile")
     out.append("Each stage of Eq. 5-8 compiled and timed alone on the previous stage's real output, interleaved with the "
                "whole layer and the FLOP-equal dense FFN (compiled bodies). Stages timed alone miss the fusion across "
                "stage boundaries, so their sum need not equal the whole layer.\n")
@@ -288,9 +287,7 @@ def section_reference(results: dict, rel: dict) -> list[str]:
     ref = results.get("reference") or []
     if not ref:
         return []
-    out = ["## E. JAX (jit) against the NumPy reference\n"]
-    if "reference_vs_jax" in rel:
-        out.append(f"![reference]({rel['reference_vs_jax']})\n")
+    out = heading("E. JAX (jit) against the NumPy reference", rel, "reference_vs_jax", "reference")
     out.append("Public APIs of both (the NumPy reference runs the same argument check).\n")
     rows = []
     for row in ref:
@@ -324,9 +321,7 @@ def section_model(results: dict, rel: dict) -> list[str]:
     model = results.get("model")
     if not model:
         return []
-    out = ["## G. The whole model: sampler (Fig. 4's inference time) and train step\n"]
-    if "model" in rel:
-        out.append(f"![model]({rel['model']})\n")
+    out = heading("G. The whole model: sampler (Fig. 4's inference time) and train step", rel, "model", "model")
     cfg = model["config"]
     out.append(f"Preset `{model['size']}` (depth {cfg['depth']}, width {cfg['width']}, {cfg['tokens']} tokens per image, "
                f"E = {cfg['experts']}, f_c = {cfg['fc']:g}); the FFN of the sparse layers (every second layer) varies: EC-DiT, "
@@ -400,9 +395,7 @@ def section_dynamic(results: dict, rel: dict) -> list[str]:
     rows_in = results.get("dynamic") or []
     if not rows_in:
         return []
-    out = ["## I. DiffMoE: dynamic capacity follows the tokens\n"]
-    if "dynamic" in rel:
-        out.append(f"![dynamic]({rel['dynamic']})\n")
+    out = heading("I. DiffMoE: dynamic capacity follows the tokens", rel, "dynamic", "dynamic")
     out.append("`accelerated.diffmoe.diffmoe_moe_dynamic` (compiled body) over one pool of N tokens, with each expert's "
                "threshold set between its k-th and (k+1)-th predictor score so that it takes k_e = k tokens; the layer "
                "`lax.switch`es to the smallest compiled ceiling (1, 2, 4, ..., N) that holds max k_e and computes "
