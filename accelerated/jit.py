@@ -22,7 +22,7 @@ import jax
 from ecdit.core.checks import Contract, checked
 
 
-def checked_jit(contract: Contract, static_argnames=(), donate_argnames=()):
+def checked_jit(contract: Contract, static_argnames=()):
     """Decorator: the reference's `checked(contract)` around the function jit-compiled with
     `static_argnames` static (they fix shapes, so each new value compiles once)."""
     def wrap(fn):
@@ -34,7 +34,7 @@ def checked_jit(contract: Contract, static_argnames=(), donate_argnames=()):
             traces += 1                                          # runs once per trace, not per call
             return fn(*args, **kwargs)
 
-        jitted = jax.jit(body, static_argnames=static_argnames, donate_argnames=donate_argnames)
+        jitted = jax.jit(body, static_argnames=static_argnames)
         public = checked(contract)(jitted)                       # the one decorator both halves use
         public.jitted = jitted
         public.trace_count = lambda: traces

@@ -80,12 +80,14 @@ def _experiment_args(p, which):
 
 
 def _sampling_args(p):
+    """The options `sample`, `eval` and `heatmap` share: Euler steps, guidance, group, seed, progress."""
     p.add_argument("--steps", type=_positive_int, default=DEFAULT_SAMPLE_STEPS, help="Euler steps (default %(default)s)")
     p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
                    help="classifier-free guidance scale (default %(default)s)")
     p.add_argument("--group-size", type=_positive_int, default=None,
                    help="inference routing group in tokens (default: the config's, else one image)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,7 +237,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="sample.png", help="PNG path (default %(default)s)")
     s.add_argument("--num", type=_positive_int, default=1, help="images (a grid when > 1)")
     _sampling_args(s)
-    s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_sample)
 
     e = sub.add_parser("eval", help="score a checkpoint on the held-out prompts (shapes-GenEval)",
@@ -249,7 +250,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="items per category (default %(default)s)")
     e.add_argument("--out", default=None, help="also write the scores as JSON here")
     _sampling_args(e)
-    e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(fn=cmd_eval)
 
     h = sub.add_parser("heatmap", help="Fig. 6-style expert-allocation heatmaps for one prompt",
@@ -259,7 +259,6 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
     h.add_argument("--out", default="heatmap.png", help="PNG path (default %(default)s)")
     _sampling_args(h)
-    h.add_argument("--quiet", action="store_true", help="no progress bar")
     h.set_defaults(fn=cmd_heatmap)
 
     c = sub.add_parser("compare", help="dense vs token choice vs expert choice at equal activated parameters",

@@ -39,7 +39,7 @@ import math
 import numbers
 import operator
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -300,17 +300,14 @@ def _as_array(spec) -> Array | Params:
     return Array(spec) if isinstance(spec, str) else spec
 
 
-@dataclass(frozen=True)
 class Params:
     """A dict of arrays (or of further dicts): every listed key must be there; extra keys are
     allowed (a block's dict may carry more than one function reads). A key whose spec is
     optional may be missing."""
-    specs: dict = field(default_factory=dict)
-    optional: bool = False
 
     def __init__(self, optional: bool = False, **specs):
-        object.__setattr__(self, "specs", {k: _as_array(v) for k, v in specs.items()})
-        object.__setattr__(self, "optional", optional)
+        self.specs = {k: _as_array(v) for k, v in specs.items()}
+        self.optional = optional
 
     def _items(self, name, p):
         if not isinstance(p, dict):
@@ -333,8 +330,15 @@ class Params:
             spec.check_values(sub, value, b)
 
 
+class _Scalar:
+    """A scalar's checks all happen with the shapes; there are no array values to scan."""
+
+    def check_values(self, name, v, b):
+        pass
+
+
 @dataclass(frozen=True)
-class Int:
+class Int(_Scalar):
     """An integer scalar >= minimum. binds: the name it sets; at_most / divides / multiple_of:
     bounds by a bound name, an expression or a number (divides may be a tuple of them); why: the
     reason shown when a bound fails."""
@@ -365,12 +369,9 @@ class Int:
             if total % v:
                 raise ValueError(f"{name}: {v} does not divide {expr} = {total}{why}")
 
-    def check_values(self, name, v, b):
-        pass
-
 
 @dataclass(frozen=True)
-class Float:
+class Float(_Scalar):
     """A finite real scalar in [lo, hi] (open ends with lo_open / hi_open)."""
     lo: float | None = None
     hi: float | None = None
@@ -383,16 +384,13 @@ class Float:
             return
         real_number(name, v, self.lo, self.hi, self.lo_open, self.hi_open)
 
-    def check_values(self, name, v, b):
-        pass
-
 
 POSITIVE = Float(lo=0.0, lo_open=True)
 FINITE = Float()
 
 
 @dataclass(frozen=True)
-class Instance:
+class Instance(_Scalar):
     """An argument of a given type (a config, a callable)."""
     kind: type | str
     what: str = ""
@@ -402,9 +400,6 @@ class Instance:
         if not ok:
             want = self.what or getattr(self.kind, "__name__", str(self.kind))
             raise ValueError(f"{name}: expected {want}, got {type(v).__name__}")
-
-    def check_values(self, name, v, b):
-        pass
 
 
 CALLABLE = Instance("callable", "a callable")
