@@ -13,6 +13,7 @@ import numpy as np
 from .jit import checked_jit
 from .attention import cross_attention, self_attention
 from .primitives import feed_forward, layer_norm, silu
+from .diffmoe import pool_moe, pool_moe_dynamic
 from .routing import expert_choice_moe, group_tokens, ungroup_tokens
 from .token_choice import token_choice_moe
 from ecdit.core import contracts
@@ -57,11 +58,13 @@ def modulate(x, shift, scale):
 # ---------------------------------------------------------------------------------------------
 
 @checked_jit(contracts.dit_block,
-             static_argnames=("num_heads", "num_kv_heads", "capacity_factor", "group_size", "num_selected"))
+             static_argnames=("num_heads", "num_kv_heads", "capacity_factor", "group_size", "num_selected",
+                              "dynamic"))
 def dit_block(x, c, y, params, num_heads, num_kv_heads, capacity_factor=2.0, group_size=None, text_mask=None,
-              num_selected=2):
-    """One EC-DiT block (Fig. 2); the FFN is the one under params' 'dense', 'expert_choice' or
-    'token_choice' key. Returns (out (B, S, D), routing or None)."""
+              num_selected=2, dynamic=False):
+    """One EC-DiT block (Fig. 2); the FFN is the one under params' 'dense', 'expert_choice',
+    'token_choice' or 'diffmoe' key ('diffmoe': one pool holding the batch; a predictor: the
+    pooled form, dynamic capacity with `dynamic`). Returns (out (B, S, D), routing or None)."""
     b, s, d = x.shape
     mod = adaln_modulation(c, params["adaln"])                   # 6 x (B, D)
     h = modulate(layer_norm(x), mod["shift_msa"], mod["scale_msa"])          # (B, S, D)
@@ -72,12 +75,19 @@ def dit_block(x, c, y, params, num_heads, num_kv_heads, capacity_factor=2.0, gro
         ffn_out = feed_forward(x_p, params["dense"]["w1"], params["dense"]["w2"])  # (B, S, D)
         routing = None
     else:
-        grouped = group_tokens(x_p, s if group_size is None else group_size)  # (G, group_size, D)
-        if "expert_choice" in params:                            # expert choice, Eq. 5-8
-            moe = params["expert_choice"]
+        kind = next(k for k in ("expert_choice", "token_choice", "diffmoe") if k in params)
+        moe = params[kind]
+        pool = b * s if kind == "diffmoe" else (s if group_size is None else group_size)  # DiffMoE: the batch
+        grouped = group_tokens(x_p, pool)                        # (G, pool, D)
+        if "predictor" in moe and dynamic:                       # DiffMoE inference: k_e from the predictor
+            out_g, routing = pool_moe_dynamic(grouped, moe["w_router"], moe["w1"], moe["w2"], moe["predictor"],
+                                              moe["threshold"])
+        elif "predictor" in moe:                                 # expert choice per pool, predictor trained
+            out_g, routing = pool_moe(grouped, moe["w_router"], moe["w1"], moe["w2"], moe["predictor"],
+                                      capacity_factor)
+        elif kind == "expert_choice":                            # expert choice, Eq. 5-8
             out_g, routing = expert_choice_moe(grouped, moe["w_router"], moe["w1"], moe["w2"], capacity_factor)
         else:                                                    # token choice top-k (GShard)
-            moe = params["token_choice"]
             out_g, routing = token_choice_moe(grouped, moe["w_router"], moe["w1"], moe["w2"], capacity_factor,
                                               num_selected)
         ffn_out = ungroup_tokens(out_g, b)                        # (B, S, D)

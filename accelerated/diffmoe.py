@@ -52,11 +52,12 @@ def update_threshold(threshold, kth_score, decay=0.95):
 
 
 def _assignment(index, keep, num_tokens, dtype):
-    """M (N, E): 1 where expert e's kept slot holds token t. index, keep (1, E, C)."""
-    e = index.shape[1]
-    experts = jnp.broadcast_to(jnp.arange(e)[:, None], index.shape[1:])  # (E, C)
-    m = jnp.zeros((num_tokens, e), dtype=dtype)                  # (N, E)
-    return m.at[index[0], experts].max(keep[0].astype(dtype))    # (N, E)  JAX: one scatter, kept slots only
+    """M (G, N, E): 1 where expert e's kept slot (g, e, j) holds token t. index, keep (G, E, C)."""
+    g, e, c = index.shape
+    pools = jnp.broadcast_to(jnp.arange(g)[:, None, None], index.shape)    # (G, E, C)
+    experts = jnp.broadcast_to(jnp.arange(e)[None, :, None], index.shape)  # (G, E, C)
+    m = jnp.zeros((g, num_tokens, e), dtype=dtype)               # (G, N, E)
+    return m.at[pools, index, experts].max(keep.astype(dtype))   # (G, N, E)  JAX: one scatter, kept slots only
 
 
 def _ceilings(num_tokens):
@@ -69,8 +70,65 @@ def _ceilings(num_tokens):
 
 
 # ---------------------------------------------------------------------------------------------
-# The layer: training (static k over the pool) and inference (dynamic k_e)
+# Expert choice over G token pools, with the capacity predictor watching
 # ---------------------------------------------------------------------------------------------
+
+@checked_jit(contracts.pool_moe, static_argnames=("capacity_factor",))
+def pool_moe(x, w_router, w1, w2, predictor, capacity_factor):
+    """Expert choice in each of G pools plus the capacity predictor. x (G, N, D) -> (out (G, N, D),
+    {gating, index (G, E, k), experts_per_token (G, N), assignment (G, N, E), predictor_logits
+    (G, N, E), kth_score (E,) averaged over pools})."""
+    g, n, d = x.shape
+    out, routing = expert_choice_moe(x, w_router, w1, w2, capacity_factor)  # (G, N, D)  Eq. 5-8
+    k = routing["index"].shape[-1]
+    logits = capacity_predictor(jax.lax.stop_gradient(x), predictor)  # (G, N, E)  no gradient into x
+    top, _ = jax.lax.top_k(jnp.swapaxes(logits, 1, 2), k)        # (G, E, k)  JAX: top-k of the logits,
+    kth = jnp.mean(sigmoid(top[..., -1]), axis=0)                # (E,)       sigmoid is monotone
+    keep = jnp.ones(routing["index"].shape, dtype=bool)          # (G, E, k)
+    routing = dict(routing, assignment=_assignment(routing["index"], keep, n, x.dtype),  # (G, N, E)
+                   predictor_logits=logits, kth_score=kth.astype(x.dtype))
+    return out, routing                                          # (G, N, D)
+
+
+@checked_jit(contracts.pool_moe_dynamic)
+def pool_moe_dynamic(x, w_router, w1, w2, predictor, threshold):
+    """Dynamic capacity in each of G pools: expert e takes the top-k_ge of pool g by affinity,
+    k_ge = #{t in g : sigmoid(P[t, e]) > tau_e}. Returns (out (G, N, D), {capacity (G, E), slots ()
+    the compiled ceiling that ran, assignment (G, N, E), experts_per_token (G, N), predictor_logits})."""
+    g, n, d = x.shape
+    logits = capacity_predictor(x, predictor)                    # (G, N, E)
+    capacity = jnp.sum(sigmoid(logits) > threshold, axis=1, dtype=jnp.int32)  # (G, E)  k_ge
+    affinity = router_affinity(x, w_router)                      # (G, N, E)  Eq. 5
+    sizes = _ceilings(n)
+    branch = jnp.searchsorted(jnp.asarray(sizes), jnp.max(capacity))  # the smallest ceiling >= max k_ge
+
+    def run(slots):                                              # one compiled branch per ceiling
+        def layer():
+            gating, index = expert_choice_gating(affinity, slots)    # (G, E, slots)
+            keep = jnp.arange(slots)[None, None, :] < capacity[:, :, None]  # (G, E, slots)  j < k_ge
+            gating = jnp.where(keep, gating, 0)                  # slots past k_ge weigh 0
+            out = combine(expert_ffn(dispatch(x, index), w1, w2), gating, index, n)  # (G, N, D)
+            return out, _assignment(index, keep, n, x.dtype), jnp.int32(slots)
+        return layer
+
+    out, assignment, slots = jax.lax.switch(branch, [run(c) for c in sizes])  # JAX: only one branch runs
+    routing = {"capacity": capacity, "slots": slots, "assignment": assignment,  # (G, N, E)
+               "experts_per_token": jnp.sum(assignment, axis=-1).astype(jnp.int32),  # (G, N)
+               "predictor_logits": logits}                       # (G, N, E)
+    return out, routing                                          # (G, N, D)
+
+
+# ---------------------------------------------------------------------------------------------
+# DiffMoE: one pool holding the whole batch, in training (static k) and inference (dynamic k_e)
+# ---------------------------------------------------------------------------------------------
+
+def _batch_shaped(routing, b, s):
+    """The pool-shaped records of a one-pool routing as (B, S, ...) arrays."""
+    out = dict(routing)
+    for name in ("experts_per_token", "assignment", "predictor_logits"):
+        out[name] = routing[name].reshape((b, s) + routing[name].shape[2:])  # (B, S[, E])
+    return out
+
 
 @checked_jit(contracts.diffmoe_moe, static_argnames=("capacity_factor",))
 def diffmoe_moe(x, w_router, w1, w2, predictor, capacity_factor):
@@ -78,18 +136,8 @@ def diffmoe_moe(x, w_router, w1, w2, predictor, capacity_factor):
     (out (B, S, D), {gating, index (1, E, k), experts_per_token (B, S), assignment (B, S, E),
     predictor_logits (B, S, E), kth_score (E,)})."""
     b, s, d = x.shape
-    n, e = b * s, w_router.shape[1]
-    pool = x.reshape(1, n, d)                                    # (1, N, D)  one group: the whole batch
-    out, routing = expert_choice_moe(pool, w_router, w1, w2, capacity_factor)  # (1, N, D)  Eq. 5-8
-    k = routing["index"].shape[-1]
-    logits = capacity_predictor(jax.lax.stop_gradient(x), predictor)  # (B, S, E)  no gradient into x
-    top, _ = jax.lax.top_k(logits.reshape(n, e).T, k)            # (E, k)  JAX: top-k of the logits,
-    kth = sigmoid(top[:, -1])                                    # (E,)    sigmoid is monotone
-    keep = jnp.ones(routing["index"].shape, dtype=bool)          # (1, E, k)
-    routing = dict(routing, experts_per_token=routing["experts_per_token"].reshape(b, s),  # (B, S)
-                   assignment=_assignment(routing["index"], keep, n, x.dtype).reshape(b, s, e),  # (B, S, E)
-                   predictor_logits=logits, kth_score=kth)
-    return out.reshape(b, s, d), routing                         # (B, S, D)
+    out, routing = pool_moe(x.reshape(1, b * s, d), w_router, w1, w2, predictor, capacity_factor)  # (1, N, D)
+    return out.reshape(b, s, d), _batch_shaped(routing, b, s)    # (B, S, D)
 
 
 @checked_jit(contracts.diffmoe_moe_dynamic)
@@ -98,26 +146,6 @@ def diffmoe_moe_dynamic(x, w_router, w1, w2, predictor, threshold):
     #{t : sigmoid(P[t, e]) > tau_e}. Returns (out (B, S, D), {capacity (E,), slots () the
     compiled ceiling that ran, assignment (B, S, E), experts_per_token (B, S), predictor_logits})."""
     b, s, d = x.shape
-    n, e = b * s, w_router.shape[1]
-    pool = x.reshape(1, n, d)                                    # (1, N, D)
-    logits = capacity_predictor(x, predictor)                    # (B, S, E)
-    capacity = jnp.sum(sigmoid(logits.reshape(n, e)) > threshold, axis=0, dtype=jnp.int32)  # (E,)  k_e
-    affinity = router_affinity(pool, w_router)                   # (1, N, E)  Eq. 5
-    sizes = _ceilings(n)
-    branch = jnp.searchsorted(jnp.asarray(sizes), jnp.max(capacity))  # the smallest ceiling >= max k_e
-
-    def run(slots):                                              # one compiled branch per ceiling
-        def layer():
-            gating, index = expert_choice_gating(affinity, slots)    # (1, E, slots)
-            keep = jnp.arange(slots)[None, None, :] < capacity[None, :, None]  # (1, E, slots)  j < k_e
-            gating = jnp.where(keep, gating, 0)                  # slots past k_e weigh 0
-            out = combine(expert_ffn(dispatch(pool, index), w1, w2), gating, index, n)  # (1, N, D)
-            return out, _assignment(index, keep, n, x.dtype), jnp.int32(slots)
-        return layer
-
-    out, assignment, slots = jax.lax.switch(branch, [run(c) for c in sizes])  # JAX: only one branch runs
-    routing = {"capacity": capacity, "slots": slots,
-               "assignment": assignment.reshape(b, s, e),         # (B, S, E)
-               "experts_per_token": jnp.sum(assignment, axis=-1).astype(jnp.int32).reshape(b, s),  # (B, S)
-               "predictor_logits": logits}                       # (B, S, E)
+    out, routing = pool_moe_dynamic(x.reshape(1, b * s, d), w_router, w1, w2, predictor, threshold)  # (1, N, D)
+    routing = dict(_batch_shaped(routing, b, s), capacity=routing["capacity"][0])  # capacity (E,)
     return out.reshape(b, s, d), routing                         # (B, S, D)

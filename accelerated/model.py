@@ -121,12 +121,13 @@ def pooled_text(y, text_mask, params):
 # Blocks
 # ---------------------------------------------------------------------------------------------
 
-@checked_jit(contracts.model_block, static_argnames=("config", "group_size"))
-def model_block(x, c, y, params, config, group_size=None, text_mask=None):
+@checked_jit(contracts.model_block, static_argnames=("config", "group_size", "dynamic"))
+def model_block(x, c, y, params, config, group_size=None, text_mask=None, dynamic=False):
     """One block with the config's heads, capacity factor and top-k: `dit_block` picks the FFN
-    ('dense', 'expert_choice' or 'token_choice') from the block's params."""
+    ('dense', 'expert_choice', 'token_choice' or 'diffmoe') from the block's params; `dynamic`:
+    DiffMoE's dynamic capacity in the layers with a capacity predictor."""
     return dit_block(x, c, y, params, config.num_heads, config.num_kv_heads, config.capacity_factor,
-                     group_size, text_mask, config.num_selected)
+                     group_size, text_mask, config.num_selected, dynamic)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,8 +143,8 @@ def final_layer(x, c, params):
     return h @ params["linear"]["w"] + params["linear"]["b"]     # (B, S, P)
 
 
-@checked_jit(contracts.forward, static_argnames=("config", "group_size"))
-def forward(params, x_t, t, text_ids, text_mask, config, keep_index=None, group_size=None):
+@checked_jit(contracts.forward, static_argnames=("config", "group_size", "dynamic"))
+def forward(params, x_t, t, text_ids, text_mask, config, keep_index=None, group_size=None, dynamic=False):
     """v_theta(x_t, t, y) in patch space: (velocity (B, S', P), per-layer routing list); compiles
     once per (config, group_size, input shapes)."""
     tokens = embed_patches(x_t, params, config)                  # (B, S, D)
@@ -155,13 +156,13 @@ def forward(params, x_t, t, text_ids, text_mask, config, keep_index=None, group_
         c = c + pooled_text(y, text_mask, params["text_pool"])  # (B, D)  deviation: pooled caption in AdaLN
     routing = []
     for block in params["blocks"]:
-        tokens, r = model_block(tokens, c, y, block, config, group_size, text_mask)  # (B, S', D)
+        tokens, r = model_block(tokens, c, y, block, config, group_size, text_mask, dynamic)  # (B, S', D)
         routing.append(r)
     return final_layer(tokens, c, params["final"]), routing      # (B, S', P)
 
 
-@checked_jit(contracts.velocity, static_argnames=("config", "group_size"))
-def velocity(params, x_t, t, text_ids, text_mask, config, group_size=None):
+@checked_jit(contracts.velocity, static_argnames=("config", "group_size", "dynamic"))
+def velocity(params, x_t, t, text_ids, text_mask, config, group_size=None, dynamic=False):
     """The full-image velocity (B, I, J, Ch): `forward` without masking, unpatchified."""
-    v, _ = forward(params, x_t, t, text_ids, text_mask, config, None, group_size)  # (B, S, P)
+    v, _ = forward(params, x_t, t, text_ids, text_mask, config, None, group_size, dynamic)  # (B, S, P)
     return unpatchify(v, config.patch_size, config.image_size, config.image_size)  # (B, I, J, Ch)

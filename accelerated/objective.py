@@ -2,6 +2,7 @@
 
     t = sigmoid(mu + sigma z);  x_t = (1 - t) x0 + t noise;  y = null caption where drop;
     loss = mean (patchify(noise - x0)[keep] - v_theta(x_t, t, y)[keep])^2 + aux_weight * mean aux
+           + predictor_weight * sum_l L_pred,l;   tau_l <- d tau_l + (1 - d) q_l  (update_thresholds)
 
 Same functions, arguments and shape comments as the reference; the training step of
 ecdit.systems.train differentiates `training_loss`.
@@ -15,6 +16,7 @@ from ecdit.core import contracts
 
 from .flow import interpolate, logit_normal_timesteps, rectified_flow_loss
 from .jit import checked_jit
+from .diffmoe import predictor_loss, update_threshold
 from .model import forward, null_caption, patchify
 
 
@@ -58,7 +60,10 @@ def routing_stats(routing):
 
 @checked_jit(contracts.training_loss, static_argnames=("model_cfg", "train_cfg", "group_size"))
 def training_loss(params, batch, model_cfg, train_cfg, group_size=None):
-    """The loss one training step minimises: (loss, metrics {loss, flow_loss, aux_loss, routing stats})."""
+    """The loss one training step minimises. Returns (loss, metrics): metrics holds loss,
+    flow_loss (Eq. 1), aux_loss (mean over sparse layers), predictor_loss (the sum over the layers
+    with a capacity predictor of their L_pred, as DiffMoE sums them), the `routing_stats`, and for
+    a model with a predictor kth_score (n, E), each layer's q for `update_thresholds`."""
     t = logit_normal_timesteps(batch["z"], train_cfg.t_mu, train_cfg.t_sigma)  # (B,)
     ids, mask = caption_dropout(batch["text_ids"], batch["text_mask"], batch["drop"])  # (B, L) x2
     flow, routing = flow_matching_loss(params, batch["x0"], batch["noise"], t, ids, mask, model_cfg,
@@ -66,4 +71,27 @@ def training_loss(params, batch, model_cfg, train_cfg, group_size=None):
     stats = routing_stats(routing)
     aux = jnp.mean(stats["aux"]) if stats else jnp.zeros(())
     loss = flow + (model_cfg.aux_loss_weight * aux if model_cfg.ffn_kind == "token_choice" else 0.0)
-    return loss, {"loss": loss, "flow_loss": flow, "aux_loss": aux, **stats}
+    metrics = {"flow_loss": flow, "aux_loss": aux, **stats}
+    predicted = [r for r in routing if r is not None and "predictor_logits" in r]
+    if predicted:                                                # DiffMoE: L_pred, and q for the thresholds
+        pred = sum(predictor_loss(r["predictor_logits"], r["assignment"]) for r in predicted)  # ()
+        loss = loss + model_cfg.predictor_loss_weight * pred
+        metrics.update(predictor_loss=pred, kth_score=jnp.stack([r["kth_score"] for r in predicted]))  # (n, E)
+    return loss, {"loss": loss, **metrics}
+
+
+@checked_jit(contracts.update_thresholds, static_argnames=("config",))
+def update_thresholds(params, kth_score, config):
+    """tau_l <- d tau_l + (1 - d) q_l for every layer l with a capacity predictor (d =
+    config.threshold_decay): `diffmoe.update_threshold` on each, the l-th row of kth_score (n, E)
+    in layer order. Returns params with the new thresholds and everything else unchanged: the
+    training step calls it after the optimiser's update, so the thresholds are never optimised."""
+    blocks, row = [], 0
+    for block in params["blocks"]:
+        kind = next((k for k in ("expert_choice", "diffmoe") if k in block and "threshold" in block[k]), None)
+        if kind is not None:
+            tau = update_threshold(block[kind]["threshold"], kth_score[row], config.threshold_decay)  # (E,)
+            block = dict(block, **{kind: dict(block[kind], threshold=tau)})
+            row += 1
+        blocks.append(block)
+    return dict(params, blocks=blocks)

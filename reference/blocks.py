@@ -20,6 +20,7 @@ from ecdit.core import contracts
 from ecdit.core.checks import checked
 from .attention import cross_attention, self_attention
 from .primitives import feed_forward, layer_norm, silu
+from .diffmoe import pool_moe, pool_moe_dynamic
 from .routing import expert_choice_moe, group_tokens, ungroup_tokens
 from .token_choice import token_choice_moe
 
@@ -71,16 +72,24 @@ def modulate(x, shift, scale):
 
 @checked(contracts.dit_block)
 def dit_block(x, c, y, params, num_heads, num_kv_heads, capacity_factor=2.0, group_size=None, text_mask=None,
-              num_selected=2):
+              num_selected=2, dynamic=False):
     """One EC-DiT block (Fig. 2). `params` holds 'adaln', 'self_attn', 'cross_attn' and exactly one
-    FFN, under the key of its kind: 'dense' (w1, w2), 'expert_choice' (w_router, w1, w2) or
-    'token_choice' (the GShard top-`num_selected` baseline, same arrays). For a MoE block the B * S tokens are
-    regrouped into groups of `group_size` (default S: one image per group) before routing, so a
-    group may span several images.
+    FFN, under the key of its kind: 'dense' (w1, w2), 'expert_choice' (w_router, w1, w2),
+    'token_choice' (the GShard top-`num_selected` baseline, same arrays) or 'diffmoe' (the same
+    plus DiffMoE's 'predictor' and 'threshold'). Routing pools: for 'expert_choice' and
+    'token_choice' the B * S tokens are regrouped into groups of `group_size` (default S: one image
+    per group), so a group may span several images; for 'diffmoe' the pool is the whole batch
+    (group_size is not used).
+
+    A pool-routed FFN with a capacity predictor ('diffmoe', or 'expert_choice' holding one) runs
+    `diffmoe.pool_moe` (static top-k per pool, plus the predictor's logits and k-th scores); with
+    `dynamic` it runs `diffmoe.pool_moe_dynamic`, each expert taking as many tokens of each pool as
+    the predictor passes over its threshold. `dynamic` needs a predictor (ValueError otherwise).
 
     Returns (out (B, S, D), routing) where routing is the MoE's record (expert choice:
-    `gating`/`index` (G, E, C); token choice: also the scalar `aux_loss`) with
-    `experts_per_token` reshaped to (B, S); None for a dense block."""
+    `gating`/`index` (G, E, C); token choice: also the scalar `aux_loss`; with a predictor: also
+    `assignment` and `predictor_logits` (G, N, E), and `kth_score` (E,) in training or `capacity`
+    (G, E) when dynamic) with `experts_per_token` reshaped to (B, S); None for a dense block."""
     b, s, d = x.shape
     mod = adaln_modulation(c, params["adaln"])                   # 6 x (B, D)
     # Self-attention with AdaLN-Zero gating
@@ -93,12 +102,19 @@ def dit_block(x, c, y, params, num_heads, num_kv_heads, capacity_factor=2.0, gro
         ffn_out = feed_forward(x_p, params["dense"]["w1"], params["dense"]["w2"])  # (B, S, D)
         routing = None
     else:
-        grouped = group_tokens(x_p, s if group_size is None else group_size)  # (G, group_size, D)
-        if "expert_choice" in params:                            # expert choice, Eq. 5-8
-            moe = params["expert_choice"]
+        kind = next(k for k in ("expert_choice", "token_choice", "diffmoe") if k in params)
+        moe = params[kind]
+        pool = b * s if kind == "diffmoe" else (s if group_size is None else group_size)  # DiffMoE: the batch
+        grouped = group_tokens(x_p, pool)                        # (G, pool, D)
+        if "predictor" in moe and dynamic:                       # DiffMoE inference: k_e from the predictor
+            out_g, routing = pool_moe_dynamic(grouped, moe["w_router"], moe["w1"], moe["w2"], moe["predictor"],
+                                              moe["threshold"])
+        elif "predictor" in moe:                                 # expert choice per pool, predictor trained
+            out_g, routing = pool_moe(grouped, moe["w_router"], moe["w1"], moe["w2"], moe["predictor"],
+                                      capacity_factor)
+        elif kind == "expert_choice":                            # expert choice, Eq. 5-8
             out_g, routing = expert_choice_moe(grouped, moe["w_router"], moe["w1"], moe["w2"], capacity_factor)
         else:                                                    # token choice top-k (GShard)
-            moe = params["token_choice"]
             out_g, routing = token_choice_moe(grouped, moe["w_router"], moe["w1"], moe["w2"], capacity_factor,
                                               num_selected)
         ffn_out = ungroup_tokens(out_g, b)                        # (B, S, D)

@@ -22,7 +22,9 @@ Both forms are built on the expert-choice stages of `routing.py`, not beside the
 form is `expert_choice_moe` on the batch regrouped as one group (1, B S, D), so DiffMoE's static
 form with the pool restricted to one routing group *is* EC-DiT; the dynamic form runs
 `expert_choice_gating` at the largest k_e and gives each expert's slots past its own k_e the
-weight 0.
+weight 0. Both are written once for G pools (`pool_moe`, `pool_moe_dynamic`): DiffMoE is G = 1
+pool of the whole batch, and an EC-DiT model with a capacity predictor uses one pool per routing
+group (the seed table's "local" rows).
 
 Conventions and deviations from the official code (docs/diffmoe.md): k rounds (the project's
 C = round(S f_c / E)) where the code floors; experts have no biases, as everywhere here; the
@@ -68,17 +70,80 @@ def update_threshold(threshold, kth_score, decay=0.95):
 
 
 def _assignment(index, keep, num_tokens, dtype):
-    """M (N, E): 1 where expert e's slot (e, j) holds token t and is kept. index, keep (1, E, C)."""
-    e = index.shape[1]
-    m = np.zeros((num_tokens, e), dtype=dtype)                   # (N, E)
-    experts = np.broadcast_to(np.arange(e)[:, None], index.shape[1:])  # (E, C)
-    m[index[0][keep[0]], experts[keep[0]]] = 1.0                 # an expert takes a token at most once
-    return m                                                     # (N, E)
+    """M (G, N, E): 1 where expert e's slot (g, e, j) holds token t and is kept. index, keep (G, E, C)."""
+    g, e, c = index.shape
+    m = np.zeros((g, num_tokens, e), dtype=dtype)                # (G, N, E)
+    pools = np.broadcast_to(np.arange(g)[:, None, None], index.shape)    # (G, E, C)
+    experts = np.broadcast_to(np.arange(e)[None, :, None], index.shape)  # (G, E, C)
+    m[pools[keep], index[keep], experts[keep]] = 1.0             # an expert takes a token at most once
+    return m                                                     # (G, N, E)
 
 
 # ---------------------------------------------------------------------------------------------
-# The layer: training (static k over the pool) and inference (dynamic k_e)
+# Expert choice over G token pools, with the capacity predictor watching
 # ---------------------------------------------------------------------------------------------
+
+@checked(contracts.pool_moe)
+def pool_moe(x, w_router, w1, w2, predictor, capacity_factor):
+    """Expert choice in each of G pools of N tokens (Eq. 5-8, k = round(N f_c / E) per pool), plus
+    the capacity predictor on the same tokens. DiffMoE is one pool holding the batch
+    (`diffmoe_moe`); EC-DiT with a predictor is one pool per routing group (the model's blocks).
+
+    x (G, N, D). Returns (out (G, N, D), routing): `gating`, `index` (G, E, k),
+    `experts_per_token` (G, N), `assignment` (G, N, E), `predictor_logits` (G, N, E) and
+    `kth_score` (E,): each pool's k-th largest sigmoid(P[:, e]), averaged over the pools (the
+    official code averages tau over devices, each device one pool; one pool: exactly q_e)."""
+    g, n, d = x.shape
+    out, routing = expert_choice_moe(x, w_router, w1, w2, capacity_factor)  # (G, N, D)  Eq. 5-8
+    k = routing["index"].shape[-1]                               # round(N f_c / E)
+    logits = capacity_predictor(x, predictor)                    # (G, N, E)  sg(x): the spec takes no gradients
+    scores = np.sort(sigmoid(logits), axis=1)                    # (G, N, E)  ascending per pool and expert
+    kth = np.mean(scores[:, n - k], axis=0)                      # (E,)  the k-th largest, mean over pools
+    keep = np.ones(routing["index"].shape, dtype=bool)           # (G, E, k)  every slot is used
+    routing = dict(routing, assignment=_assignment(routing["index"], keep, n, x.dtype),  # (G, N, E)
+                   predictor_logits=logits, kth_score=kth.astype(x.dtype))
+    return out, routing                                          # (G, N, D)
+
+
+@checked(contracts.pool_moe_dynamic)
+def pool_moe_dynamic(x, w_router, w1, w2, predictor, threshold):
+    """Dynamic capacity in each of G pools: expert e takes k_ge = #{t in pool g : sigmoid(P[t, e])
+    > tau_e} tokens of pool g, its top-k_ge by router affinity.
+
+    x (G, N, D). Returns (out (G, N, D), routing): `capacity` (G, E) the k_ge, `slots` () the slots
+    per expert computed (here max k_ge; the twin rounds it up to a compiled size), `assignment`
+    (G, N, E), `experts_per_token` (G, N), `predictor_logits` (G, N, E)."""
+    g, n, d = x.shape
+    e = w_router.shape[1]
+    logits = capacity_predictor(x, predictor)                    # (G, N, E)
+    capacity = np.sum(sigmoid(logits) > threshold, axis=1).astype(np.int32)  # (G, E)  k_ge
+    slots = int(capacity.max())                                  # the largest k_ge
+    out = np.zeros((g, n, d), dtype=x.dtype)                     # (G, N, D)  no expert takes anything
+    assignment = np.zeros((g, n, e), dtype=x.dtype)              # (G, N, E)
+    if slots > 0:
+        affinity = router_affinity(x, w_router)                  # (G, N, E)      Eq. 5
+        gating, index = expert_choice_gating(affinity, slots)    # (G, E, slots)  each expert's top-slots
+        keep = np.arange(slots)[None, None, :] < capacity[:, :, None]  # (G, E, slots)  j < k_ge
+        gating = np.where(keep, gating, 0).astype(gating.dtype)  # slots past k_ge weigh 0
+        out = combine(expert_ffn(dispatch(x, index), w1, w2), gating, index, n)  # (G, N, D)  Eq. 7-8
+        assignment = _assignment(index, keep, n, x.dtype)        # (G, N, E)
+    routing = {"capacity": capacity, "slots": np.int32(slots), "assignment": assignment,  # (G, N, E)
+               "experts_per_token": assignment.sum(axis=-1).astype(np.int32),  # (G, N)
+               "predictor_logits": logits}                       # (G, N, E)
+    return out, routing                                          # (G, N, D)
+
+
+# ---------------------------------------------------------------------------------------------
+# DiffMoE: one pool holding the whole batch, in training (static k) and inference (dynamic k_e)
+# ---------------------------------------------------------------------------------------------
+
+def _batch_shaped(routing, b, s):
+    """The pool-shaped records of a one-pool routing as (B, S, ...) arrays."""
+    out = dict(routing)
+    for name in ("experts_per_token", "assignment", "predictor_logits"):
+        out[name] = routing[name].reshape((b, s) + routing[name].shape[2:])  # (B, S[, E])
+    return out
+
 
 @checked(contracts.diffmoe_moe)
 def diffmoe_moe(x, w_router, w1, w2, predictor, capacity_factor):
@@ -89,18 +154,8 @@ def diffmoe_moe(x, w_router, w1, w2, predictor, capacity_factor):
     routing): expert choice's `gating`, `index` (1, E, k) over the pool, `experts_per_token`
     (B, S), and `assignment` (B, S, E) 0/1, `predictor_logits` (B, S, E), `kth_score` (E,)."""
     b, s, d = x.shape
-    n, e = b * s, w_router.shape[1]
-    pool = x.reshape(1, n, d)                                    # (1, N, D)  one group: the whole batch
-    out, routing = expert_choice_moe(pool, w_router, w1, w2, capacity_factor)  # (1, N, D)  Eq. 5-8
-    k = routing["index"].shape[-1]                               # round(N f_c / E)
-    logits = capacity_predictor(x, predictor)                    # (B, S, E)  sg(x): the spec takes no gradients
-    scores = np.sort(sigmoid(logits.reshape(n, e)), axis=0)      # (N, E)  ascending per expert
-    kth = scores[n - k]                                          # (E,)  the k-th largest
-    keep = np.ones(routing["index"].shape, dtype=bool)           # (1, E, k)  every slot is used
-    routing = dict(routing, experts_per_token=routing["experts_per_token"].reshape(b, s),  # (B, S)
-                   assignment=_assignment(routing["index"], keep, n, x.dtype).reshape(b, s, e),  # (B, S, E)
-                   predictor_logits=logits, kth_score=kth)
-    return out.reshape(b, s, d), routing                         # (B, S, D)
+    out, routing = pool_moe(x.reshape(1, b * s, d), w_router, w1, w2, predictor, capacity_factor)  # (1, N, D)
+    return out.reshape(b, s, d), _batch_shaped(routing, b, s)    # (B, S, D)
 
 
 @checked(contracts.diffmoe_moe_dynamic)
@@ -112,22 +167,6 @@ def diffmoe_moe_dynamic(x, w_router, w1, w2, predictor, threshold):
     computed (here max k_e; the twin rounds it up to a compiled size), `assignment` (B, S, E),
     `experts_per_token` (B, S), `predictor_logits` (B, S, E)."""
     b, s, d = x.shape
-    n, e = b * s, w_router.shape[1]
-    pool = x.reshape(1, n, d)                                    # (1, N, D)
-    logits = capacity_predictor(x, predictor)                    # (B, S, E)
-    capacity = np.sum(sigmoid(logits.reshape(n, e)) > threshold, axis=0).astype(np.int32)  # (E,)  k_e
-    slots = int(capacity.max())                                  # the largest k_e
-    out = np.zeros((1, n, d), dtype=x.dtype)                     # (1, N, D)  no expert takes anything
-    assignment = np.zeros((n, e), dtype=x.dtype)                 # (N, E)
-    if slots > 0:
-        affinity = router_affinity(pool, w_router)               # (1, N, E)      Eq. 5
-        gating, index = expert_choice_gating(affinity, slots)    # (1, E, slots)  each expert's top-slots
-        keep = np.arange(slots)[None, None, :] < capacity[None, :, None]  # (1, E, slots)  j < k_e
-        gating = np.where(keep, gating, 0).astype(gating.dtype)  # slots past k_e weigh 0
-        out = combine(expert_ffn(dispatch(pool, index), w1, w2), gating, index, n)  # (1, N, D)  Eq. 7-8
-        assignment = _assignment(index, keep, n, x.dtype)        # (N, E)
-    routing = {"capacity": capacity, "slots": np.int32(slots),
-               "assignment": assignment.reshape(b, s, e),         # (B, S, E)
-               "experts_per_token": assignment.sum(axis=-1).astype(np.int32).reshape(b, s),  # (B, S)
-               "predictor_logits": logits}                       # (B, S, E)
+    out, routing = pool_moe_dynamic(x.reshape(1, b * s, d), w_router, w1, w2, predictor, threshold)  # (1, N, D)
+    routing = dict(_batch_shaped(routing, b, s), capacity=routing["capacity"][0])  # capacity (E,)
     return out.reshape(b, s, d), routing                         # (B, S, D)

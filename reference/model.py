@@ -9,7 +9,8 @@
 
 Layers 2, 4, 6, ... (1-based; 1, 3, 5 0-based) are sparse in the MoE models (Sec. 3.1). Routing
 groups: the B * S' tokens of a batch are regrouped into groups of `group_size` (None: one image
-per group), so an inference group may hold tokens of several images (Sec. 3.1).
+per group), so an inference group may hold tokens of several images (Sec. 3.1). DiffMoE's layers
+('diffmoe', docs/diffmoe.md) pool the whole batch instead.
 
 Deviation (docs/model.md): the paper's frozen 670M T5 encoder cannot be downloaded here; the text
 encoder is a small learned word-level transformer over the closed vocabulary of
@@ -150,11 +151,12 @@ def pooled_text(y, text_mask, params):
 # ---------------------------------------------------------------------------------------------
 
 @checked(contracts.model_block)
-def model_block(x, c, y, params, config, group_size=None, text_mask=None):
+def model_block(x, c, y, params, config, group_size=None, text_mask=None, dynamic=False):
     """One block with the config's heads, capacity factor and top-k: `dit_block` picks the FFN
-    ('dense', 'expert_choice' or 'token_choice') from the block's params."""
+    ('dense', 'expert_choice', 'token_choice' or 'diffmoe') from the block's params; `dynamic`:
+    DiffMoE's dynamic capacity in the layers with a capacity predictor."""
     return dit_block(x, c, y, params, config.num_heads, config.num_kv_heads, config.capacity_factor,
-                     group_size, text_mask, config.num_selected)
+                     group_size, text_mask, config.num_selected, dynamic)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,16 +174,18 @@ def final_layer(x, c, params):
 
 
 @checked(contracts.forward)
-def forward(params, x_t, t, text_ids, text_mask, config, keep_index=None, group_size=None):
+def forward(params, x_t, t, text_ids, text_mask, config, keep_index=None, group_size=None, dynamic=False):
     """v_theta(x_t, t, y) of Eq. 1 in patch space.
 
     x_t (B, I, J, Ch) noisy images, t (B,) in [0, 1], text_ids / text_mask (B, L) from
     ecdit.systems.text.tokenize_batch, keep_index (B, S') sorted indices of the kept tokens or None
-    (all S), group_size the routing group (None: S' tokens, one image per group).
+    (all S), group_size the routing group (None: S' tokens, one image per group; a 'diffmoe'
+    layer's pool is always the whole batch), dynamic: DiffMoE's dynamic capacity in the layers
+    with a capacity predictor (inference; ValueError for a model without one).
 
     Returns (velocity (B, S', P) for the kept patches in token order, routing) where routing is a
-    list over layers of None (dense) or the layer's routing dict (experts_per_token (B, S'), and
-    aux_loss for token choice)."""
+    list over layers of None (dense) or the layer's routing dict (experts_per_token (B, S'),
+    aux_loss for token choice, the predictor's records for a layer with one)."""
     tokens = embed_patches(x_t, params, config)                  # (B, S, D)
     if keep_index is not None:
         tokens = keep_tokens(tokens, keep_index)                 # (B, S', D)
@@ -191,13 +195,13 @@ def forward(params, x_t, t, text_ids, text_mask, config, keep_index=None, group_
         c = c + pooled_text(y, text_mask, params["text_pool"])  # (B, D)  deviation: pooled caption in AdaLN
     routing = []
     for block in params["blocks"]:
-        tokens, r = model_block(tokens, c, y, block, config, group_size, text_mask)  # (B, S', D)
+        tokens, r = model_block(tokens, c, y, block, config, group_size, text_mask, dynamic)  # (B, S', D)
         routing.append(r)
     return final_layer(tokens, c, params["final"]), routing      # (B, S', P)
 
 
 @checked(contracts.velocity)
-def velocity(params, x_t, t, text_ids, text_mask, config, group_size=None):
+def velocity(params, x_t, t, text_ids, text_mask, config, group_size=None, dynamic=False):
     """The full-image velocity (B, I, J, Ch): `forward` without masking, unpatchified."""
-    v, _ = forward(params, x_t, t, text_ids, text_mask, config, None, group_size)  # (B, S, P)
+    v, _ = forward(params, x_t, t, text_ids, text_mask, config, None, group_size, dynamic)  # (B, S, P)
     return unpatchify(v, config.patch_size, config.image_size, config.image_size)  # (B, I, J, Ch)

@@ -7,6 +7,8 @@ token-choice auxiliary loss.
     v    = v_theta(x_t, t, y)[keep]                  masked tokens dropped before the blocks (MDT)
     loss = mean (patchify(noise - x0)[keep] - v)^2   Eq. 1, on the kept tokens only
            + aux_loss_weight * mean_l aux_l          token choice only: GShard's balancing loss
+           + predictor_loss_weight * sum_l L_pred,l  a capacity predictor only (DiffMoE, docs/diffmoe.md)
+    tau_l <- d tau_l + (1 - d) q_l               after the optimiser's step: `update_thresholds`
 
 Randomness enters as the batch (z, noise, drop, keep_index): the training loop in ecdit.systems
 draws it, so the two halves can be compared exactly.
@@ -23,6 +25,7 @@ from ecdit.core import contracts
 from ecdit.core.checks import checked
 
 from .flow import interpolate, logit_normal_timesteps, rectified_flow_loss
+from .diffmoe import predictor_loss, update_threshold
 from .model import forward, null_caption, patchify
 
 
@@ -69,7 +72,9 @@ def routing_stats(routing):
 @checked(contracts.training_loss)
 def training_loss(params, batch, model_cfg, train_cfg, group_size=None):
     """The loss one training step minimises. Returns (loss, metrics): metrics holds loss,
-    flow_loss (Eq. 1), aux_loss (mean over sparse layers) and the `routing_stats`."""
+    flow_loss (Eq. 1), aux_loss (mean over sparse layers), predictor_loss (the sum over the layers
+    with a capacity predictor of their L_pred, as DiffMoE sums them), the `routing_stats`, and for
+    a model with a predictor kth_score (n, E), each layer's q for `update_thresholds`."""
     t = logit_normal_timesteps(batch["z"], train_cfg.t_mu, train_cfg.t_sigma)  # (B,)
     ids, mask = caption_dropout(batch["text_ids"], batch["text_mask"], batch["drop"])  # (B, L) x2
     flow, routing = flow_matching_loss(params, batch["x0"], batch["noise"], t, ids, mask, model_cfg,
@@ -77,4 +82,27 @@ def training_loss(params, batch, model_cfg, train_cfg, group_size=None):
     stats = routing_stats(routing)
     aux = np.mean(stats["aux"]) if stats else np.zeros((), np.float32)
     loss = flow + (model_cfg.aux_loss_weight * aux if model_cfg.ffn_kind == "token_choice" else 0.0)
-    return loss, {"loss": loss, "flow_loss": flow, "aux_loss": aux, **stats}
+    metrics = {"flow_loss": flow, "aux_loss": aux, **stats}
+    predicted = [r for r in routing if r is not None and "predictor_logits" in r]
+    if predicted:                                                # DiffMoE: L_pred, and q for the thresholds
+        pred = sum(predictor_loss(r["predictor_logits"], r["assignment"]) for r in predicted)  # ()
+        loss = loss + model_cfg.predictor_loss_weight * pred
+        metrics.update(predictor_loss=pred, kth_score=np.stack([r["kth_score"] for r in predicted]))  # (n, E)
+    return loss, {"loss": loss, **metrics}
+
+
+@checked(contracts.update_thresholds)
+def update_thresholds(params, kth_score, config):
+    """tau_l <- d tau_l + (1 - d) q_l for every layer l with a capacity predictor (d =
+    config.threshold_decay): `diffmoe.update_threshold` on each, the l-th row of kth_score (n, E)
+    in layer order. Returns params with the new thresholds and everything else unchanged: the
+    training step calls it after the optimiser's update, so the thresholds are never optimised."""
+    blocks, row = [], 0
+    for block in params["blocks"]:
+        kind = next((k for k in ("expert_choice", "diffmoe") if k in block and "threshold" in block[k]), None)
+        if kind is not None:
+            tau = update_threshold(block[kind]["threshold"], kth_score[row], config.threshold_decay)  # (E,)
+            block = dict(block, **{kind: dict(block[kind], threshold=tau)})
+            row += 1
+        blocks.append(block)
+    return dict(params, blocks=blocks)

@@ -119,18 +119,38 @@ def test_bad_config_values_are_one_line_errors(tmp_path, capsys):
     assert "unknown preset 'huge'" in capsys.readouterr().err
 
 
-def test_compare_writes_one_row_per_kind_with_a_held_out_loss(tmp_path):
-    """`ecdit compare` end to end at toy size: three kinds, finite losses, the table in compare.md."""
-    from ecdit.app.compare import run_compare
+def test_compare_writes_the_seed_tables_seven_rows_with_losses_and_experts_per_step(tmp_path):
+    """`ecdit compare` end to end at toy size: the seed table's seven rows in its order (five
+    trainings: the EC-DiT and DiffMoE models serve a static and a dynamic row each), finite losses,
+    experts per token at every denoising step for the MoE rows (exactly f_c = 1 on average for the
+    expert-choice static rows), the table and the figures on disk."""
+    from ecdit.app.compare import SEED_ROWS, run_compare
     r = run_compare(str(tmp_path), steps=3, per_category=1, sample_steps=2, model_changes=_small_model(),
                     progress=False)
-    assert [row["kind"] for row in r["rows"]] == ["dense", "token_choice", "expert_choice"]
+    assert [row["key"] for row in r["rows"]] == [row.key for row in SEED_ROWS]
     for row in r["rows"]:
         losses = [row["final_loss"], row["val_loss"], *row["val_loss_per_t"].values()]
         assert all(math.isfinite(v) and v > 0 for v in losses)
+    by_key = {row["key"]: row for row in r["rows"]}
+    for key in ("ec_static", "diffmoe_static"):
+        assert by_key[key]["experts_per_step"] == pytest.approx([1.0, 1.0])   # f_c = 1: k = S / E per pool
+    for key in ("ec_dynamic", "diffmoe_dynamic"):
+        assert len(by_key[key]["experts_per_step"]) == 2 and by_key[key]["dynamic"]
+    assert by_key["dense"]["experts_per_step"] == [] and by_key["dense_xl"]["activated"] > by_key["dense"]["activated"]
+    assert by_key["ec_static"]["train_seconds"] == by_key["ec_dynamic"]["train_seconds"]  # one training, two rows
     md = (tmp_path / "compare.md").read_text()
-    assert "held-out loss" in md and md.count("\n| ") == 4          # header + 3 models
-    assert len(json.loads((tmp_path / "compare.json").read_text())) == 3
+    assert "held-out loss" in md and "pool in training" in md
+    table = md.split("\n\n")[1].splitlines()
+    assert sum(line.startswith("| ") for line in table) == 8     # header + 7 rows
+    assert len(json.loads((tmp_path / "compare.json").read_text())) == 7
+    for png in ("compare_loss.png", "experts_per_step.png", "heatmap_diffmoe_static.png", "heatmap_diffmoe_dynamic.png"):
+        assert (tmp_path / png).stat().st_size > 0
+
+
+def test_compare_refuses_an_unknown_row():
+    from ecdit.app.compare import pick_rows
+    with pytest.raises(ValueError, match="^rows: unknown row"):
+        pick_rows(["tc", "moe"])
 
 
 def test_demo_writes_the_report_end_to_end(tmp_path):

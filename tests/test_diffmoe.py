@@ -101,6 +101,58 @@ def test_diffmoe_moe_matches_reference(shape, seed):
         assert_close(a[key], r[key], err_msg=key)
 
 
+def _capacity_fits(tokens, e, fc):
+    """Whether round(tokens f_c / E) is a valid capacity for pools of `tokens`."""
+    try:
+        expert_capacity(tokens, e, fc)
+    except ValueError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("half", HALVES)
+@given(shape=pools(), seed=seeds, tau=st.lists(st.floats(0.0, 1.0), min_size=6, max_size=6))
+def test_g_pools_are_g_independent_one_pool_layers_with_the_kth_scores_averaged(half, shape, seed, tau):
+    """`pool_moe` / `pool_moe_dynamic` on G pools (the rows of x) equal G calls of the one-pool
+    layer, one per pool: pools never see each other; the k-th scores are the mean over pools, and
+    each pool counts its own dynamic capacities k_ge against the shared thresholds."""
+    b, s, d, e, f, fc = shape
+    x, w_router, w1, w2, p = layer(seed, b, s, d, e, f)        # read as B pools of S tokens
+    threshold = np.asarray(tau[:e], np.float32)
+    m = half.diffmoe
+    assume(_capacity_fits(s, e, fc))
+    assume(topc_margin(reference.routing.router_affinity(x, w_router), expert_capacity(s, e, fc)) > NEAR_TIE)
+    assume(np.abs(_scores(x, p) - threshold).min() > NEAR_THRESHOLD)   # a batched matmul may differ by an ulp
+    out, r = m.pool_moe(x, w_router, w1, w2, p, fc)
+    out_dyn, r_dyn = m.pool_moe_dynamic(x, w_router, w1, w2, p, threshold)
+    kth = []
+    for g in range(b):
+        one = x[g:g + 1]                                         # (1, S, D): one pool
+        o, rg = m.diffmoe_moe(one, w_router, w1, w2, p, fc)
+        assert_close(out[g], np.asarray(o)[0], tol=FLOAT32)
+        np.testing.assert_array_equal(np.asarray(r["assignment"][g]), np.asarray(rg["assignment"][0]))
+        kth.append(np.asarray(rg["kth_score"]))
+        od, rd = m.diffmoe_moe_dynamic(one, w_router, w1, w2, p, threshold)
+        assert_close(out_dyn[g], np.asarray(od)[0], tol=FLOAT32)
+        np.testing.assert_array_equal(np.asarray(r_dyn["capacity"][g]), np.asarray(rd["capacity"]))
+    assert_close(r["kth_score"], np.mean(kth, axis=0), tol=ARITHMETIC)
+
+
+@given(shape=pools(), seed=seeds)
+def test_pool_moe_over_g_pools_matches_reference(shape, seed):
+    b, s, d, e, f, fc = shape
+    x, w_router, w1, w2, p = layer(seed, b, s, d, e, f)
+    assume(_capacity_fits(s, e, fc))
+    assume(topc_margin(reference.routing.router_affinity(x, w_router), expert_capacity(s, e, fc)) > NEAR_TIE)
+    out_r, r = ref.pool_moe(x, w_router, w1, w2, p, fc)
+    out_a, a = acc.pool_moe(x, w_router, w1, w2, p, fc)
+    assert_close(out_a, out_r)
+    for key in ("index", "assignment", "experts_per_token"):
+        np.testing.assert_array_equal(np.asarray(a[key]), r[key], err_msg=key)
+    for key in ("gating", "predictor_logits", "kth_score"):
+        assert_close(a[key], r[key], err_msg=key)
+
+
 @pytest.mark.parametrize("half", HALVES)
 @given(shape=pools(), seed=seeds)
 def test_assignment_is_expert_choice_over_the_pool_with_exactly_k_tokens_per_expert(half, shape, seed):

@@ -13,7 +13,7 @@ import ast
 import os
 import sys
 
-from ecdit.core.config import DEFAULT_EVAL_PER_CATEGORY, DEFAULT_GUIDANCE, DEFAULT_SAMPLE_STEPS
+from ecdit.core.config import DEFAULT_EVAL_PER_CATEGORY, DEFAULT_GUIDANCE, DEFAULT_SAMPLE_STEPS, FFN_KINDS
 
 EXIT_BAD_INPUT = 2
 
@@ -87,6 +87,9 @@ def _sampling_args(p):
     p.add_argument("--group-size", type=_positive_int, default=None,
                    help="inference routing group in tokens (default: the config's, else one image)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default %(default)s)")
+    p.add_argument("--inference", choices=("static", "dynamic"), default="static",
+                   help="routing at inference for a model with a capacity predictor (DiffMoE): static top-k as "
+                        "in training, or dynamic capacity from the predictor and thresholds (default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -110,7 +113,10 @@ def cmd_train(a):
     from ecdit.app.plots import plot_loss
     from ecdit.core.config import preset, train_preset
     from ecdit.systems.train import train
-    cfg = preset(a.preset, **_overrides(a.set, "set"))
+    changes = _overrides(a.set, "set")
+    if a.ffn:
+        changes.setdefault("ffn_kind", a.ffn)
+    cfg = preset(a.preset, **changes)
     tc = train_preset(a.preset, **_overrides(a.train_set, "train-set"))
     out = a.out or os.path.join("runs", cfg.name)
     _, history = train(cfg, tc, a.steps, out, minutes=a.minutes, resume=not a.no_resume,
@@ -127,9 +133,10 @@ def cmd_sample(a):
     from ecdit.app.heatmap import save_image_grid
     from ecdit.systems.checkpoint import load_params
     from ecdit.systems.sampling import generate
-    params, cfg, _ = load_params(_checkpoint_path(a.checkpoint))
+    params, cfg, meta = load_params(_checkpoint_path(a.checkpoint))
     images, _ = generate(params, cfg, [a.prompt] * a.num, seed=a.seed, num_steps=a.steps,
-                         guidance_scale=a.guidance, group_size=a.group_size, progress=not a.quiet)
+                         guidance_scale=a.guidance, group_size=a.group_size, progress=not a.quiet,
+                         dynamic=a.inference == "dynamic", step=meta.get("step"))
     if a.num == 1:
         import matplotlib
         matplotlib.use("Agg")
@@ -149,9 +156,14 @@ def cmd_eval(a):
     from ecdit.systems.checkpoint import load_params
     params, cfg, meta = load_params(_checkpoint_path(a.checkpoint))
     items = (shapes.validation_items if a.split == "validation" else shapes.heldout_items)(a.per_category)
-    res, _, _, secs = evaluate_model(params, cfg, items, num_steps=a.steps, guidance_scale=a.guidance, seed=a.seed,
-                                     progress=not a.quiet)
-    print(scores_table([(f"{cfg.name} @ step {meta.get('step')}, {a.split}", res)]))
+    res, _, experts, secs = evaluate_model(params, cfg, items, num_steps=a.steps, guidance_scale=a.guidance,
+                                           seed=a.seed, progress=not a.quiet, dynamic=a.inference == "dynamic",
+                                           step=meta.get("step"))
+    print(scores_table([(f"{cfg.name} @ step {meta.get('step')}, {a.split}, {a.inference}", res)]))
+    if cfg.sparse_layers:
+        per_step = experts.mean(axis=(1, 2, 3))                  # (T,) experts per token at each step
+        print(f"experts per token, mean {per_step.mean():.2f}; per denoising step (t = 1 -> 0): "
+              + " ".join(f"{v:.2f}" for v in per_step))
     if a.out:
         with open(a.out, "w") as f:
             json.dump(res, f, indent=2)
@@ -162,11 +174,12 @@ def cmd_heatmap(a):
     from ecdit.app.heatmap import plot_allocation
     from ecdit.systems.checkpoint import load_params
     from ecdit.systems.sampling import generate
-    params, cfg, _ = load_params(_checkpoint_path(a.checkpoint))
+    params, cfg, meta = load_params(_checkpoint_path(a.checkpoint))
     if not cfg.sparse_layers:
         raise UsageError("heatmap: the checkpoint is a dense model; there is no expert allocation to draw")
     images, experts = generate(params, cfg, [a.prompt], seed=a.seed, num_steps=a.steps, guidance_scale=a.guidance,
-                               group_size=a.group_size, progress=not a.quiet)
+                               group_size=a.group_size, progress=not a.quiet, dynamic=a.inference == "dynamic",
+                               step=meta.get("step"))
     plot_allocation(images[0], experts[:, :, 0], a.out, sparse_layers=cfg.sparse_layers,
                     num_experts=cfg.num_experts, prompt=a.prompt)
     print(f"wrote {a.out}")
@@ -175,9 +188,9 @@ def cmd_heatmap(a):
 
 def cmd_compare(a):
     from ecdit.app.compare import run_compare
-    kinds = tuple(k.strip() for k in a.kinds.split(",") if k.strip())
+    rows = tuple(k.strip() for k in a.rows.split(",") if k.strip())
     r = run_compare(a.out, steps=a.steps, per_category=a.per_category, sample_steps=a.sample_steps,
-                    guidance_scale=a.guidance, seed=a.seed, kinds=kinds, model_changes=_overrides(a.set, "set"),
+                    guidance_scale=a.guidance, seed=a.seed, rows=rows, model_changes=_overrides(a.set, "set"),
                     train_changes=_overrides(a.train_set, "train-set"), progress=not a.quiet)
     print(r["markdown"])
     print(f"table: {os.path.join(a.out, 'compare.md')}")
@@ -226,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=None, help="run folder (default runs/PRESET)")
     t.add_argument("--no-resume", action="store_true", help="start afresh even if OUT has a checkpoint")
     t.add_argument("--checkpoint-every", type=_positive_int, default=200, help="steps between checkpoints")
+    t.add_argument("--ffn", choices=FFN_KINDS, default=None,
+                   help="FFN kind of the interleaved layers (default: the preset's, expert_choice); diffmoe: "
+                        "DiffMoE's batch pool and capacity predictor, capacity factor 1 unless --set capacity_factor=...")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="change a ModelConfig field, e.g. ffn_kind=dense")
     t.add_argument("--train-set", action="append", metavar="KEY=VALUE", help="change a TrainConfig field, e.g. mask_ratio=0.5")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -261,14 +277,18 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_args(h)
     h.set_defaults(fn=cmd_heatmap)
 
-    c = sub.add_parser("compare", help="dense vs token choice vs expert choice at equal activated parameters",
-                       description="Train tiny dense (activation-matched), token-choice top-2 and expert-choice models "
-                                   "on the same data for the same steps; print and write one table of loss and "
-                                   "shapes-GenEval scores.")
+    c = sub.add_parser("compare", help="the DiffMoE seed table at toy scale: TC, dense, EC-DiT, DiffMoE, Dense-XL",
+                       description="Train tiny token-choice, dense, EC-DiT (with a capacity predictor), DiffMoE and "
+                                   "Dense-XL models on the same data for the same steps, at equal activated parameters "
+                                   "(Dense-XL: 1.5x); evaluate the seed table's rows (static and dynamic inference); "
+                                   "print and write one table of held-out loss, shapes-GenEval scores and experts per "
+                                   "token, with figures.")
     c.add_argument("--out", default="compare", help="output folder (default %(default)s)")
     c.add_argument("--steps", type=_positive_int, default=600, help="training steps per model (default %(default)s)")
     c.add_argument("--per-category", type=_positive_int, default=30, help="held-out items per category (default %(default)s)")
-    c.add_argument("--kinds", default="dense,token_choice,expert_choice", help="comma-separated FFN kinds")
+    c.add_argument("--rows", default="tc,dense,ec_static,ec_dynamic,diffmoe_static,diffmoe_dynamic,dense_xl",
+                   help="comma-separated rows (default: the seed table's seven); also ec_group_static, "
+                        "ec_group_dynamic (routing groups of 4 images)")
     _experiment_args(c, "of every model")
     c.set_defaults(fn=cmd_compare)
 

@@ -1,18 +1,42 @@
-"""`ecdit compare`: dense vs token choice vs expert choice at equal activated parameters.
+"""`ecdit compare`: the seed table of DiffMoE (Shi et al. 2025, Table 1 as restated in
+`../shared/papers/diffmoe-notes.md`) at toy scale, on captioned shapes.
 
-`run_compare` trains one tiny model per FFN kind (the dense one activation-matched) on the same
-data stream for the same steps, scores each on the held-out prompts and its held-out loss, and
-writes one table (<out>/compare.md, compare.json) with the loss curves (compare_loss.png).
+Each *row* is a trained *model* evaluated with one inference rule; rows that share a model share
+its training run (EC-DiT with a capacity predictor is trained once and sampled both ways, as is
+DiffMoE). Every MoE model has f_c = 1 (token choice: top-1), so activated parameters equal the
+dense model's, as in the seed table; Dense-XL has about 1.5x (the table's 675M / 458M = 1.47x).
+
+    row                    model                         pool in training      inference
+    TC-DiT                 token choice, top-1           isolated (per token)  isolated
+    Dense-DiT              dense                         isolated              isolated
+    EC-DiT                 expert choice + predictor     local (per image)     local static top-k
+    EC-DiT                 (same model)                  local                 local dynamic (predictor)
+    DiffMoE                diffmoe                       global (batch)        global static top-k
+    DiffMoE                (same model)                  global                global dynamic (predictor)
+    Dense-DiT-XL           dense, 1.5x depth             isolated              isolated
+
+Two more rows fill the issue's grid (pool per routing group spanning images, static and dynamic):
+`EXTRA_ROWS`, run with `rows=` / `--rows`.
+
+`run_compare` trains each model once on the same data stream, then per row: held-out loss (Eq. 1
+on the held-out scenes, with the row's inference rule), shapes-GenEval, the measured experts per
+token at every denoising step (so a dynamic row's activated parameters are measured, not
+assumed), writing compare.md / compare.json and the figures (training loss, experts per token
+against the denoising step, Fig. 6-style heatmaps of the DiffMoE rows).
 """
 from __future__ import annotations
 
 import json
 import os
 import time
+from dataclasses import asdict, dataclass
 
-from ecdit.app.plots import plot_compare
+import numpy as np
+
+from ecdit.app.heatmap import plot_allocation, step_times
+from ecdit.app.plots import plot_compare, plot_experts_per_step
 from ecdit.app.reports import evaluate_model, final_loss, fmt_params
-from ecdit.core.config import DEFAULT_GUIDANCE, DEFAULT_SAMPLE_STEPS, preset, train_preset
+from ecdit.core.config import DEFAULT_GUIDANCE, DEFAULT_SAMPLE_STEPS, ModelConfig, preset, train_preset
 from ecdit.core.params import count_params
 from ecdit.systems import shapes
 from ecdit.systems.geneval import TABLE_COLUMNS
@@ -20,72 +44,160 @@ from ecdit.systems.train import VALIDATION_TIMESTEPS, train, validation_loss
 
 
 # ---------------------------------------------------------------------------------------------
-# Compare
+# The rows
 # ---------------------------------------------------------------------------------------------
 
-KIND_LABELS = {"dense": "dense (activation-matched)", "token_choice": "token choice top-2 (GShard)",
-               "expert_choice": "expert choice (EC-DiT)"}
+@dataclass(frozen=True)
+class Row:
+    """One row of the table: a trained model (`model`, a key of `model_configs`) sampled with one
+    inference rule (`dynamic`: DiffMoE's dynamic capacity), with the seed table's words for both."""
+    key: str
+    label: str
+    model: str
+    pool: str
+    inference: str
+    dynamic: bool = False
 
 
-def compare_configs(base: str = "tiny", kinds=("dense", "token_choice", "expert_choice"), model_changes=None):
-    """The models of `ecdit compare`: one per FFN kind, equal activated parameters (the dense one
-    widens its interleaved layers' FFN by f_c, top-2 equals f_c = 2)."""
-    out = []
-    for kind in kinds:
-        if kind not in KIND_LABELS:
-            raise ValueError(f"kinds: unknown FFN kind {kind!r}; expected some of {tuple(KIND_LABELS)}")
-        out.append(preset(base, ffn_kind=kind, dense_matched=(kind == "dense"), name=f"{base}-{kind}",
-                          **(model_changes or {})))
-    return out
+SEED_ROWS = (
+    Row("tc", "TC-DiT (top-1)", "tc", "isolated (per token)", "isolated"),
+    Row("dense", "Dense-DiT", "dense", "isolated", "isolated"),
+    Row("ec_static", "EC-DiT", "ec", "local (per image)", "local static top-k"),
+    Row("ec_dynamic", "EC-DiT", "ec", "local (per image)", "local dynamic (predictor, per image)", True),
+    Row("diffmoe_static", "DiffMoE", "diffmoe", "global (batch)", "global static top-k"),
+    Row("diffmoe_dynamic", "DiffMoE", "diffmoe", "global (batch)", "global dynamic (predictor)", True),
+    Row("dense_xl", "Dense-DiT-XL", "dense_xl", "isolated", "isolated"),
+)
+EXTRA_ROWS = (
+    Row("ec_group_static", "EC-DiT (groups of 4 images)", "ec_group", "routing group (4 images)",
+        "group static top-k"),
+    Row("ec_group_dynamic", "EC-DiT (groups of 4 images)", "ec_group", "routing group (4 images)",
+        "group dynamic (predictor, per group)", True),
+)
+ROWS = {r.key: r for r in SEED_ROWS + EXTRA_ROWS}
+GROUP_IMAGES = 4                                                 # images per routing group of "ec_group"
 
+
+def model_configs(base: str = "tiny", model_changes=None) -> dict[str, ModelConfig]:
+    """The models behind the rows, all from one preset (plus `model_changes`), f_c = 1 for every MoE
+    (activated parameters equal the dense model's), token choice top-1 with GShard's buffer of twice
+    the fair share, and Dense-XL 1.5x as deep (1.46x the activated parameters of tiny)."""
+    base_cfg = preset(base, **(model_changes or {}))
+    moe = {"capacity_factor": 1.0}
+    s = base_cfg.num_tokens
+    return {
+        "tc": base_cfg.replace(name=f"{base}-tc", ffn_kind="token_choice", num_selected=1, capacity_factor=2.0),
+        "dense": base_cfg.replace(name=f"{base}-dense", ffn_kind="dense", dense_matched=False),
+        "ec": base_cfg.replace(name=f"{base}-ec", ffn_kind="expert_choice", capacity_predictor=True, **moe),
+        "diffmoe": base_cfg.replace(name=f"{base}-diffmoe", ffn_kind="diffmoe", **moe),
+        "dense_xl": base_cfg.replace(name=f"{base}-dense-xl", ffn_kind="dense", dense_matched=False,
+                                     depth=base_cfg.depth + base_cfg.depth // 2),
+        "ec_group": base_cfg.replace(name=f"{base}-ec-group", ffn_kind="expert_choice", capacity_predictor=True,
+                                     train_group_size=GROUP_IMAGES * s, inference_group_size=GROUP_IMAGES * s, **moe),
+    }
+
+
+def pick_rows(keys) -> tuple[Row, ...]:
+    """Rows by key (SEED_ROWS and EXTRA_ROWS); ValueError naming an unknown one."""
+    keys = tuple(keys)
+    unknown = [k for k in keys if k not in ROWS]
+    if unknown or not keys:
+        raise ValueError(f"rows: unknown row(s) {unknown or '(none given)'}; expected some of {tuple(ROWS)}")
+    return tuple(ROWS[k] for k in keys)
+
+
+# ---------------------------------------------------------------------------------------------
+# Run
+# ---------------------------------------------------------------------------------------------
 
 def run_compare(out_dir="compare", *, steps=600, per_category=30, sample_steps=DEFAULT_SAMPLE_STEPS,
-                guidance_scale=DEFAULT_GUIDANCE, seed=0,
-                kinds=("dense", "token_choice", "expert_choice"), model_changes=None, train_changes=None,
-                progress=True) -> dict:
-    """Train each kind for `steps` on the same data stream (same seed), score, write compare.md."""
+                guidance_scale=DEFAULT_GUIDANCE, seed=0, rows=tuple(r.key for r in SEED_ROWS),
+                model_changes=None, train_changes=None, progress=True) -> dict:
+    """Train each model of `rows` once for `steps` on the same data stream (same seed), evaluate
+    each row, write compare.md, compare.json and the figures. Returns {"rows", "markdown"}."""
+    picked = pick_rows(rows)
     os.makedirs(out_dir, exist_ok=True)
     base = train_preset("tiny")
     decay = steps if base.decay_steps and steps > base.warmup_steps else 0
     tc = base.replace(**{"seed": seed, "decay_steps": decay, **(train_changes or {})})
+    configs = model_configs("tiny", model_changes)
     items = shapes.heldout_items(per_category)
-    rows = []
-    histories = {}
-    for cfg in compare_configs("tiny", kinds, model_changes):
-        run_dir = os.path.join(out_dir, cfg.ffn_kind)
-        if os.path.exists(os.path.join(run_dir, "checkpoint.npz")):
-            os.remove(os.path.join(run_dir, "checkpoint.npz"))
-        t0 = time.perf_counter()
-        params, history = train(cfg, tc, steps, run_dir, progress=progress, desc=f"train {cfg.ffn_kind}")
-        train_s = time.perf_counter() - t0
-        res, _, _, _ = evaluate_model(params, cfg, items, num_steps=sample_steps, guidance_scale=guidance_scale,
-                                      seed=seed, progress=progress, desc=f"sample {cfg.ffn_kind}")
-        val = validation_loss(params, cfg, items, seed=seed)
-        c = count_params(cfg)
-        rows.append({"kind": cfg.ffn_kind, "label": KIND_LABELS[cfg.ffn_kind], "total": c["total"],
-                     "activated": c["activated"], "final_loss": final_loss(history), "val_loss": val["mean"],
-                     "val_loss_per_t": val["per_t"], "train_seconds": train_s, "results": res})
-        histories[cfg.ffn_kind] = history
-    plot_compare(histories, KIND_LABELS, os.path.join(out_dir, "compare_loss.png"))
-    md = compare_markdown(rows, steps, tc, per_category, sample_steps, guidance_scale)
+    trained, histories, out_rows = {}, {}, []
+    for row in picked:
+        cfg = configs[row.model]
+        if row.model not in trained:
+            run_dir = os.path.join(out_dir, row.model)
+            if os.path.exists(os.path.join(run_dir, "checkpoint.npz")):
+                os.remove(os.path.join(run_dir, "checkpoint.npz"))
+            t0 = time.perf_counter()
+            params, history = train(cfg, tc, steps, run_dir, progress=progress, desc=f"train {row.model}")
+            trained[row.model] = (params, time.perf_counter() - t0, history)
+            histories[row.model] = history
+        params, train_s, history = trained[row.model]
+        # Sample in batches of the training batch: a batch pool (DiffMoE) then holds as many images
+        # at inference as in training.
+        res, images, experts, _ = evaluate_model(params, cfg, items, num_steps=sample_steps,
+                                                 guidance_scale=guidance_scale, seed=seed, batch_size=tc.batch_size,
+                                                 progress=progress, desc=f"sample {row.key}", dynamic=row.dynamic,
+                                                 step=steps)
+        val = validation_loss(params, cfg, items, seed=seed, batch_size=tc.batch_size, dynamic=row.dynamic)
+        per_step = experts.mean(axis=(1, 2, 3)).tolist() if cfg.sparse_layers else []   # (T,)
+        per_layer = experts.mean(axis=(0, 2, 3)).tolist() if cfg.sparse_layers else []  # (n,)
+        c = count_params(cfg, experts_per_token=per_layer if row.dynamic else None)
+        out_rows.append({**asdict(row), "config": cfg.name, "total": c["total"], "activated": c["activated"],
+                         "final_loss": final_loss(history, key="flow_loss"), "val_loss": val["mean"], "val_loss_per_t": val["per_t"],
+                         "train_seconds": train_s, "experts_per_step": per_step, "experts_per_layer": per_layer,
+                         "results": res})
+        if cfg.ffn_kind == "diffmoe":                            # Fig. 6 for DiffMoE, first held-out item
+            plot_allocation(images[0], experts[:, :, 0], os.path.join(out_dir, f"heatmap_{row.key}.png"),
+                            sparse_layers=cfg.sparse_layers, num_experts=cfg.num_experts,
+                            prompt=f"{row.label}, {row.inference}: {items[0].text}")
+    plot_compare(histories, {r.model: r.label for r in picked}, os.path.join(out_dir, "compare_loss.png"))
+    moe_rows = [r for r in out_rows if r["experts_per_step"]]
+    if moe_rows:
+        plot_experts_per_step({f"{r['label']}, {r['inference']}": r["experts_per_step"] for r in moe_rows},
+                              step_times(sample_steps), os.path.join(out_dir, "experts_per_step.png"))
+    md = compare_markdown(out_rows, steps, tc, per_category, sample_steps, guidance_scale)
     with open(os.path.join(out_dir, "compare.md"), "w") as f:
         f.write(md)
     with open(os.path.join(out_dir, "compare.json"), "w") as f:
-        json.dump(rows, f, indent=2)
-    return {"rows": rows, "markdown": md}
+        json.dump(out_rows, f, indent=2)
+    return {"rows": out_rows, "markdown": md}
+
+
+# ---------------------------------------------------------------------------------------------
+# The table
+# ---------------------------------------------------------------------------------------------
+
+def _per_step_cells(values, columns=5):
+    """A few experts-per-token values along the denoising steps, t = 1 first."""
+    if not values:
+        return "-"
+    idx = sorted(set(np.linspace(0, len(values) - 1, min(columns, len(values))).round().astype(int)))
+    return " → ".join(f"{values[i]:.2f}" for i in idx)
 
 
 def compare_markdown(rows, steps, tc, per_category, sample_steps, guidance_scale) -> str:
-    heads = (["model", "total params", "activated", "final loss", "held-out loss", "train time"]
-             + [h for _, h in TABLE_COLUMNS])
-    lines = ["| " + " | ".join(heads) + " |", "|:---|" + "---:|" * (len(heads) - 1)]
+    """The seed table's shape (model, activated params, training pool, inference rule, scores), then
+    the losses, and the experts per token along the denoising steps."""
+    heads = (["model", "activated params", "pool in training", "inference", "held-out loss"]
+             + [h for _, h in TABLE_COLUMNS] + ["experts / token", "total params", "final train loss (Eq. 1)"])
+    lines = ["| " + " | ".join(heads) + " |", "|:---|---:|:---|:---|" + "---:|" * (len(heads) - 4)]
     for r in rows:
-        cells = [r["label"], fmt_params(r["total"]), fmt_params(r["activated"]), f"{r['final_loss']:.4f}",
-                 f"{r['val_loss']:.4f}", f"{r['train_seconds'] / 60:.1f} min"]
+        ept = np.mean(r["experts_per_step"]) if r["experts_per_step"] else None
+        cells = [r["label"], fmt_params(r["activated"]), r["pool"], r["inference"], f"{r['val_loss']:.4f}"]
         cells += [f"{100 * r['results'][k]:.1f}" if k in r["results"] else "-" for k, _ in TABLE_COLUMNS]
+        cells += ["-" if ept is None else f"{ept:.2f}", fmt_params(r["total"]), f"{r['final_loss']:.4f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    return (f"{steps} steps of {tc.batch_size} images each, same data stream (seed {tc.seed}); loss = mean of the "
-            f"last 20% of logged training losses; held-out loss = Eq. 1 on the held-out items' own scenes "
-            f"at t = {', '.join(f'{t:g}' for t in VALIDATION_TIMESTEPS)} with fixed noise (the same for every "
-            f"model); shapes-GenEval on {per_category} held-out items per category, "
-            f"{sample_steps} Euler steps, CFG {guidance_scale}.\n\n" + "\n".join(lines) + "\n")
+    steps_lines = ["| model | inference | experts per token, t = 1 → 0 (sampler steps, conditional half) |",
+                   "|:---|:---|:---|"]
+    steps_lines += [f"| {r['label']} | {r['inference']} | {_per_step_cells(r['experts_per_step'])} |"
+                    for r in rows if r["experts_per_step"]]
+    return (f"{steps} steps of {tc.batch_size} images each, same data stream (seed {tc.seed}); every MoE at f_c = 1 "
+            f"(token choice top-1), so its activated parameters equal the dense model's; a dynamic row's activated "
+            f"parameters use its measured experts per token (and count the predictor). Held-out loss = Eq. 1 on the "
+            f"held-out items' own scenes at t = {', '.join(f'{t:g}' for t in VALIDATION_TIMESTEPS)} with fixed noise "
+            f"(the same for every model), routed with the row's inference rule; shapes-GenEval on {per_category} "
+            f"held-out items per category, {sample_steps} Euler steps, CFG {guidance_scale}, sampled in batches of "
+            f"{tc.batch_size} (a DiffMoE pool holds as many images as in training). One seed.\n\n"
+            + "\n".join(lines) + "\n\n" + "\n".join(steps_lines) + "\n")

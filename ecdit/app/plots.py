@@ -1,4 +1,5 @@
-"""Loss curves as PNGs: one run's training loss, and several runs side by side (compare).
+"""Curves as PNGs: one run's training loss, several runs side by side (compare), and the experts
+per token along the denoising steps (compare's MoE rows: DiffMoE's compute follows the noise level).
 
 matplotlib with the Agg backend (no screen needed).
 """
@@ -49,6 +50,26 @@ def plot_compare(histories: dict, labels: dict, path):
     ax.set_ylabel("training loss (running mean)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_experts_per_step(series: dict, times, path):
+    """Mean experts per token at each denoising step ({label: (T,) values}) against the step's t,
+    t = 1 (noise) on the left: a static row is a flat line at f_c, a dynamic row shows where the
+    capacity predictor spends compute."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    for label, values in series.items():
+        ax.plot(times, values, marker="o", ms=3, lw=1.4, label=label,
+                ls="-" if "dynamic" in label else "--")
+    ax.set_xlim(1.0, 0.0)
+    ax.set_xlabel("t of the denoising step (1 = noise, 0 = data)")
+    ax.set_ylabel("activated experts per token")
+    ax.set_title("compute per token along sampling (conditional half, mean over layers)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -18,22 +18,24 @@ def fmt_params(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
 
 
-def final_loss(history, frac=0.2) -> float:
-    """Mean logged loss over the last `frac` of the run (the loss is noisy per batch)."""
-    losses = [r["loss"] for r in history]
+def final_loss(history, frac=0.2, key="loss") -> float:
+    """Mean logged `key` (the total loss; "flow_loss": Eq. 1 alone) over the last `frac` of the run
+    (the loss is noisy per batch)."""
+    losses = [r[key] for r in history if key in r]
     k = max(1, int(len(losses) * frac))
     return float(np.mean(losses[-k:])) if losses else float("nan")
 
 
 def evaluate_model(params, config: ModelConfig, items, *, num_steps=DEFAULT_SAMPLE_STEPS,
                    guidance_scale=DEFAULT_GUIDANCE, seed=0,
-                   batch_size=64, progress=True, desc="sample"):
-    """Sample every held-out item (noise seeded by its index) and score it.
+                   batch_size=64, progress=True, desc="sample", dynamic=False, step=None):
+    """Sample every held-out item (noise seeded by its index) and score it (`dynamic`: DiffMoE's
+    dynamic capacity; `step`: the checkpoint's training step, for the threshold warm-up check).
     Returns (results dict of evaluate, images (M, I, J, 3), experts (T, n, M, S), seconds)."""
     t0 = time.perf_counter()
     images, experts = generate(params, config, [it.text for it in items], seed=seed, num_steps=num_steps,
                                guidance_scale=guidance_scale, batch_size=batch_size, progress=progress,
-                               desc=desc)
+                               desc=desc, dynamic=dynamic, step=step)
     seconds = time.perf_counter() - t0
     return geneval.evaluate(images, items), images, experts, seconds
 

@@ -403,6 +403,7 @@ class Instance(_Scalar):
 
 
 CALLABLE = Instance("callable", "a callable")
+BOOL = Instance(bool, "True or False")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,8 +28,14 @@ from dataclasses import dataclass
 from ecdit.core.checks import boolean, one_of, positive_float, positive_int, real_number
 
 # The FFN kinds of the interleaved layers, one name each everywhere (config, CLI, parameter keys,
-# docs): the dense FFN, expert-choice MoE (EC-DiT, Sec. 2.3), token-choice top-k (GShard, Sec. 3.5).
-FFN_KINDS = ("dense", "expert_choice", "token_choice")
+# docs): the dense FFN, expert-choice MoE (EC-DiT, Sec. 2.3), token-choice top-k (GShard, Sec. 3.5),
+# and DiffMoE (Shi et al. 2025: expert choice over one batch-level pool, with a capacity predictor).
+FFN_KINDS = ("dense", "expert_choice", "token_choice", "diffmoe")
+# The FFN kinds whose routing is expert choice over a token pool (a routing group, or the batch)
+POOL_KINDS = ("expert_choice", "diffmoe")
+# DiffMoE's capacity factor (its shipped config: activated compute equals the dense model's);
+# `preset(..., ffn_kind="diffmoe")` uses it unless capacity_factor is given
+DIFFMOE_CAPACITY_FACTOR = 1.0
 POS_EMBEDDINGS = ("sincos", "learned")
 
 # The model's two reserved text-token ids; the tokenizer (ecdit.systems.text) follows them. The
@@ -87,9 +93,17 @@ class ModelConfig:
     # FFN kind of the sparse layers (1, 3, 5, ... 0-based); the others stay dense
     ffn_kind: str = "expert_choice"
     num_experts: int = 8
-    capacity_factor: float = 2.0       # f_c, Sec. 3.1: 2.0 in training and inference
+    capacity_factor: float = 2.0       # f_c, Sec. 3.1: 2.0 in training and inference (DiffMoE: 1.0,
+                                       # what `preset` gives ffn_kind="diffmoe" unless told otherwise)
     num_selected: int = 2              # token choice: top-2 (GShard), the activation of f_c = 2
     aux_loss_weight: float = 0.01      # token choice: GShard's load-balancing loss weight
+    # The capacity predictor (DiffMoE, docs/diffmoe.md): always on for "diffmoe"; on an
+    # "expert_choice" model it is trained on each routing group's pool, for dynamic inference with
+    # per-group pools (the seed table's "EC-DiT local dynamic" row). It reads a stop-gradient copy of
+    # the router input, so it never changes what the rest of the model learns.
+    capacity_predictor: bool = False
+    predictor_loss_weight: float = 1.0 # weight of sum_l L_pred,l in the loss (DiffMoE's shipped config: 1)
+    threshold_decay: float = 0.95      # tau <- d tau + (1 - d) q, every training step (DiffMoE: 0.95)
     dense_matched: bool = False        # dense only: widen the would-be-sparse layers' FFN by f_c,
                                        # so activated parameters equal the MoE models' (compare)
     # Routing groups (Sec. 3.1): tokens regrouped into groups of group_size; None = one image
@@ -122,7 +136,9 @@ class ModelConfig:
         real_number("capacity_factor", self.capacity_factor, lo=0.0, lo_open=True)
         real_number("aux_loss_weight", self.aux_loss_weight, lo=0.0)
         real_number("timestep_scale", self.timestep_scale, lo=0.0, lo_open=True)
-        for f in ("dense_matched", "pooled_text"):
+        real_number("predictor_loss_weight", self.predictor_loss_weight, lo=0.0)
+        real_number("threshold_decay", self.threshold_decay, lo=0.0, hi=1.0, hi_open=True)
+        for f in ("dense_matched", "pooled_text", "capacity_predictor"):
             boolean(f, getattr(self, f))
         if self.image_size % self.patch_size:
             raise ValueError(f"patch_size: {self.patch_size} does not divide image_size = {self.image_size}")
@@ -136,7 +152,10 @@ class ModelConfig:
             raise ValueError(f"freq_dim: expected an even number (cos and sin halves), got {self.freq_dim}")
         if self.ffn_kind == "token_choice" and self.num_selected > self.num_experts:
             raise ValueError(f"num_selected: top-{self.num_selected} of {self.num_experts} experts is impossible")
-        if self.ffn_kind == "expert_choice" and self.capacity_factor > self.num_experts:
+        if self.capacity_predictor and self.ffn_kind not in POOL_KINDS:
+            raise ValueError(f"capacity_predictor: a capacity predictor needs expert-choice routing over a pool "
+                             f"(ffn_kind one of {POOL_KINDS}), got ffn_kind = {self.ffn_kind!r}")
+        if self.ffn_kind in POOL_KINDS and self.capacity_factor > self.num_experts:
             raise ValueError(f"capacity_factor: f_c = {self.capacity_factor} > E = {self.num_experts} "
                              "would make an expert choose more tokens than a group holds")
         for f in ("train_group_size", "inference_group_size"):
@@ -184,6 +203,12 @@ class ModelConfig:
     def interleaved_layers(self) -> tuple[int, ...]:
         """The even-numbered layers (1, 3, ... 0-based) whatever the FFN kind."""
         return tuple(range(1, self.depth, 2))
+
+    @property
+    def has_predictor(self) -> bool:
+        """Whether the sparse layers carry DiffMoE's capacity predictor and thresholds (always for
+        "diffmoe"; for "expert_choice" when capacity_predictor is set)."""
+        return self.ffn_kind == "diffmoe" or self.capacity_predictor
 
     def layer_ffn_hidden(self, layer: int) -> int:
         """FFN hidden width of a dense layer; f_c-times wider in the interleaved layers of an
@@ -353,7 +378,10 @@ def preset(name: str, /, **changes) -> ModelConfig:
         raise ValueError(f"preset: unknown preset {name!r}; expected one of {tuple(PRESETS)} "
                          "(paper variants like 'XL-8E' or 'DENSE-XL' also work)")
     cfg = PRESETS[base]
-    return cfg.replace(**{"name": name, **extra, **changes})
+    changes = {"name": name, **extra, **changes}
+    if changes.get("ffn_kind") == "diffmoe" and "capacity_factor" not in changes:
+        changes["capacity_factor"] = DIFFMOE_CAPACITY_FACTOR     # DiffMoE's own default, f_c = 1
+    return cfg.replace(**changes)
 
 
 def train_preset(name: str, /, **changes) -> TrainConfig:

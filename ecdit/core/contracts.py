@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ecdit.core.checks import (CALLABLE, FINITE, POSITIVE, Array, Contract, Float, Instance, Int, Params,
+from ecdit.core.checks import (BOOL, CALLABLE, FINITE, POSITIVE, Array, Contract, Float, Instance, Int, Params,
                                is_traced, shape_of)
 from ecdit.core.config import FFN_KINDS, ModelConfig, TrainConfig, expert_capacity
 
@@ -141,6 +141,8 @@ def _pool_capacity_fits(args, dims):
 
 def _probabilities(name, threshold):
     t = np.asarray(threshold)
+    if not np.isfinite(t).all():
+        raise ValueError(f"{name}: expected finite values, got {t[~np.isfinite(t)][:3].tolist()}")
     if (t < 0).any() or (t > 1).any():
         raise ValueError(f"{name}: expected thresholds on sigmoid probabilities, in [0, 1], got range "
                          f"[{t.min()}, {t.max()}]")
@@ -161,6 +163,10 @@ update_threshold = Contract(threshold=Array("E", values=_probabilities), kth_sco
                             decay=Float(lo=0.0, hi=1.0))
 diffmoe_moe_dynamic = Contract(x="B S D", w_router="D E", w1="E D F", w2="E F D", predictor=PREDICTOR,
                                threshold=Array("E", values=_probabilities))
+pool_moe = Contract(x="G S D", w_router="D E", w1="E D F", w2="E F D", predictor=PREDICTOR,
+                    capacity_factor=POSITIVE, where=_capacity_fits)
+pool_moe_dynamic = Contract(x="G S D", w_router="D E", w1="E D F", w2="E F D", predictor=PREDICTOR,
+                            threshold=Array("E", values=_probabilities))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,7 +180,8 @@ def _one_ffn(args, dims):
     if len(kinds) != 1:
         raise ValueError(f"params: a block needs exactly one FFN, one of {FFN_KINDS}, got {kinds or 'none'}")
     kind = kinds[0]
-    keys = ("w1", "w2") if kind == "dense" else ("w_router", "w1", "w2")
+    keys = {"dense": ("w1", "w2"), "diffmoe": ("w_router", "w1", "w2", "predictor", "threshold")}.get(
+        kind, ("w_router", "w1", "w2"))
     missing = [k for k in keys if not isinstance(params[kind], dict) or k not in params[kind]]
     if missing:
         raise ValueError(f"params['{kind}']: missing parameter(s) {missing}; expected keys {keys}")
@@ -183,6 +190,13 @@ def _one_ffn(args, dims):
         if args["num_selected"] > e:
             raise ValueError(f"num_selected: {args['num_selected']} exceeds the E = {e} experts "
                              "(a token picks k distinct experts)")
+    if args.get("dynamic") and kind != "dense" and not (isinstance(params[kind], dict) and "predictor" in params[kind]):
+        raise ValueError(f"dynamic: dynamic capacity needs a capacity predictor, and this block's "
+                         f"'{kind}' FFN has none (use ffn_kind='diffmoe' or capacity_predictor=True)")
+    if isinstance(params[kind], dict) and "predictor" in params[kind] and "threshold" not in params[kind]:
+        raise ValueError(f"params['{kind}']: a capacity predictor needs its 'threshold' (E,) beside it")
+    if args.get("dynamic") and kind != "dense":
+        _thresholds_are_probabilities([params])
 
 
 modulate = Contract(x="B S D", shift="B D", scale="B D")
@@ -195,7 +209,7 @@ dit_block = Contract(
     params=Params(adaln=Params(w="D 6*D", b="6*D"), self_attn=Params(), cross_attn=Params()),
     num_heads=Int(divides="D"), num_kv_heads=Int(), capacity_factor=POSITIVE,
     group_size=Int(optional=True, divides="B*S"), text_mask=OPTIONAL_TEXT_MASK, num_selected=Int(),
-    where=_one_ffn)
+    dynamic=BOOL, where=_one_ffn)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,11 +238,26 @@ def _fits_config(args, dims, image="x_t", images_per_group_check=1):
             if k.min() < 0 or k.max() >= config.num_tokens:
                 raise ValueError(f"keep_index: token indices must lie in [0, {config.num_tokens}), got range "
                                  f"[{k.min()}, {k.max()}]")
+    if args.get("dynamic") and not config.has_predictor:
+        raise ValueError(f"dynamic: dynamic capacity needs a capacity predictor; ffn_kind = {config.ffn_kind!r} "
+                         "has none (use ffn_kind='diffmoe' or capacity_predictor=True)")
+    if args.get("dynamic"):
+        _thresholds_are_probabilities(params["blocks"])
     group_size = args.get("group_size")
     tokens = images_per_group_check * dims["B"] * s
     if group_size is not None and tokens % group_size:
         what = "B * S'" if images_per_group_check == 1 else "2B * S of a guided batch (conditional and null halves)"
         raise ValueError(f"group_size: {group_size} does not divide the {what} = {tokens} tokens")
+
+
+def _thresholds_are_probabilities(blocks):
+    """Dynamic capacity reads the thresholds tau of every predictor layer: finite, in [0, 1].
+    Checked where the parameters are concrete (outside jit), so both halves refuse the same values."""
+    for block in blocks:
+        for kind in ("expert_choice", "diffmoe"):
+            moe = block.get(kind) if isinstance(block, dict) else None
+            if isinstance(moe, dict) and "threshold" in moe and not is_traced(moe["threshold"]):
+                _probabilities("threshold", moe["threshold"])
 
 
 BLOCKS = Instance((list, tuple), "a list of blocks")
@@ -237,9 +266,9 @@ KEEP_INDEX = Array("B Sk", dtype="int", optional=True)
 IMAGES = "B I J Ch"
 forward = Contract(params=MODEL_PARAMS, x_t=IMAGES, t="B", text_ids=Array("B L", dtype="int"), text_mask=TEXT_MASK,
                    config=CONFIG, keep_index=KEEP_INDEX,
-                   group_size=Int(optional=True), where=_fits_config)
+                   group_size=Int(optional=True), dynamic=BOOL, where=_fits_config)
 velocity = Contract(params=MODEL_PARAMS, x_t=IMAGES, t="B", text_ids=Array("B L", dtype="int"), text_mask=TEXT_MASK,
-                    config=CONFIG, group_size=Int(optional=True), where=_fits_config)
+                    config=CONFIG, group_size=Int(optional=True), dynamic=BOOL, where=_fits_config)
 
 
 def _divides_image(args, dims):
@@ -272,7 +301,7 @@ text_encoder = Contract(text_ids=Array("B L", dtype="int"), text_mask=TEXT_MASK,
 timestep_condition = Contract(t="B", params=Params(w1="Ft D", b1="D", w2="D D", b2="D"), config=CONFIG)
 pooled_text = Contract(y="B L Dy", text_mask=TEXT_MASK, params=Params(w="Dy D", b="D"))
 model_block = Contract(x="B S D", c="B D", y="B L Dy", params=Params(), config=CONFIG,
-                       group_size=Int(optional=True, divides="B*S"), text_mask=OPTIONAL_TEXT_MASK)
+                       group_size=Int(optional=True, divides="B*S"), text_mask=OPTIONAL_TEXT_MASK, dynamic=BOOL)
 final_layer = Contract(x="B S D", c="B D", params=Params(adaln=Params(w="D 2*D", b="2*D"), linear=Params(w="D P", b="P")))
 
 
@@ -297,6 +326,17 @@ training_loss = Contract(params=MODEL_PARAMS, batch=BATCH, model_cfg=CONFIG,
                          where=_batch_fits_config)
 
 
+def _one_row_per_predictor(args, dims):
+    blocks = args["params"]["blocks"]
+    n = sum(1 for b in blocks for k in ("expert_choice", "diffmoe") if k in b and "threshold" in b[k])
+    if dims["n"] != n:
+        raise ValueError(f"kth_score: {dims['n']} rows, expected one per layer with a capacity predictor ({n})")
+
+
+update_thresholds = Contract(params=MODEL_PARAMS, kth_score=Array("n E", values=_probabilities), config=CONFIG,
+                             where=_one_row_per_predictor)
+
+
 def _routing_list(args, dims):
     if not isinstance(args["routing"], (list, tuple)):
         raise ValueError(f"routing: expected the per-layer list of forward, got {type(args['routing']).__name__}")
@@ -315,7 +355,7 @@ def _guided_batch_fits(args, dims):
 
 guided_velocity = Contract(params=MODEL_PARAMS, x=IMAGES, t="B", text_ids=Array("B L", dtype="int"),
                            text_mask=TEXT_MASK, config=CONFIG, guidance_scale=FINITE,
-                           group_size=Int(optional=True), where=_guided_batch_fits)
+                           group_size=Int(optional=True), dynamic=BOOL, where=_guided_batch_fits)
 sample = Contract(params=MODEL_PARAMS, noise=IMAGES, text_ids=Array("B L", dtype="int"), text_mask=TEXT_MASK,
                   config=CONFIG, num_steps=Int(), guidance_scale=FINITE, group_size=Int(optional=True),
-                  where=_guided_batch_fits)
+                  dynamic=BOOL, where=_guided_batch_fits)

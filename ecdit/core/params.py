@@ -6,8 +6,12 @@
      "blocks": [block_0, ..., block_{depth-1}],  "final": {adaln: {w (D, 2D), b}, linear: {w (D, P), b}}}
 
 A block holds "adaln", "self_attn", "cross_attn" and its FFN under the key of its kind: "dense"
-{w1, w2}, or "expert_choice" / "token_choice" {w_router, w1, w2} (the same shapes: only the
-routing differs). The same dict feeds `reference/` (as it is) and `accelerated/` (JAX converts
+{w1, w2}, or "expert_choice" / "token_choice" / "diffmoe" {w_router, w1, w2} (the same shapes:
+only the routing differs). A layer with DiffMoE's capacity predictor (every "diffmoe" layer; an
+"expert_choice" one when config.capacity_predictor) also holds "predictor" {w1 (D, D), b1 (D,),
+w2 (D, E), b2 (E,)} and "threshold" (E,): the thresholds tau are a buffer, not a parameter: they
+start at 0 (as in the official code), the training step overwrites them with their EMA every step
+(`objective.update_thresholds`) and the optimiser's update of them is discarded. The same dict feeds `reference/` (as it is) and `accelerated/` (JAX converts
 NumPy arrays on the way into jit). Matrices are drawn with LeCun normal scaling (std =
 1/sqrt(fan_in)) so activations keep unit scale at any width.
 
@@ -72,6 +76,12 @@ def init_moe(rng, d: int, hidden: int, num_experts: int) -> dict:
     }
 
 
+def init_predictor(rng, d: int, num_experts: int) -> dict:
+    """DiffMoE's capacity predictor, an MLP D -> D -> E with biases: w1 (D, D), b1, w2 (D, E), b2."""
+    return {"w1": _normal(rng, (d, d), d), "b1": np.zeros((d,), DTYPE),
+            "w2": _normal(rng, (d, num_experts), d), "b2": np.zeros((num_experts,), DTYPE)}
+
+
 def init_timestep_mlp(rng, freq_dim: int, d: int) -> dict:
     return {
         "w1": _normal(rng, (freq_dim, d), freq_dim), "b1": np.zeros((d,), DTYPE),
@@ -86,10 +96,12 @@ def init_adaln(rng, d: int, zero: bool = True) -> dict:
 
 
 def init_block(rng, d: int, d_text: int, num_heads: int, num_kv_heads: int, ffn_hidden: int,
-               num_experts: int | None = None, adaln_zero: bool = True, ffn_kind: str | None = None) -> dict:
+               num_experts: int | None = None, adaln_zero: bool = True, ffn_kind: str | None = None,
+               capacity_predictor: bool = False) -> dict:
     """One DiT block: its FFN under the key of its kind (FFN_KINDS): "dense" {w1, w2} when
     `num_experts` is None, else "expert_choice" (or `ffn_kind`, e.g. "token_choice") {w_router,
-    w1, w2}: the router and expert shapes are the same for every routing method."""
+    w1, w2}: the router and expert shapes are the same for every routing method. With
+    `capacity_predictor` (always for "diffmoe") the MoE also holds "predictor" and "threshold" (E,) = 0."""
     block = {
         "adaln": init_adaln(rng, d, zero=adaln_zero),
         "self_attn": init_self_attention(rng, d, num_heads, num_kv_heads),
@@ -98,7 +110,11 @@ def init_block(rng, d: int, d_text: int, num_heads: int, num_kv_heads: int, ffn_
     if num_experts is None:
         block[ffn_kind or "dense"] = init_ffn(rng, d, ffn_hidden)
     else:
-        block[ffn_kind or "expert_choice"] = init_moe(rng, d, ffn_hidden, num_experts)
+        kind = ffn_kind or "expert_choice"
+        block[kind] = init_moe(rng, d, ffn_hidden, num_experts)
+        if capacity_predictor or kind == "diffmoe":
+            block[kind]["predictor"] = init_predictor(rng, d, num_experts)
+            block[kind]["threshold"] = np.zeros((num_experts,), DTYPE)
     return block
 
 
@@ -139,7 +155,8 @@ def init_model(config: ModelConfig, seed: int = 0) -> dict:
         sparse = layer in config.sparse_layers
         blocks.append(init_block(rng, d, config.text_width, config.num_heads, config.num_kv_heads,
                                  config.layer_ffn_hidden(layer), num_experts=config.num_experts if sparse else None,
-                                 ffn_kind=config.ffn_kind if sparse else "dense"))
+                                 ffn_kind=config.ffn_kind if sparse else "dense",
+                                 capacity_predictor=sparse and config.has_predictor))
     params["blocks"] = blocks
     params["final"] = {
         "adaln": {"w": np.zeros((d, 2 * d), DTYPE), "b": np.zeros((2 * d,), DTYPE)},
@@ -178,13 +195,16 @@ def count(params) -> int:
     return int(np.size(params))
 
 
-def count_params(config: ModelConfig) -> dict[str, int]:
+def count_params(config: ModelConfig, experts_per_token=None) -> dict[str, int]:
     """Total and activated parameters of the DiT (the text encoder counted apart).
 
-    Activated = what one token's forward pass uses: a dense layer's FFN once; an expert-choice
-    layer f_c experts on average (C * E = f_c * S choices per group) plus the router; a
-    token-choice layer its top-k experts plus the router. Matches `count(init_model(config))`
-    exactly (tests/test_model.py)."""
+    Activated = what one token's forward pass uses at inference: a dense layer's FFN once; an
+    expert-choice (or DiffMoE, static top-k) layer f_c experts on average (C * E = f_c * S choices
+    per pool) plus the router; a token-choice layer its top-k experts plus the router.
+    `experts_per_token` (a number, or one per sparse layer) replaces f_c by a measured average, and
+    then the capacity predictor counts as activated too: dynamic-capacity inference runs it for
+    every token. Total counts every stored number of `init_model(config)`, the predictor and its E
+    thresholds (a buffer) included, and matches `count(init_model(config))` exactly (tests/test_model.py)."""
     d, f, n, k = config.width, config.ffn_hidden, config.num_heads, config.num_kv_heads
     h = config.head_dim
     dy = config.text_width
@@ -192,14 +212,23 @@ def count_params(config: ModelConfig) -> dict[str, int]:
     cross_attn = d * d + 2 * dy * d + d * d
     adaln = d * 6 * d + 6 * d
     shared = self_attn + cross_attn + adaln
+    e = config.num_experts
+    measured = None
+    if experts_per_token is not None:
+        measured = np.broadcast_to(np.asarray(experts_per_token, np.float64), (len(config.sparse_layers),))
+    predictor = (d * d + d + d * e + e) if config.has_predictor else 0
     total = activated = 0
     for layer in range(config.depth):
         if layer in config.sparse_layers:
             expert = 2 * d * f
-            router = d * config.num_experts
-            total += shared + router + config.num_experts * expert
-            per_token = config.capacity_factor if config.ffn_kind == "expert_choice" else config.num_selected
-            activated += shared + router + per_token * expert
+            router = d * e
+            total += shared + router + e * expert + predictor + (e if config.has_predictor else 0)
+            if measured is not None:
+                per_token = float(measured[config.sparse_layers.index(layer)])
+                activated += shared + router + per_token * expert + predictor
+            else:
+                per_token = config.num_selected if config.ffn_kind == "token_choice" else config.capacity_factor
+                activated += shared + router + per_token * expert
         else:
             dense = 2 * d * config.layer_ffn_hidden(layer)
             total += shared + dense

@@ -1,7 +1,8 @@
 """Training (Sec. 3.1): the optimiser, one jit-compiled step, the data pipeline and a resumable loop.
 
 One step minimises the objective of `accelerated.objective.training_loss` (its specification:
-reference/objective.py; Eq. 1 on the kept tokens, caption dropout, the token-choice aux loss):
+reference/objective.py; Eq. 1 on the kept tokens, caption dropout, the token-choice aux loss,
+DiffMoE's predictor loss) and then moves DiffMoE's thresholds (`update_thresholds`):
 
     params = RMSProp-with-momentum(grad), lr warmed up linearly (paper: 1e-4, 20K steps)
 
@@ -26,13 +27,15 @@ import optax
 from tqdm.auto import tqdm
 
 from ecdit.accelerated.jit import checked_jit
-from ecdit.accelerated.objective import flow_matching_loss, training_loss
+from ecdit.accelerated.model import velocity
+from ecdit.accelerated.objective import flow_matching_loss, training_loss, update_thresholds
 from ecdit.core import contracts
 from ecdit.core.checks import Contract, Instance, Int, Params, positive_int
 from ecdit.core.config import ModelConfig, TrainConfig
 from ecdit.core.params import init_model
 from ecdit.systems import checkpoint, shapes, text
 from ecdit.systems.optim import init_state, learning_rate_schedule, make_optimizer, sampling_params, update_ema
+from ecdit.systems.sampling import check_thresholds
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,15 +89,19 @@ VALIDATION_TIMESTEPS = (0.1, 0.3, 0.5, 0.7, 0.9)
 
 
 def validation_loss(params, model_cfg: ModelConfig, items, *, seed: int = 0,
-                    timesteps=VALIDATION_TIMESTEPS, batch_size: int = 64) -> dict:
+                    timesteps=VALIDATION_TIMESTEPS, batch_size: int = 64, dynamic: bool = False) -> dict:
     """Rectified-flow loss on held-out items at fixed timesteps, with fixed noise.
 
     Unlike the logged training loss (one batch, random t), this is the same number for the same
     parameters: every item's image is its own seeded scene (`HeldoutItem.seed`), the noise comes
     from np.random.default_rng(seed), and each t in `timesteps` is applied to every image.
     Returns {"mean": mean over timesteps, "per_t": {t: loss}}. Comparable across models only with
-    the same items, seed and timesteps.
+    the same items, seed and timesteps. `dynamic`: route with DiffMoE's dynamic capacity (the
+    velocity of `accelerated.model.velocity`, the same squared error) instead of the training rule.
+    A DiffMoE model's pool is each batch of `batch_size` items.
     """
+    if dynamic:
+        check_thresholds(params, model_cfg)
     if not timesteps or not all(0.0 <= float(t) <= 1.0 for t in timesteps):
         raise ValueError(f"timesteps: expected a non-empty sequence of values in [0, 1], got {timesteps!r}")
     x0 = 2.0 * shapes.render_items(items, model_cfg.image_size) - 1.0  # (M, I, J, Ch) in [-1, 1]
@@ -106,7 +113,12 @@ def validation_loss(params, model_cfg: ModelConfig, items, *, seed: int = 0,
         for a in range(0, len(items), batch_size):
             b = slice(a, a + batch_size)
             tb = np.full((len(x0[b]),), t, np.float32)                       # (B,)  one t for every image
-            loss, _ = flow_matching_loss(params, x0[b], noise[b], tb, ids[b], mask[b], model_cfg)  # no masking
+            if dynamic:
+                x_t = (1.0 - tb[:, None, None, None]) * x0[b] + tb[:, None, None, None] * noise[b]
+                v = velocity(params, x_t, tb, ids[b], mask[b], model_cfg, None, True)  # (B, I, J, Ch)
+                loss = np.mean(((noise[b] - x0[b]) - np.asarray(v)) ** 2)
+            else:
+                loss, _ = flow_matching_loss(params, x0[b], noise[b], tb, ids[b], mask[b], model_cfg)  # no masking
             total += float(loss) * len(x0[b])
         per_t[float(t)] = total / len(items)
     return {"mean": float(np.mean(list(per_t.values()))), "per_t": per_t}
@@ -123,13 +135,21 @@ train_step_contract = Contract(
 @checked_jit(train_step_contract, static_argnames=("model_cfg", "train_cfg", "group_size"))
 def train_step(state, batch, model_cfg, train_cfg, group_size=None):
     """One jit-compiled optimisation step: (state, batch) -> (new state, metrics). batch is
-    `sample_step_inputs`'s dict; `run_step` passes the config's training group size."""
+    `sample_step_inputs`'s dict; `run_step` passes the config's training group size.
+
+    A model with a capacity predictor (DiffMoE) also moves its thresholds: after the optimiser's
+    update, each layer's tau becomes its EMA with this step's k-th scores (`update_thresholds`),
+    replacing whatever the optimiser did to it (their gradient is 0: no loss reads them). The EMA
+    of the parameters then averages them too: sampling uses an EMA of the EMA, as the official
+    code does (docs/diffmoe.md)."""
     (_, metrics), grads = jax.value_and_grad(training_loss, has_aux=True)(
         state["params"], batch, model_cfg, train_cfg, group_size)
     updates, opt_state = make_optimizer(train_cfg).update(grads, state["opt_state"], state["params"])
     if train_cfg.text_lr_scale != 1.0:                           # 0: frozen text encoder (like the paper's T5)
         updates = dict(updates, text=jax.tree.map(lambda u: u * train_cfg.text_lr_scale, updates["text"]))
     params = optax.apply_updates(state["params"], updates)
+    if "kth_score" in metrics:                                   # DiffMoE: the thresholds are a buffer,
+        params = update_thresholds(params, metrics.pop("kth_score"), model_cfg)  # overwritten, never optimised
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["lr"] = learning_rate_schedule(train_cfg)(state["step"])
     new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
