@@ -86,6 +86,33 @@ def test_train_then_sample_heatmap_and_eval_write_their_outputs(checkpoint, tmp_
     assert set(json.loads(scores.read_text())) == {"overall", *CATEGORIES}
 
 
+def test_a_new_user_trains_and_samples_a_diffmoe_model_with_the_cli(tmp_path, capsys):
+    """`ecdit train --ffn diffmoe`, then sample / eval / heatmap with --inference dynamic: the
+    checkpoint says diffmoe with f_c = 1, eval prints the experts per token at every step, a young
+    checkpoint's thresholds are warned about, and a model without a predictor is a one-line error."""
+    from ecdit.systems.checkpoint import load_params
+    run = tmp_path / "diffmoe"
+    assert main(["train", "--ffn", "diffmoe", "--steps", "2", "--out", str(run), "--quiet", *SMALL]) == 0
+    _, cfg, _ = load_params(str(run / "checkpoint.npz"))
+    assert cfg.ffn_kind == "diffmoe" and cfg.capacity_factor == 1.0
+    png = tmp_path / "d.png"
+    with pytest.warns(UserWarning, match="^thresholds: the checkpoint has trained 2 steps"):
+        assert main(["sample", "a red circle", "--checkpoint", str(run), "--out", str(png), "--steps", "2",
+                     "--inference", "dynamic", "--quiet"]) == 0
+        assert main(["eval", "--checkpoint", str(run), "--per-category", "1", "--steps", "2", "--inference",
+                     "dynamic", "--quiet"]) == 0
+        assert main(["heatmap", "two squares", "--checkpoint", str(run), "--out", str(tmp_path / "h.png"),
+                     "--steps", "2", "--inference", "dynamic", "--quiet"]) == 0
+    assert png.stat().st_size > 100 and (tmp_path / "h.png").stat().st_size > 1000
+    out = capsys.readouterr().out
+    assert "dynamic" in out and "experts per token, mean" in out
+
+
+def test_dynamic_inference_without_a_predictor_is_a_one_line_error(checkpoint, tmp_path):
+    _one_line_error(run_cli("sample", "a circle", "--checkpoint", str(checkpoint), "--inference", "dynamic",
+                            "--out", str(tmp_path / "x.png"), "--quiet"), "dynamic")
+
+
 def _one_line_error(result, *needles):
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
@@ -119,6 +146,7 @@ def test_bad_config_values_are_one_line_errors(tmp_path, capsys):
     assert "unknown preset 'huge'" in capsys.readouterr().err
 
 
+@pytest.mark.filterwarnings("ignore:thresholds. the checkpoint has trained 3 steps:UserWarning")  # 3 steps, on purpose
 def test_compare_writes_the_seed_tables_seven_rows_with_losses_and_experts_per_step(tmp_path):
     """`ecdit compare` end to end at toy size: the seed table's seven rows in its order (five
     trainings: the EC-DiT and DiffMoE models serve a static and a dynamic row each), finite losses,
