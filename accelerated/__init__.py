@@ -11,5 +11,8 @@ program once.
 """
 from . import attention, blocks, diffmoe, flow, model, objective, primitives, routing, sample, token_choice  # noqa: F401
 
+# The twin's modules beyond the mirror: the jit helper, and the sharded (device-mesh) forms of the
+# expert-choice layer, whose specification is `routing.expert_choice_moe` itself
+HELPERS = ("jit", "expert_parallel")
 MODULES = ("primitives", "flow", "attention", "routing", "token_choice", "diffmoe", "blocks", "model", "objective",
            "sample")

@@ -36,24 +36,30 @@ def plot_loss(history, path, title="training loss"):
     return path
 
 
+def _finish(fig, ax, path, xlabel, ylabel, legend_size=8):
+    """Label, grid, legend, save as PNG and close: the end of every multi-series plot here."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_compare(histories: dict, labels: dict, path):
-    """Running-mean training loss of several runs ({kind: metric records}) in one PNG."""
+    """Running-mean training loss of several runs ({kind: metric records}) in one PNG: Eq. 1 alone
+    ("flow_loss") where the records have it, so auxiliary and predictor losses do not shift a curve."""
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     for kind, h in histories.items():
         if not h:
             continue
         steps = np.array([r["step"] for r in h])
-        loss = np.array([r["loss"] for r in h])
+        loss = np.array([r.get("flow_loss", r["loss"]) for r in h])
         k = max(1, len(loss) // 15)
         ax.plot(steps[k - 1:], _running_mean(loss, k), label=labels.get(kind, kind))
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss (running mean)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path, "step", "training loss, Eq. 1 (running mean)")
 
 
 def plot_experts_per_step(series: dict, times, path):
@@ -65,12 +71,6 @@ def plot_experts_per_step(series: dict, times, path):
         ax.plot(times, values, marker="o", ms=3, lw=1.4, label=label,
                 ls="-" if "dynamic" in label else "--")
     ax.set_xlim(1.0, 0.0)
-    ax.set_xlabel("t of the denoising step (1 = noise, 0 = data)")
-    ax.set_ylabel("activated experts per token")
     ax.set_title("compute per token along sampling (conditional half, mean over layers)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path, "t of the denoising step (1 = noise, 0 = data)", "activated experts per token",
+                   legend_size=7)

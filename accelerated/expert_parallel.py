@@ -1,0 +1,278 @@
+"""Expert parallelism for the EC layer (Sec. 2.3, Eq. 5-8): `routing.expert_choice_moe` sharded
+over a device mesh with axes ("data", "expert").
+
+    A = softmax_E(x' W_r)  (5);  expert i keeps its top-C tokens (6);  I_i its chosen tokens (7);
+    x_out = sum_i (G_{I_i, i})^T E_i(x'_{I_i})  (8);  C = round(S * f_c / E).
+
+Layout. The G routing groups (the paper's outer_batch x num_group) are split over the devices of
+BOTH axes, so each device holds G_l = G / (data * expert) whole groups and routes them itself
+(routing never looks across groups). The E experts are split over "expert": a device holds
+E_l = E / expert of them, the same ones on every "data" row. The router W_r is replicated.
+
+The exchange. Expert choice gives every expert exactly C tokens of every group, so the tokens a
+device sends each expert-axis peer have a static shape, (E_l, G_l, C, D), whatever the router
+decides. Two ways to move them:
+
+  `expert_choice_moe_sharded`  jax.shard_map; after dispatch one `jax.lax.all_to_all` over
+                               "expert" (E split, G gathered), the local experts, and one
+                               all_to_all back. Each device sends 2 (n-1)/n x E G_l C D values
+                               per forward pass (`exchange_bytes`), and nothing else.
+  `expert_choice_moe_gspmd`    the unsharded layer under jax.jit with sharding constraints on the
+                               dispatched (E, G, C, D) tensor; XLA's partitioner chooses the
+                               collectives.
+
+Both return exactly what `routing.expert_choice_moe` returns (out, {gating, index,
+experts_per_token}) with the same global shapes, sharded over groups. `collective_bytes` counts
+the collectives of a compiled program from its HLO text, so the formula can be checked against
+what XLA actually emits (tests/expert_parallel_checks.py, benchmarks/exchange.py).
+
+Which one to keep: `expert_choice_moe_sharded`. Measured by benchmarks/exchange.py (mesh
+data 2 x expert 4 of simulated CPU devices, float32, bytes per device per forward pass): for
+G=16 S=64 D=32 E=8 F=64 f_c=2 the shard_map program's only collectives are its two all-to-alls,
+49,152 bytes = `exchange_bytes`; the GSPMD program has the same two all-to-alls plus 379,904
+bytes of all-gathers and 7,168 of all-reduce (8.9x the traffic); for G=32 S=256 D=128 E=16 F=256
+1.57 MB against 1.57 + 11.58 MB. The partitioner cannot see that the flat-row gather of
+`dispatch` and the scatter-add of `combine` stay inside a device's own groups, so it all-gathers
+the tokens, the affinities, the indices and the weighted expert outputs around them. On one
+2-core CPU (a sanity check only) GSPMD's forward is 2.0-2.9x slower than shard_map's.
+
+Meshes: axes must be named "data" and "expert"; either axis may have size 1. Axis types Auto
+(`jax.sharding.Mesh(devices, names)`) or Explicit (`jax.make_mesh`'s default) both work: the
+functions compute on an Auto mesh over the same devices.
+"""
+import re
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from .jit import checked_jit
+from .routing import combine, dispatch, expert_capacity, expert_ffn, expert_choice_gating, experts_per_token, \
+    router_affinity
+from ecdit.core import contracts
+from ecdit.core.checks import Contract, Instance
+
+DATA, EXPERT = "data", "expert"
+GROUPS = (DATA, EXPERT)                                          # the G axis is split over both mesh axes
+
+
+# ---------------------------------------------------------------------------------------------
+# The contract: the layer's own, plus a mesh the shapes divide
+# ---------------------------------------------------------------------------------------------
+
+def _fits_mesh(args, dims):
+    """The layer's capacity rule, then: axes named data and expert, G divisible by the number of
+    devices (whole groups per device), E divisible by the expert axis (whole experts per device)."""
+    contracts.expert_choice_moe.where(args, dims)
+    mesh = args["mesh"]
+    if tuple(mesh.axis_names) != GROUPS:
+        raise ValueError(f"mesh: expected axes {GROUPS}, got {tuple(mesh.axis_names)}")
+    devices, n_expert = mesh.devices.size, mesh.shape[EXPERT]
+    if dims["G"] % devices:
+        raise ValueError(f"x: {dims['G']} routing groups do not split over the mesh's {devices} devices "
+                         f"(data {mesh.shape[DATA]} x expert {n_expert}); each device routes whole groups")
+    if dims["E"] % n_expert:
+        raise ValueError(f"w_router: {dims['E']} experts do not split over the expert axis of size {n_expert}")
+
+
+# JAX: no reference twin (the spec has no devices), so the contract lives here, built from the
+# layer's own contract in ecdit.core.contracts plus the mesh.
+SHARDED_MOE = Contract(
+    **contracts.expert_choice_moe.specs, mesh=Instance(Mesh, "a jax.sharding.Mesh with axes ('data', 'expert')"),
+    where=_fits_mesh)
+
+
+def _auto(mesh):
+    """The same devices and names with Auto axis types: GSPMD constraints and shard_map specs
+    mean the same on either kind, and the routing stages need no sharding-in-types rules."""
+    if all(t == AxisType.Auto for t in mesh.axis_types):
+        return mesh
+    return Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
+
+
+def layer_shardings(mesh):
+    """NamedShardings of the layer's inputs (x, w_router, w1, w2): groups over both axes, the
+    router replicated, experts over "expert"."""
+    mesh = _auto(mesh)
+    return (NamedSharding(mesh, P(GROUPS)), NamedSharding(mesh, P()),
+            NamedSharding(mesh, P(EXPERT)), NamedSharding(mesh, P(EXPERT)))
+
+
+def shard_layer_inputs(x, w_router, w1, w2, mesh):
+    """device_put the layer's inputs in `layer_shardings(mesh)`, so a call moves no input."""
+    return tuple(jax.device_put(a, s) for a, s in zip((x, w_router, w1, w2), layer_shardings(mesh)))
+
+
+# ---------------------------------------------------------------------------------------------
+# shard_map with a fixed-size all_to_all (the version to keep)
+# ---------------------------------------------------------------------------------------------
+
+def _local_layer(x, w_router, w1, w2, capacity):
+    """One device's part of Eq. 5-8: x (G_l, S, D) its own groups, w1 / w2 (E_l, ...) its own
+    experts; the all_to_alls run over the "expert" axis."""
+    g, s, d = x.shape
+    affinity = router_affinity(x, w_router)                      # (G_l, S, E)        Eq. 5, all E experts
+    gating, index = expert_choice_gating(affinity, capacity)     # (G_l, E, C) x2     Eq. 6
+    x_in = dispatch(x, index)                                    # (E, G_l, C, D)     Eq. 7
+    # JAX: the exchange. Chunk j of the E axis (expert j's E_l experts) goes to expert-axis peer j;
+    # what arrives is stacked along G in peer order: peer i's groups at [i G_l, (i + 1) G_l).
+    x_in = jax.lax.all_to_all(x_in, EXPERT, split_axis=0, concat_axis=1, tiled=True)  # (E_l, n G_l, C, D)
+    x_e = expert_ffn(x_in, w1, w2)                               # (E_l, n G_l, C, D) this device's experts
+    x_e = jax.lax.all_to_all(x_e, EXPERT, split_axis=1, concat_axis=0, tiled=True)  # (E, G_l, C, D)  back home
+    out = combine(x_e, gating, index, s)                         # (G_l, S, D)        Eq. 8
+    return out, gating, index, experts_per_token(index, s)       # + (G_l, S)
+
+
+@checked_jit(SHARDED_MOE, static_argnames=("capacity_factor", "mesh"))
+def expert_choice_moe_sharded(x, w_router, w1, w2, capacity_factor, mesh):
+    """The EC MoE layer, Eq. 5-8, expert-parallel with `jax.shard_map`.
+
+    x (G, S, D) split over groups on ("data", "expert"), w_router (D, E) replicated, w1 (E, D, F)
+    and w2 (E, F, D) split over experts on "expert". Each device routes its G_l groups against all
+    E experts (Eq. 5-6), dispatches them to (E, G_l, C, D) (Eq. 7), and one all_to_all over
+    "expert" hands every peer the tokens of its E_l experts: (E_l, n G_l, C, D), the same static
+    shape whatever the router chose, because expert choice fills every expert's C slots of every
+    group. The local experts run as one batched matmul; a second all_to_all brings the results
+    home, where Eq. 8 combines them. Returns (out (G, S, D), {gating, index (G, E, C),
+    experts_per_token (G, S)}) equal to `routing.expert_choice_moe`'s, sharded over groups."""
+    mesh = _auto(mesh)
+    capacity = expert_capacity(x.shape[1], w_router.shape[1], capacity_factor)
+    layer = jax.shard_map(
+        lambda x_, wr, a, b: _local_layer(x_, wr, a, b, capacity), mesh=mesh,
+        in_specs=(P(GROUPS), P(), P(EXPERT), P(EXPERT)),
+        out_specs=(P(GROUPS), P(GROUPS), P(GROUPS), P(GROUPS)))
+    out, gating, index, counts = layer(x, w_router, w1, w2)      # (G, S, D), (G, E, C) x2, (G, S)
+    return out, {"gating": gating, "index": index, "experts_per_token": counts}
+
+
+# ---------------------------------------------------------------------------------------------
+# GSPMD: the unsharded layer with sharding constraints (the alternative, measured)
+# ---------------------------------------------------------------------------------------------
+
+@checked_jit(SHARDED_MOE, static_argnames=("capacity_factor", "mesh"))
+def expert_choice_moe_gspmd(x, w_router, w1, w2, capacity_factor, mesh):
+    """The EC MoE layer, Eq. 5-8, as `routing.expert_choice_moe` computes it, with sharding
+    constraints: inputs as in `expert_choice_moe_sharded`, the dispatched (E, G, C, D) tensor and
+    the experts' output split E over "expert" and G over "data", the routing records and the
+    output split over groups. XLA's SPMD partitioner inserts whatever exchange that implies.
+    Same returns as `routing.expert_choice_moe`."""
+    mesh = _auto(mesh)
+    groups, experts, tokens = NamedSharding(mesh, P(GROUPS)), NamedSharding(mesh, P(EXPERT, DATA)), \
+        NamedSharding(mesh, P(None, GROUPS))
+    constrain = jax.lax.with_sharding_constraint
+    x = constrain(x, groups)                                     # (G, S, D)
+    w_router = constrain(w_router, NamedSharding(mesh, P()))     # (D, E)
+    w1 = constrain(w1, NamedSharding(mesh, P(EXPERT)))           # (E, D, F)
+    w2 = constrain(w2, NamedSharding(mesh, P(EXPERT)))           # (E, F, D)
+    g, s, d = x.shape
+    capacity = expert_capacity(s, w_router.shape[1], capacity_factor)
+    affinity = constrain(router_affinity(x, w_router), groups)  # (G, S, E)     Eq. 5
+    gating, index = expert_choice_gating(affinity, capacity)     # (G, E, C) x2  Eq. 6
+    gating, index = constrain(gating, groups), constrain(index, groups)
+    x_in = constrain(dispatch(x, index), experts)                # (E, G, C, D)  Eq. 7, E over "expert"
+    x_e = constrain(expert_ffn(x_in, w1, w2), experts)           # (E, G, C, D)
+    x_e = constrain(x_e, tokens)                                 # (E, G, C, D)  back to the groups' devices
+    out = constrain(combine(x_e, gating, index, s), groups)      # (G, S, D)     Eq. 8
+    counts = constrain(experts_per_token(index, s), groups)      # (G, S)
+    return out, {"gating": gating, "index": index, "experts_per_token": counts}
+
+
+# ---------------------------------------------------------------------------------------------
+# Bytes moved: by formula, and counted in the compiled program
+# ---------------------------------------------------------------------------------------------
+
+def exchange_bytes(num_groups, num_experts, capacity, width, expert_axis_size, dtype_bytes=4, data_axis_size=1):
+    """Bytes ONE device sends per EC layer per forward pass in `expert_choice_moe_sharded`.
+
+    num_groups is G over the whole mesh (each device routes G_l = G / (data x expert) of them).
+    The dispatch all_to_all moves the (E, G_l, C, D) tensor, of which 1/n stays on the device (its
+    own experts' chunk, n = expert_axis_size), and the return all_to_all moves the same amount:
+
+        2 * (n - 1) / n * E * G_l * C * D * dtype_bytes.
+
+    A backward pass moves the same again (the transpose of an all_to_all is an all_to_all)."""
+    n, devices = expert_axis_size, expert_axis_size * data_axis_size
+    if num_groups % devices:
+        raise ValueError(f"num_groups: {num_groups} groups do not split over {devices} devices")
+    if num_experts % n:
+        raise ValueError(f"num_experts: {num_experts} experts do not split over an expert axis of {n}")
+    local = num_experts * (num_groups // devices) * capacity * width * dtype_bytes  # (E, G_l, C, D) in bytes
+    return 2 * local * (n - 1) // n
+
+
+# HLO instruction lines: '%name = <shape> <op>(<operands>), ..., replica_groups=...'
+_INSTRUCTION = re.compile(r"=\s*(?P<shape>\(.*?\)|[a-z0-9]+\[[0-9,]*\](?:\{[^}]*\})?)\s+"
+                          r"(?P<op>all-to-all|all-gather|all-reduce|reduce-scatter|collective-permute)"
+                          r"(?P<start>-start)?\(")
+_ARRAY = re.compile(r"(?P<dtype>[a-z]+[0-9]*)\[(?P<dims>[0-9,]*)\]")
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4,
+                "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
+
+
+def _shape_bytes(shape):
+    """Bytes of an HLO shape string, an array 'f32[2,3]{1,0}' or a tuple of them."""
+    total = 0
+    for m in _ARRAY.finditer(shape):
+        dims = [int(v) for v in m["dims"].split(",") if v]
+        total += int(np.prod(dims, dtype=np.int64)) * _DTYPE_BYTES[m["dtype"]]
+    return total
+
+
+def _group_size(line, devices):
+    """Participants of one collective, from its replica_groups in any of XLA's three forms: the
+    explicit list {{0,1},{2,3}} (its first group), the iota form [2,4]<=[8] (groups of 4), the
+    mesh-axes form mesh['axis_0'=2,'axis_1'=4] {'axis_1'} (the product of the listed axes' sizes);
+    every device when it names none."""
+    m = re.search(r"replica_groups=\{\{([0-9,]*)\}", line)
+    if m:
+        return len(m[1].split(","))
+    m = re.search(r"replica_groups=\[([0-9]+),([0-9]+)\]", line)
+    if m:
+        return int(m[2])
+    m = re.search(r"replica_groups=mesh\[([^\]]*)\]", line)
+    if m:
+        sizes = {k: int(v) for k, v in re.findall(r"'([^']+)'=([0-9]+)", m[1])}
+        chosen = re.search(r"\{((?:'[^']+',?\s*)+)\}", line[m.end():])
+        names = re.findall(r"'([^']+)'", chosen[1]) if chosen else list(sizes)
+        return int(np.prod([sizes[k] for k in names]))
+    return devices
+
+
+def collective_bytes(hlo_text, devices):
+    """Bytes one device sends, per kind of collective, in a compiled (SPMD-partitioned) program.
+
+    Each instruction's result shape is per device. With n participants: an all-to-all keeps 1/n
+    of its buffer and sends the rest, (n - 1)/n x bytes; an all-gather sends its shard to n - 1
+    peers, (n - 1)/n x result bytes; a reduce-scatter (n - 1)/n x operand = (n - 1) x result; an
+    all-reduce 2 (n - 1)/n x bytes (ring); a collective-permute its whole buffer. Returns
+    {kind: bytes} with every kind found (async '-start' counted once, '-done' skipped) and
+    'count' {kind: instructions}."""
+    sent, count = {}, {}
+    for line in hlo_text.splitlines():
+        m = _INSTRUCTION.search(line)
+        if not m:
+            continue
+        op, size = m["op"], _shape_bytes(m["shape"])
+        if m["start"] and op in ("all-gather", "collective-permute") and m["shape"].startswith("("):
+            size //= 2                                           # JAX: async start returns (operand, result)
+        n = _group_size(line, devices)
+        if op in ("all-to-all", "all-gather"):
+            b = size * (n - 1) // n
+        elif op == "reduce-scatter":
+            b = size * (n - 1)
+        elif op == "all-reduce":
+            b = 2 * size * (n - 1) // n
+        else:
+            b = size
+        if n > 1:
+            sent[op] = sent.get(op, 0) + b
+            count[op] = count.get(op, 0) + 1
+    return {**sent, "count": count}
+
+
+def compiled_text(fn, *args, **static):
+    """HLO text of `fn` (a jax.jit function, or a checked_jit one through its `.jitted`) compiled
+    for these arguments (their shardings included)."""
+    jitted = getattr(fn, "jitted", fn)
+    return jitted.lower(*args, **static).compile().as_text()

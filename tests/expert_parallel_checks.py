@@ -1,0 +1,156 @@
+"""Expert parallelism on 8 simulated CPU devices: `python -m tests.expert_parallel_checks`.
+
+Run in its own process by tests/test_expert_parallel.py (the device count is fixed when JAX
+starts, and the rest of the suite keeps one device). On meshes data x expert = 2 x 4, 1 x 8,
+4 x 2 and 8 x 1, and a few layer shapes (G divisible by the 8 devices, E by the expert axis), it
+checks that
+
+  * both sharded layers (`expert_choice_moe_sharded`, shard_map + all_to_all, and
+    `expert_choice_moe_gspmd`, sharding constraints) equal the single-device
+    `accelerated.routing.expert_choice_moe`: out and gating within FLOAT32, index and
+    experts_per_token exactly (inputs drawn with a top-C margin above NEAR_TIE);
+  * the gradients of a scalar loss w.r.t. x, w_router, w1 and w2 equal the unsharded ones;
+  * the shard_map program's only collectives are two all-to-alls whose bytes equal
+    `exchange_bytes` (forward), and four in the gradient program (twice the formula);
+  * a mesh that does not divide G or E is refused with a ValueError naming the argument.
+
+Exits 0 when every check passes; prints one line per check and the failures otherwise.
+"""
+import os
+import sys
+import time
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")  # before JAX starts
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ecdit.accelerated import expert_parallel as ep  # noqa: E402
+from ecdit.accelerated import routing  # noqa: E402
+from tests.helpers import moe_layer, topc_margin  # noqa: E402
+from tests.tolerances import FLOAT32, NEAR_TIE, assert_close  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "float32")  # as tests/conftest.py
+
+DEVICES = 8
+# (data, expert) -> layer shapes (G, S, D, E, F, capacity_factor): G % 8 == 0, E % expert == 0
+CASES = {
+    (2, 4): [(8, 16, 8, 8, 12, 2.0), (16, 12, 6, 4, 8, 1.0)],
+    (1, 8): [(8, 16, 8, 8, 12, 2.0)],
+    (4, 2): [(8, 10, 4, 6, 6, 1.5)],
+    (8, 1): [(8, 12, 4, 4, 6, 1.0)],                             # pure data parallelism: no exchange
+}
+
+
+def mesh_of(data, expert, explicit=False):
+    """A ("data", "expert") mesh over the 8 devices; jax.make_mesh's default axis types are
+    Explicit, jax.sharding.Mesh's Auto: both must work."""
+    if explicit:
+        return jax.make_mesh((data, expert), ep.GROUPS)
+    return jax.sharding.Mesh(np.array(jax.devices()).reshape(data, expert), ep.GROUPS)
+
+
+def layer_without_near_ties(g, s, d, e, f, capacity_factor, seed=0):
+    """moe_layer inputs whose affinities keep every C-th and (C+1)-th choice NEAR_TIE apart."""
+    capacity = routing.expert_capacity(s, e, capacity_factor)
+    for k in range(seed, seed + 100):
+        args = moe_layer(k, g, s, d, e, f)
+        if topc_margin(routing.router_affinity(args[0], args[1]), capacity) > NEAR_TIE:
+            return args
+    raise AssertionError("no draw without near ties in 100 seeds")
+
+
+def loss_of(fn, target, *extra):
+    """A scalar that depends on every input through the output: sum(out * target)."""
+    return lambda x, w_router, w1, w2: jnp.sum(fn(x, w_router, w1, w2, *extra)[0] * target)
+
+
+VARIANTS = {"shard_map": ep.expert_choice_moe_sharded, "gspmd": ep.expert_choice_moe_gspmd}
+
+
+def check_sharded_layers_equal_the_single_device_layer(mesh, shape):
+    g, s, d, e, f, cf = shape
+    args = layer_without_near_ties(*shape)
+    want_out, want = routing.expert_choice_moe(*args, cf)
+    sharded = ep.shard_layer_inputs(*args, mesh)
+    for name, fn in VARIANTS.items():
+        out, got = fn(*sharded, cf, mesh)
+        assert out.shape == want_out.shape and out.sharding.spec == jax.P(ep.GROUPS), (name, out.sharding)
+        assert_close(out, want_out, FLOAT32, err_msg=f"{name} out")
+        assert_close(got["gating"], want["gating"], FLOAT32, err_msg=f"{name} gating")
+        for key in ("index", "experts_per_token"):
+            assert got[key].shape == want[key].shape, (name, key)
+            np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(want[key]), err_msg=f"{name} {key}")
+
+
+def check_sharded_gradients_equal_the_single_device_gradients(mesh, shape):
+    g, s, d, e, f, cf = shape
+    args = layer_without_near_ties(*shape, seed=1)
+    target = np.random.default_rng(7).standard_normal((g, s, d)).astype(np.float32)
+    want = jax.grad(loss_of(routing.expert_choice_moe, target, cf), argnums=(0, 1, 2, 3))(*args)
+    sharded = ep.shard_layer_inputs(*args, mesh)
+    for name, fn in VARIANTS.items():
+        got = jax.jit(jax.grad(loss_of(fn, target, cf, mesh), argnums=(0, 1, 2, 3)))(*sharded)
+        for arg, a, b in zip(("x", "w_router", "w1", "w2"), got, want):
+            assert_close(a, b, FLOAT32, err_msg=f"{name} d loss / d {arg}")
+
+
+def check_the_exchange_moves_exactly_the_formulas_bytes(mesh, shape):
+    """Forward: two all-to-alls and no other collective, 2 (n-1)/n E G_l C D x 4 bytes per device.
+    Gradient: four all-to-alls (each one's transpose is another), plus only the all-reduces of the
+    weights' gradients over the axes that replicate them."""
+    g, s, d, e, f, cf = shape
+    args = ep.shard_layer_inputs(*moe_layer(0, g, s, d, e, f), mesh)
+    capacity = routing.expert_capacity(s, e, cf)
+    formula = ep.exchange_bytes(g, e, capacity, d, mesh.shape["expert"], data_axis_size=mesh.shape["data"])
+    forward = ep.collective_bytes(ep.compiled_text(ep.expert_choice_moe_sharded, *args, capacity_factor=cf,
+                                                   mesh=mesh), DEVICES)
+    if mesh.shape["expert"] == 1:
+        assert forward == {"count": {}}, forward
+        return
+    assert forward == {"all-to-all": formula, "count": {"all-to-all": 2}}, (forward, formula)
+    grad = jax.jit(jax.grad(loss_of(ep.expert_choice_moe_sharded, np.ones((g, s, d), np.float32), cf, mesh),
+                            argnums=(0, 1, 2, 3)))
+    backward = ep.collective_bytes(grad.lower(*args).compile().as_text(), DEVICES)
+    assert backward["all-to-all"] == 2 * formula and backward["count"]["all-to-all"] == 4, (backward, formula)
+    assert set(backward) <= {"all-to-all", "all-reduce", "count"}, backward
+
+
+def check_a_mesh_that_does_not_divide_the_layer_is_refused(mesh, shape):
+    g, s, d, e, f, cf = shape
+    for args, name in ((moe_layer(0, DEVICES + 1, s, d, e, f), "x"),
+                       (moe_layer(0, g, s, d, mesh.shape["expert"] + 1, f), "w_router")):
+        try:
+            ep.expert_choice_moe_sharded(*args, cf, mesh)
+        except ValueError as err:
+            assert str(err).startswith(f"{name}:"), err
+        else:
+            raise AssertionError(f"{name}: an indivisible layer was accepted")
+
+
+def main() -> int:
+    assert jax.device_count() == DEVICES, f"expected {DEVICES} simulated devices, got {jax.device_count()}"
+    failures, t0 = [], time.perf_counter()
+    runs = [(check, mesh_of(*axes), shape) for axes, shapes in CASES.items() for shape in shapes
+            for check in (check_sharded_layers_equal_the_single_device_layer,
+                          check_sharded_gradients_equal_the_single_device_gradients,
+                          check_the_exchange_moves_exactly_the_formulas_bytes)]
+    runs += [(check_sharded_layers_equal_the_single_device_layer, mesh_of(2, 4, explicit=True), CASES[(2, 4)][0]),
+             (check_a_mesh_that_does_not_divide_the_layer_is_refused, mesh_of(2, 4), CASES[(2, 4)][0])]
+    for check, mesh, shape in runs:
+        label = f"{check.__name__} mesh={dict(mesh.shape)} {mesh.axis_types[0]} shape={shape}"
+        t = time.perf_counter()
+        try:
+            check(mesh, shape)
+            print(f"ok    {time.perf_counter() - t:5.1f}s  {label}", flush=True)
+        except Exception as err:                                 # report every failure, not only the first
+            failures.append(label)
+            print(f"FAIL  {label}\n      {type(err).__name__}: {err}", flush=True)
+    print(f"{len(runs) - len(failures)}/{len(runs)} checks passed in {time.perf_counter() - t0:.1f}s")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
