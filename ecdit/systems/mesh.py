@@ -2,7 +2,8 @@
 
 The route is GSPMD: this module only says where each array lives (a `NamedSharding` on the
 inputs and outputs of one `jax.jit`); XLA's partitioner inserts every collective (the gradient
-all-reduce over `data`, the FSDP all-gathers, the all-to-alls of the expert dispatch). There is
+all-reduce over `data`, the FSDP all-gathers, whatever moving tokens to the experts' devices
+takes). There is
 no hand-written collective here, so the sharded step computes the same function as the one-device
 `ecdit.systems.train.train_step`, up to float32 summation order.
 
@@ -13,7 +14,10 @@ Axes (both always present in the Mesh; size 1 when not named in the flag):
            each device regroups its own (B / data) S' tokens into num_group x group_size), and
            FSDP: every dense 2-D weight is split over `data` along one axis
   expert   the experts: the stacked expert weights w1 (E, D, F) and w2 (E, F, D) are split on E,
-           E / expert experts per device
+           E / expert experts per device. The batch is not split over `expert`: the `expert`
+           devices of one data slice hold the same B / data images, so the dense layers' work
+           is repeated on them (what the issue asks for; a batch over ("data", "expert") would
+           remove the repetition and need B divisible by data * expert)
 
 What lives where (`param_shardings`):
   MoE w1 (E, D, F), w2 (E, F, D)         P("expert", None, None)
@@ -131,9 +135,9 @@ def check_mesh(axes: dict[str, int], model_cfg: ModelConfig, train_cfg: TrainCon
         `batch_size` without train_cfg: inference_group_size over (B / data) S tokens), the
         tokens of one device must be a whole number of groups.
 
-    DiffMoE's pool is the whole batch by definition, so with data > 1 it spans devices; that is
-    the method, not a layout accident, and GSPMD computes it exactly (it gathers the affinities),
-    so it is allowed."""
+    DiffMoE's pool is the whole batch by definition (its group size is not read), so with data > 1
+    it spans devices; that is the method, not a layout accident, and GSPMD computes the top-C over
+    the whole batch exactly (tests/mesh_checks.py), so it is allowed."""
     if not isinstance(axes, dict) or set(axes) - set(AXES):
         raise ValueError(f"{FLAG}: expected a dict of axis sizes from parse_mesh, got {axes!r}")
     data, expert = mesh_shape(axes)
@@ -150,12 +154,13 @@ def check_mesh(axes: dict[str, int], model_cfg: ModelConfig, train_cfg: TrainCon
     b = batch_size if batch_size is not None else (train_cfg.batch_size if train_cfg is not None else None)
     if b is not None and b % data:
         raise ValueError(f"{FLAG}: data={data} does not divide the batch size {b}")
-    if b is not None and model_cfg.ffn_kind != "dense":
+    if b is not None and model_cfg.ffn_kind not in ("dense", "diffmoe"):
         s = model_cfg.num_tokens
-        if train_cfg is not None and batch_size is None:
-            group, tokens, which = model_cfg.train_group_size, train_cfg.kept_tokens(s) if train_cfg.mask_ratio > 0 else s, "train_group_size"
-        else:
-            group, tokens, which = model_cfg.inference_group_size, s, "inference_group_size"
+        if train_cfg is not None and batch_size is None:             # training: the S' kept tokens
+            tokens = train_cfg.kept_tokens(s) if train_cfg.mask_ratio > 0 else s
+            group, which = model_cfg.train_group_size, "train_group_size"
+        else:                                                        # sampling: all S tokens
+            tokens, group, which = s, model_cfg.inference_group_size, "inference_group_size"
         per_device = (b // data) * tokens                        # (B / data) S' tokens on one device
         if group is not None and per_device % group:
             raise ValueError(f"{FLAG}: data={data} puts {b // data} images x {tokens} tokens = {per_device} "
@@ -231,12 +236,11 @@ def state_shardings(state: dict, mesh: jax.sharding.Mesh) -> dict:
     params_shapes = [np.shape(x) for x in jax.tree.leaves(state["params"])]
     replicated = NamedSharding(mesh, P())
 
-    def opt(node):
-        if _like_params(node, params_def, params_shapes):
-            return params_sh
-        return replicated
-
     is_params = functools.partial(_like_params, params_def=params_def, params_shapes=params_shapes)
+
+    def opt(node):                                               # a params-like subtree, or one leaf
+        return params_sh if is_params(node) else replicated
+
     out = {}
     for key, value in state.items():
         if key in ("params", "ema"):
