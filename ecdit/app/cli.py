@@ -64,6 +64,12 @@ _positive_int = _positive(int, "integer")
 _positive_float = _positive(float, "number")
 
 
+def _mesh_arg(p):
+    p.add_argument("--mesh", default="", metavar="data=N,expert=M",
+                   help="device mesh: the batch over `data`, the experts over `expert`, dense weights sharded "
+                        "over `data` (default: one device; docs/scaling.md)")
+
+
 def _checkpoint_path(path):
     return os.path.join(path, "checkpoint.npz") if os.path.isdir(path) else path
 
@@ -119,12 +125,15 @@ def cmd_train(a):
     cfg = preset(a.preset, **changes)
     tc = train_preset(a.preset, **_overrides(a.train_set, "train-set"))
     out = a.out or os.path.join("runs", cfg.name)
+    from ecdit.systems.mesh import describe_mesh, parse_mesh
+    axes = parse_mesh(a.mesh)
     _, history = train(cfg, tc, a.steps, out, minutes=a.minutes, resume=not a.no_resume,
-                       checkpoint_every=a.checkpoint_every, progress=not a.quiet, desc=f"train {cfg.name}")
+                       checkpoint_every=a.checkpoint_every, progress=not a.quiet, desc=f"train {cfg.name}",
+                       mesh=axes)
     if history:
         plot_loss(history, os.path.join(out, "loss.png"))
     last = history[-1] if history else {}
-    print(f"step {last.get('step', 0)}: loss {last.get('loss', float('nan')):.4f}; "
+    print(f"step {last.get('step', 0)}: loss {last.get('loss', float('nan')):.4f} ({describe_mesh(axes)}); "
           f"checkpoint {os.path.join(out, 'checkpoint.npz')}, metrics {os.path.join(out, 'metrics.jsonl')}")
     return 0
 
@@ -188,10 +197,12 @@ def cmd_heatmap(a):
 
 def cmd_compare(a):
     from ecdit.app.compare import run_compare
+    from ecdit.systems.mesh import parse_mesh
     rows = tuple(k.strip() for k in a.rows.split(",") if k.strip())
     r = run_compare(a.out, steps=a.steps, per_category=a.per_category, sample_steps=a.sample_steps,
                     guidance_scale=a.guidance, seed=a.seed, rows=rows, model_changes=_overrides(a.set, "set"),
-                    train_changes=_overrides(a.train_set, "train-set"), progress=not a.quiet)
+                    train_changes=_overrides(a.train_set, "train-set"), progress=not a.quiet,
+                    mesh=parse_mesh(a.mesh))
     print(r["markdown"])
     print(f"table: {os.path.join(a.out, 'compare.md')}")
     return 0
@@ -244,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "DiffMoE's batch pool and capacity predictor, capacity factor 1 unless --set capacity_factor=...")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="change a ModelConfig field, e.g. ffn_kind=dense")
     t.add_argument("--train-set", action="append", metavar="KEY=VALUE", help="change a TrainConfig field, e.g. mask_ratio=0.5")
+    _mesh_arg(t)
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(fn=cmd_train)
 
@@ -289,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--rows", default="tc,dense,ec_static,ec_dynamic,diffmoe_static,diffmoe_dynamic,dense_xl",
                    help="comma-separated rows (default: the seed table's seven); also ec_group_static, "
                         "ec_group_dynamic (routing groups of 4 images)")
+    _mesh_arg(c)
     _experiment_args(c, "of every model")
     c.set_defaults(fn=cmd_compare)
 

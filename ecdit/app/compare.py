@@ -112,9 +112,11 @@ def pick_rows(keys) -> tuple[Row, ...]:
 
 def run_compare(out_dir="compare", *, steps=600, per_category=30, sample_steps=DEFAULT_SAMPLE_STEPS,
                 guidance_scale=DEFAULT_GUIDANCE, seed=0, rows=tuple(r.key for r in SEED_ROWS),
-                model_changes=None, train_changes=None, progress=True) -> dict:
+                model_changes=None, train_changes=None, progress=True, mesh=None) -> dict:
     """Train each model of `rows` once for `steps` on the same data stream (same seed), evaluate
-    each row, write compare.md, compare.json and the figures. Returns {"rows", "markdown"}."""
+    each row, write compare.md, compare.json and the figures. Returns {"rows", "markdown"}.
+    `mesh` ({"data": n, "expert": m}): train every model on that device mesh (sampling stays on
+    one device)."""
     picked = pick_rows(rows)
     os.makedirs(out_dir, exist_ok=True)
     base = train_preset("tiny")
@@ -130,7 +132,7 @@ def run_compare(out_dir="compare", *, steps=600, per_category=30, sample_steps=D
             if os.path.exists(os.path.join(run_dir, "checkpoint.npz")):
                 os.remove(os.path.join(run_dir, "checkpoint.npz"))
             t0 = time.perf_counter()
-            params, history = train(cfg, tc, steps, run_dir, progress=progress, desc=f"train {row.model}")
+            params, history = train(cfg, tc, steps, run_dir, progress=progress, desc=f"train {row.model}", mesh=mesh)
             trained[row.model] = (params, time.perf_counter() - t0, history)
             histories[row.model] = history
         params, train_s, history = trained[row.model]

@@ -34,6 +34,7 @@ from ecdit.core.checks import Contract, Instance, Int, Params, positive_int
 from ecdit.core.config import ModelConfig, TrainConfig
 from ecdit.core.params import init_model
 from ecdit.systems import checkpoint, shapes, text
+from ecdit.systems import mesh as mesh_lib
 from ecdit.systems.optim import init_state, learning_rate_schedule, make_optimizer, sampling_params, update_ema
 from ecdit.systems.sampling import check_thresholds
 
@@ -202,15 +203,24 @@ def _to_py(metrics) -> dict:
 
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, steps: int, run_dir=None, *,
           minutes: float | None = None, resume: bool = True, checkpoint_every: int = 200,
-          log_every: int = 10, progress: bool = True, init_seed: int | None = None, desc: str = "train"):
+          log_every: int = 10, progress: bool = True, init_seed: int | None = None, desc: str = "train",
+          mesh: dict | None = None):
     """Train for `steps` steps in total (counting any resumed ones), or until `minutes` pass.
 
     With run_dir: resumes from run_dir/checkpoint.npz if present (and resume), writes it every
     `checkpoint_every` steps and at the end (atomically) and appends metrics to
     run_dir/metrics.jsonl (the CLI and the demo draw the loss curve from them). Returns (params as NumPy, list of metric records); the params are
-    the EMA when train_cfg.ema_decay > 0 (what sampling should use)."""
+    the EMA when train_cfg.ema_decay > 0 (what sampling should use).
+
+    `mesh` ({"data": n, "expert": m}, `mesh_lib.parse_mesh` of the --mesh flag; None or {}: one
+    device) shards the state and each batch over a device mesh (`mesh_lib.sharded_train_step`:
+    batch over data, experts over expert, dense weights FSDP-style over data); every metrics
+    record names the mesh. Checkpoints hold plain arrays, so a run saved on one mesh resumes on
+    another."""
     positive_int("steps", steps, minimum=0)
     text.check_config(model_cfg)
+    axes = mesh_lib.check_mesh(mesh or {}, model_cfg, train_cfg)
+    mesh_name = mesh_lib.format_mesh(axes) if axes else "1 device"
     if minutes is not None and not minutes > 0:
         raise ValueError(f"minutes: expected a positive number, got {minutes!r}")
     ckpt_path = os.path.join(run_dir, "checkpoint.npz") if run_dir else None
@@ -227,6 +237,14 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, steps: int, run_dir=No
     else:
         seed = train_cfg.seed if init_seed is None else init_seed
         state = init_state(init_model(model_cfg, seed), train_cfg)
+    if axes:
+        device_mesh = mesh_lib.make_mesh(axes)
+        state = mesh_lib.shard_state(state, device_mesh)
+        step_fn = mesh_lib.sharded_train_step(device_mesh, model_cfg, train_cfg, train_step)
+        desc = f"{desc} [{mesh_lib.describe_mesh(axes)}]"
+    else:
+        def step_fn(state, batch):
+            return run_step(state, batch, model_cfg, train_cfg)
     start = int(state["step"])
     if log_path:                                                 # rewrite: drop records past the checkpoint
         with open(log_path, "w") as f:
@@ -241,14 +259,14 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, steps: int, run_dir=No
     try:
         while step < steps:
             i, batch = fetch.get()
-            state, metrics = run_step(state, batch, model_cfg, train_cfg)
+            state, metrics = step_fn(state, batch)
             step += 1
             window_n += 1
             if step % log_every == 0 or step == steps:
                 rec = _to_py(metrics)
                 now = time.perf_counter()
                 rec.update(step=step, images_per_s=window_n * train_cfg.batch_size / max(now - window_t, 1e-9),
-                           time=time.time())
+                           time=time.time(), mesh=mesh_name)
                 window_t, window_n = now, 0
                 history.append(rec)
                 if log_path:
