@@ -23,10 +23,9 @@ import pytest
 from ecdit.systems import distributed as D
 from ecdit.systems import mesh as M
 from ecdit.systems import train as T
-from tests.tolerances import FLOAT32, assert_close
+from tests.tolerances import FLOAT32, LOSS_CURVE_RTOL, assert_close
 
 ROOT = Path(__file__).resolve().parents[1]
-LOSS_CURVE_RTOL = 1e-3                                           # as tests/mesh_checks.py
 WORKER_TIMEOUT_S = 120
 
 
@@ -201,3 +200,40 @@ def test_two_processes_train_like_one_device(tmp_path):
     print(f"two processes x 2 devices: losses {got['losses'].tolist()}, one device {want_losses.tolist()}, "
           f"worst relative {rel.max():.1e}; workers {float(got['seconds']):.1f} s "
           f"(initialize {float(got['init_seconds']):.1f} s); test {time.perf_counter() - t:.1f} s")
+
+
+def test_ecdit_train_with_two_processes_writes_the_one_device_run(tmp_path):
+    """`ecdit train --mesh data=2,expert=2 --distributed 127.0.0.1:PORT,2,I` in two processes of 2
+    simulated devices each, one shared run folder: process 0 alone writes metrics.jsonl and the
+    checkpoint (after gathering the sharded state), and both equal a one-device `ecdit train`
+    (losses within LOSS_CURVE_RTOL, parameters within FLOAT32)."""
+    from ecdit.app.cli import main
+    from ecdit.systems.checkpoint import load_params
+    from tests.test_cli import SMALL
+    run, one = tmp_path / "run", tmp_path / "one"
+    port = free_port()
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    for name in D.ENV_VARS:
+        env.pop(name, None)
+    procs = []
+    for i in range(2):
+        log = open(tmp_path / f"worker{i}.log", "w")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "ecdit", "train", "--quiet", *SMALL, "--steps", "4", "--checkpoint-every", "2",
+             "--out", str(run), "--mesh", "data=2,expert=2", "--distributed", f"127.0.0.1:{port},2,{i}"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+        log.close()
+    assert main(["train", "--quiet", *SMALL, "--steps", "4", "--out", str(one)]) == 0   # meanwhile, here
+    codes = wait_all(procs, tmp_path, WORKER_TIMEOUT_S)
+    assert codes == [0, 0], f"exit codes {codes}\n{logs(tmp_path)}"
+    got, want = T.read_metrics(str(run / "metrics.jsonl")), T.read_metrics(str(one / "metrics.jsonl"))
+    assert [r["step"] for r in got] == [r["step"] for r in want] == [4]
+    assert got[0]["mesh"] == "data=2,expert=2"
+    assert abs(got[0]["loss"] / want[0]["loss"] - 1.0) <= LOSS_CURVE_RTOL
+    p_run, _, meta = load_params(str(run / "checkpoint.npz"))
+    p_one, _, _ = load_params(str(one / "checkpoint.npz"))
+    assert meta["step"] == 4
+    for x, y in zip(jax.tree.leaves(p_run), jax.tree.leaves(p_one)):
+        assert_close(x, y, tol=FLOAT32)

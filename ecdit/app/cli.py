@@ -125,11 +125,15 @@ def cmd_train(a):
     cfg = preset(a.preset, **changes)
     tc = train_preset(a.preset, **_overrides(a.train_set, "train-set"))
     out = a.out or os.path.join("runs", cfg.name)
+    from ecdit.systems import distributed
     from ecdit.systems.mesh import describe_mesh, parse_mesh
+    distributed.initialize(distributed.resolve(a.distributed))  # no flag, no ECDIT_* variables: one process
     axes = parse_mesh(a.mesh)
     _, history = train(cfg, tc, a.steps, out, minutes=a.minutes, resume=not a.no_resume,
                        checkpoint_every=a.checkpoint_every, progress=not a.quiet, desc=f"train {cfg.name}",
                        mesh=axes)
+    if not distributed.is_main_process():
+        return 0
     if history:
         plot_loss(history, os.path.join(out, "loss.png"))
     last = history[-1] if history else {}
@@ -256,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="change a ModelConfig field, e.g. ffn_kind=dense")
     t.add_argument("--train-set", action="append", metavar="KEY=VALUE", help="change a TrainConfig field, e.g. mask_ratio=0.5")
     _mesh_arg(t)
+    t.add_argument("--distributed", default=None, metavar="HOST:PORT,N,I",
+                   help="join N processes (coordinator HOST:PORT, this one is process I), or set ECDIT_COORDINATOR, "
+                        "ECDIT_NUM_PROCESSES, ECDIT_PROCESS_ID; --mesh must then cover every device (docs/scaling.md)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(fn=cmd_train)
 

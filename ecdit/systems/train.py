@@ -33,7 +33,7 @@ from ecdit.core import contracts
 from ecdit.core.checks import Contract, Instance, Int, Params, positive_int
 from ecdit.core.config import ModelConfig, TrainConfig
 from ecdit.core.params import init_model
-from ecdit.systems import checkpoint, shapes, text
+from ecdit.systems import checkpoint, distributed, shapes, text
 from ecdit.systems import mesh as mesh_lib
 from ecdit.systems.optim import init_state, learning_rate_schedule, make_optimizer, sampling_params, update_ema
 from ecdit.systems.sampling import check_thresholds
@@ -216,10 +216,19 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, steps: int, run_dir=No
     device) shards the state and each batch over a device mesh (`mesh_lib.sharded_train_step`:
     batch over data, experts over expert, dense weights FSDP-style over data); every metrics
     record names the mesh. Checkpoints hold plain arrays, so a run saved on one mesh resumes on
-    another."""
+    another.
+
+    Several processes (after `distributed.initialize`, the --distributed flag): the mesh must
+    cover every global device; each process builds the same batches from (seed, step) and the
+    same initial or resumed state, process 0 alone writes the checkpoint and the metrics, and the
+    time limit is process 0's, so every process stops at the same step."""
     positive_int("steps", steps, minimum=0)
     text.check_config(model_cfg)
     axes = mesh_lib.check_mesh(mesh or {}, model_cfg, train_cfg)
+    multi = jax.process_count() > 1
+    if multi:
+        axes = distributed.check_cluster_mesh(axes)
+    main = distributed.is_main_process()
     mesh_name = mesh_lib.format_mesh(axes) if axes else "1 device"
     if minutes is not None and not minutes > 0:
         raise ValueError(f"minutes: expected a positive number, got {minutes!r}")
@@ -239,13 +248,18 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, steps: int, run_dir=No
         state = init_state(init_model(model_cfg, seed), train_cfg)
     if axes:
         device_mesh = mesh_lib.make_mesh(axes)
-        state = mesh_lib.shard_state(state, device_mesh)
+        state = (distributed.global_state(state, device_mesh) if multi else mesh_lib.shard_state(state, device_mesh))
         step_fn = mesh_lib.sharded_train_step(device_mesh, model_cfg, train_cfg, train_step)
         desc = f"{desc} [{mesh_lib.describe_mesh(axes)}]"
     else:
         def step_fn(state, batch):
             return run_step(state, batch, model_cfg, train_cfg)
-    start = int(state["step"])
+    start = int(distributed.gather(state["step"])) if multi else int(state["step"])
+    if multi:
+        if int(distributed.from_main(np.int32(start))) != start:
+            raise ValueError(f"resume: this process starts at step {start}, process 0 at another; "
+                             "every process must see the same run folder (a shared file system)")
+    log_path = log_path if main else None                        # process 0 writes the metrics
     if log_path:                                                 # rewrite: drop records past the checkpoint
         with open(log_path, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in history)
@@ -253,7 +267,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, steps: int, run_dir=No
     fetch = _Prefetch(start, steps, model_cfg, train_cfg)
     if minutes is not None:                                      # the bar's total is steps; say when it really stops
         desc = f"{desc} (at most {minutes:g} min)"
-    bar = tqdm(total=steps, initial=start, desc=desc, disable=not progress, unit="step", dynamic_ncols=True)
+    bar = tqdm(total=steps, initial=start, desc=desc, disable=not (progress and main), unit="step", dynamic_ncols=True)
     window_t, window_n = time.perf_counter(), 0
     step = start
     try:
@@ -275,15 +289,30 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, steps: int, run_dir=No
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['images_per_s']:.0f}")
             bar.update(1)
             if ckpt_path and step % checkpoint_every == 0 and step < steps:
-                checkpoint.save_train_state(ckpt_path, state, model_cfg, train_cfg)
-            if deadline is not None and time.monotonic() > deadline:
+                _save(ckpt_path, state, model_cfg, train_cfg, multi, main)
+            if deadline is not None and _past(deadline, multi):
                 break
     finally:
         fetch.close()
         bar.close()
     if ckpt_path:
-        checkpoint.save_train_state(ckpt_path, state, model_cfg, train_cfg)
+        _save(ckpt_path, state, model_cfg, train_cfg, multi, main)
+    if multi:
+        return distributed.gather(sampling_params(state)), history
     return jax.tree.map(np.asarray, sampling_params(state)), history
+
+
+def _save(path, state, model_cfg, train_cfg, multi, main):
+    """Write the checkpoint; with several processes, every one gathers the state and process 0 writes."""
+    host = distributed.gather(state) if multi else state
+    if main:
+        checkpoint.save_train_state(path, host, model_cfg, train_cfg)
+
+
+def _past(deadline, multi) -> bool:
+    """Whether the time limit has passed: process 0's clock decides for every process."""
+    late = time.monotonic() > deadline
+    return bool(distributed.from_main(np.bool_(late))) if multi else late
 
 
 def read_metrics(path, upto: int | None = None) -> list[dict]:
