@@ -70,6 +70,12 @@ def _mesh_arg(p):
                         "over `data` (default: one device; docs/scaling.md)")
 
 
+def _mesh(a) -> dict:
+    """The parsed --mesh flag ({} without one)."""
+    from ecdit.systems.mesh import parse_mesh
+    return parse_mesh(a.mesh)
+
+
 def _checkpoint_path(path):
     return os.path.join(path, "checkpoint.npz") if os.path.isdir(path) else path
 
@@ -96,6 +102,7 @@ def _sampling_args(p):
     p.add_argument("--inference", choices=("static", "dynamic"), default="static",
                    help="routing at inference for a model with a capacity predictor (DiffMoE): static top-k as "
                         "in training, or dynamic capacity from the predictor and thresholds (default %(default)s)")
+    _mesh_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -149,7 +156,7 @@ def cmd_sample(a):
     params, cfg, meta = load_params(_checkpoint_path(a.checkpoint))
     images, _ = generate(params, cfg, [a.prompt] * a.num, seed=a.seed, num_steps=a.steps,
                          guidance_scale=a.guidance, group_size=a.group_size, progress=not a.quiet,
-                         dynamic=a.inference == "dynamic", step=meta.get("step"))
+                         dynamic=a.inference == "dynamic", step=meta.get("step"), mesh=_mesh(a))
     if a.num == 1:
         import matplotlib
         matplotlib.use("Agg")
@@ -171,7 +178,7 @@ def cmd_eval(a):
     items = (shapes.validation_items if a.split == "validation" else shapes.heldout_items)(a.per_category)
     res, _, experts, secs = evaluate_model(params, cfg, items, num_steps=a.steps, guidance_scale=a.guidance,
                                            seed=a.seed, progress=not a.quiet, dynamic=a.inference == "dynamic",
-                                           step=meta.get("step"))
+                                           step=meta.get("step"), mesh=_mesh(a))
     print(scores_table([(f"{cfg.name} @ step {meta.get('step')}, {a.split}, {a.inference}", res)]))
     if cfg.sparse_layers:
         per_step = experts.mean(axis=(1, 2, 3))                  # (T,) experts per token at each step
@@ -192,7 +199,7 @@ def cmd_heatmap(a):
         raise UsageError("heatmap: the checkpoint is a dense model; there is no expert allocation to draw")
     images, experts = generate(params, cfg, [a.prompt], seed=a.seed, num_steps=a.steps, guidance_scale=a.guidance,
                                group_size=a.group_size, progress=not a.quiet, dynamic=a.inference == "dynamic",
-                               step=meta.get("step"))
+                               step=meta.get("step"), mesh=_mesh(a))
     plot_allocation(images[0], experts[:, :, 0], a.out, sparse_layers=cfg.sparse_layers,
                     num_experts=cfg.num_experts, prompt=a.prompt)
     print(f"wrote {a.out}")
@@ -216,8 +223,14 @@ def cmd_bench(a):
     # The benchmarks sit above the application (they measure it), so the command line runs them
     # as their own program instead of importing them.
     import subprocess
+    axes = _mesh(a)
     size = ["--full"] if a.full else ["--smoke"] if a.smoke else []
-    return subprocess.run([sys.executable, "-m", "ecdit.benchmarks", *size, "--out-dir", a.out]).returncode
+    rc = subprocess.run([sys.executable, "-m", "ecdit.benchmarks", *size, "--out-dir", a.out]).returncode
+    if rc == 0 and axes:                                         # the expert-parallel exchange on that mesh
+        mesh = ["--data", str(axes.get("data", 1)), "--expert", str(axes.get("expert", 1))]
+        rc = subprocess.run([sys.executable, "-m", "ecdit.benchmarks.exchange", *mesh,
+                             *(["--rounds", "3"] if a.smoke else [])]).returncode
+    return rc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--full", action="store_true", help="the full benchmark set")
     b.add_argument("--smoke", action="store_true", help="a seconds-long smoke run")
     b.add_argument("--out", default="docs", help="output folder (default %(default)s)")
+    b.add_argument("--mesh", default="", metavar="data=N,expert=M",
+                   help="also measure the expert-parallel EC layer's exchange on this mesh (bytes from the compiled "
+                        "program and the formula; time on simulated CPU devices is a sanity check only)")
     b.set_defaults(fn=cmd_bench)
     return p
 

@@ -115,8 +115,8 @@ def run_compare(out_dir="compare", *, steps=600, per_category=30, sample_steps=D
                 model_changes=None, train_changes=None, progress=True, mesh=None) -> dict:
     """Train each model of `rows` once for `steps` on the same data stream (same seed), evaluate
     each row, write compare.md, compare.json and the figures. Returns {"rows", "markdown"}.
-    `mesh` ({"data": n, "expert": m}): train every model on that device mesh (sampling stays on
-    one device)."""
+    `mesh` ({"data": n, "expert": m}): train and sample every model on that device mesh (the
+    held-out loss runs on one device)."""
     picked = pick_rows(rows)
     os.makedirs(out_dir, exist_ok=True)
     base = train_preset("tiny")
@@ -141,7 +141,7 @@ def run_compare(out_dir="compare", *, steps=600, per_category=30, sample_steps=D
         res, images, experts, _ = evaluate_model(params, cfg, items, num_steps=sample_steps,
                                                  guidance_scale=guidance_scale, seed=seed, batch_size=tc.batch_size,
                                                  progress=progress, desc=f"sample {row.key}", dynamic=row.dynamic,
-                                                 step=steps)
+                                                 step=steps, mesh=mesh)
         val = validation_loss(params, cfg, items, seed=seed, batch_size=tc.batch_size, dynamic=row.dynamic)
         per_step = experts.mean(axis=(1, 2, 3)).tolist() if cfg.sparse_layers else []   # (T,)
         per_layer = experts.mean(axis=(0, 2, 3)).tolist() if cfg.sparse_layers else []  # (n,)

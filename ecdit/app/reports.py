@@ -28,14 +28,15 @@ def final_loss(history, frac=0.2, key="loss") -> float:
 
 def evaluate_model(params, config: ModelConfig, items, *, num_steps=DEFAULT_SAMPLE_STEPS,
                    guidance_scale=DEFAULT_GUIDANCE, seed=0,
-                   batch_size=64, progress=True, desc="sample", dynamic=False, step=None):
+                   batch_size=64, progress=True, desc="sample", dynamic=False, step=None, mesh=None):
     """Sample every held-out item (noise seeded by its index) and score it (`dynamic`: DiffMoE's
-    dynamic capacity; `step`: the checkpoint's training step, for the threshold warm-up check).
+    dynamic capacity; `step`: the checkpoint's training step, for the threshold warm-up check;
+    `mesh`: sample on a device mesh, as `generate`).
     Returns (results dict of evaluate, images (M, I, J, 3), experts (T, n, M, S), seconds)."""
     t0 = time.perf_counter()
     images, experts = generate(params, config, [it.text for it in items], seed=seed, num_steps=num_steps,
                                guidance_scale=guidance_scale, batch_size=batch_size, progress=progress,
-                               desc=desc, dynamic=dynamic, step=step)
+                               desc=desc, dynamic=dynamic, step=step, mesh=mesh)
     seconds = time.perf_counter() - t0
     return geneval.evaluate(images, items), images, experts, seconds
 

@@ -12,11 +12,15 @@ from __future__ import annotations
 import math
 import warnings
 
+import jax
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from ecdit.accelerated.sample import sample
 from ecdit.core.config import DEFAULT_GUIDANCE, DEFAULT_SAMPLE_STEPS, ModelConfig
+from ecdit.systems import mesh as mesh_lib
 from ecdit.systems import text
 
 
@@ -84,7 +88,7 @@ def check_thresholds(params, config: ModelConfig, step: int | None = None) -> No
 
 def generate(params, config: ModelConfig, prompts, seed: int = 0, num_steps: int = DEFAULT_SAMPLE_STEPS,
              guidance_scale: float = DEFAULT_GUIDANCE, batch_size: int = 64, group_size=None, progress=True,
-             seeds=None, desc="sample", dynamic: bool = False, step: int | None = None):
+             seeds=None, desc="sample", dynamic: bool = False, step: int | None = None, mesh: dict | None = None):
     """Images for a list of prompts: (images (M, I, I, Ch) in [0, 1], experts (T, n, M, S)).
 
     Prompt k starts from noise drawn with np.random.default_rng([seed, k]) (or [seeds[k]]), so an
@@ -93,7 +97,10 @@ def generate(params, config: ModelConfig, prompts, seed: int = 0, num_steps: int
     The last batch is padded to `batch_size` with null prompts so the sampler compiles once
     (DiffMoE: not padded, so no padding image joins a pool; one more compile).
     `dynamic`: DiffMoE's dynamic capacity, after `check_thresholds(params, config, step)`.
-    Unknown words raise ValueError."""
+    `mesh` ({"data": n, "expert": m}, the --mesh flag): the parameters are placed as in training
+    (`mesh_lib.param_shardings`) and each batch is split over `data`, so the compiled sampler runs
+    sharded (GSPMD) and returns what one device returns; `data` must divide the batch (for a DiffMoE
+    model also its unpadded last batch). Unknown words raise ValueError."""
     prompts = list(prompts)
     if not prompts:
         raise ValueError("prompts: expected at least one prompt")
@@ -112,13 +119,36 @@ def generate(params, config: ModelConfig, prompts, seed: int = 0, num_steps: int
         pid, pmask = text.tokenize_batch([""] * pad, config.max_text_len)
         ids, mask = np.concatenate([ids, pid]), np.concatenate([mask, pmask])
         noise = np.concatenate([noise, np.zeros((pad,) + noise.shape[1:], np.float32)])
+    place = _placement(params, config, mesh, bs, n + pad)
+    params = place(params)
     images, experts = [], []
     for start in tqdm(range(0, n + pad, bs), desc=desc, disable=not progress, unit="batch", dynamic_ncols=True):
         sl = slice(start, start + bs)
-        x, counts = sample(params, noise[sl], ids[sl], mask[sl], config, num_steps, guidance_scale, group_size,
-                           bool(dynamic))
+        x, counts = sample(params, *place((noise[sl], ids[sl], mask[sl])), config, num_steps, guidance_scale,
+                           group_size, bool(dynamic))
         images.append(to_images(x))
         experts.append(np.asarray(counts))
     images = np.concatenate(images)[:n]
     experts = np.concatenate(experts, axis=2)[:, :, :n]
     return images, experts
+
+
+def _placement(params, config: ModelConfig, mesh: dict | None, batch_size: int, total: int):
+    """A function placing the parameters (a dict) or a batch (a tuple of arrays) on the mesh; the
+    identity without one. Checks the mesh against the config and the batch sizes first."""
+    axes = mesh_lib.check_mesh(mesh or {}, config, batch_size=batch_size)
+    if not axes:
+        return lambda tree: tree
+    last = total % batch_size
+    if last and last % axes.get("data", 1):
+        raise ValueError(f"{mesh_lib.FLAG}: data={axes['data']} does not divide the last batch of {last} prompts "
+                         "(a DiffMoE model's last batch is not padded); give a multiple of it")
+    device_mesh = mesh_lib.make_mesh(axes)
+    param_sharding = mesh_lib.param_shardings(params, device_mesh)
+    batch_sharding = NamedSharding(device_mesh, P("data"))
+
+    def place(tree):
+        if isinstance(tree, dict):
+            return jax.device_put(tree, param_sharding)
+        return tuple(jax.device_put(a, batch_sharding) for a in tree)
+    return place
