@@ -6,6 +6,13 @@
     out = x' + gate_mlp * (FFN(x_p) or MoE(x_p))          MoE: expert choice, or token choice top-k
 
 Shapes: B batch, S image tokens, L text tokens, D width, F_t timestep-frequency width.
+
+On a device mesh (JAX only: the spec has no devices). When the block is traced under a mesh
+context with axes ("data", "expert") (`jax.set_mesh`, as `ecdit.systems.mesh.sharded_train_step`
+sets it), the expert-choice layer runs expert-parallel when the mesh fits the layer
+(`expert_parallel.context_mesh`): `expert_parallel.expert_choice_moe_in_model`, jax.shard_map
+with two fixed-size all_to_alls over "expert". Token choice, DiffMoE and the predictor forms
+stay on GSPMD.
 """
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +21,7 @@ from .jit import checked_jit
 from .attention import cross_attention, self_attention
 from .primitives import feed_forward, layer_norm, silu
 from .diffmoe import pool_moe, pool_moe_dynamic
+from .expert_parallel import context_mesh, expert_choice_moe_in_model
 from .routing import expert_choice_moe, group_tokens, ungroup_tokens
 from .token_choice import token_choice_moe
 from ecdit.core import contracts
@@ -86,7 +94,20 @@ def dit_block(x, c, y, params, num_heads, num_kv_heads, capacity_factor=2.0, gro
             out_g, routing = pool_moe(grouped, moe["w_router"], moe["w1"], moe["w2"], moe["predictor"],
                                       capacity_factor)
         elif kind == "expert_choice":                            # expert choice, Eq. 5-8
-            out_g, routing = expert_choice_moe(grouped, moe["w_router"], moe["w1"], moe["w2"], capacity_factor)
+            # JAX: under a ("data", "expert") mesh context that fits (expert axis >= 2, G divisible
+            # by data x expert, E by expert; `context_mesh`), the shard_map layer: groups over both
+            # axes, experts over "expert", two all_to_alls, in and out pinned to the block's split
+            # over "data" (`expert_choice_moe_in_model`); the same outputs as the plain layer.
+            # Otherwise (one device, no context, shapes that do not split) the plain layer, which a
+            # mesh's GSPMD partitioner shards itself. Token choice, whose per-expert loads depend on
+            # the router, and DiffMoE / the predictor forms, whose pool is the whole batch or whose
+            # capacity is dynamic, have no fixed-size exchange and always stay on GSPMD.
+            mesh = context_mesh(grouped.shape[0], moe["w_router"].shape[1])
+            if mesh is not None:
+                out_g, routing = expert_choice_moe_in_model(grouped, moe["w_router"], moe["w1"], moe["w2"],
+                                                            capacity_factor, mesh)
+            else:
+                out_g, routing = expert_choice_moe(grouped, moe["w_router"], moe["w1"], moe["w2"], capacity_factor)
         else:                                                    # token choice top-k (GShard)
             out_g, routing = token_choice_moe(grouped, moe["w_router"], moe["w1"], moe["w2"], capacity_factor,
                                               num_selected)

@@ -38,13 +38,26 @@ the tokens, the affinities, the indices and the weighted expert outputs around t
 
 Meshes: axes must be named "data" and "expert"; either axis may have size 1. Axis types Auto
 (`jax.sharding.Mesh(devices, names)`) or Explicit (`jax.make_mesh`'s default) both work: the
-functions compute on an Auto mesh over the same devices.
+functions compute on an Auto mesh over the same devices. `expert_choice_moe_sharded` also takes
+the `jax.sharding.AbstractMesh` of a traced context (names and sizes, no devices: the enclosing
+jit's device assignment places it).
+
+In the model. `blocks.dit_block` keeps reference/'s signature, so it is not handed a mesh: it
+asks `context_mesh` for the mesh of the context it is traced in (`jax.set_mesh(mesh)` around the
+jit call, as `ecdit.systems.mesh.sharded_train_step` does; read inside the trace with
+`jax.sharding.get_abstract_mesh()`, which is part of jit's cache key, so the one-device and the
+mesh programs are traced apart). When that mesh has axes ("data", "expert") of Auto type, an
+expert axis of at least 2 and it divides the block's groups and experts, the EC layer runs
+through `expert_choice_moe_in_model` (`expert_choice_moe_sharded` between two sharding
+constraints that keep the block's activations split over "data" only, as ecdit.systems.mesh
+lays them out); otherwise through the plain `routing.expert_choice_moe`, which GSPMD partitions.
+The same function either way: only where it runs changes.
 """
 import re
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from .jit import checked_jit
@@ -68,7 +81,7 @@ def _fits_mesh(args, dims):
     mesh = args["mesh"]
     if tuple(mesh.axis_names) != GROUPS:
         raise ValueError(f"mesh: expected axes {GROUPS}, got {tuple(mesh.axis_names)}")
-    devices, n_expert = mesh.devices.size, mesh.shape[EXPERT]
+    devices, n_expert = mesh.size, mesh.shape[EXPERT]
     if dims["G"] % devices:
         raise ValueError(f"x: {dims['G']} routing groups do not split over the mesh's {devices} devices "
                          f"(data {mesh.shape[DATA]} x expert {n_expert}); each device routes whole groups")
@@ -79,7 +92,8 @@ def _fits_mesh(args, dims):
 # JAX: no reference twin (the spec has no devices), so the contract lives here, built from the
 # layer's own contract in ecdit.core.contracts plus the mesh.
 SHARDED_MOE = Contract(
-    **contracts.expert_choice_moe.specs, mesh=Instance(Mesh, "a jax.sharding.Mesh with axes ('data', 'expert')"),
+    **contracts.expert_choice_moe.specs,
+    mesh=Instance((Mesh, AbstractMesh), "a jax.sharding.Mesh (or AbstractMesh) with axes ('data', 'expert')"),
     where=_fits_mesh)
 
 
@@ -88,7 +102,29 @@ def _auto(mesh):
     mean the same on either kind, and the routing stages need no sharding-in-types rules."""
     if all(t == AxisType.Auto for t in mesh.axis_types):
         return mesh
-    return Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
+    auto = (AxisType.Auto,) * len(mesh.axis_names)
+    if isinstance(mesh, AbstractMesh):
+        return AbstractMesh(mesh.axis_sizes, mesh.axis_names, axis_types=auto)
+    return Mesh(mesh.devices, mesh.axis_names, axis_types=auto)
+
+
+def context_mesh(num_groups, num_experts):
+    """The mesh the EC layer of the code being traced should shard over, or None.
+
+    The mesh is the context's (`jax.set_mesh(mesh)` around a jit call; inside the trace
+    `jax.sharding.get_abstract_mesh()`). Returned only when `expert_choice_moe_sharded` can take
+    it and it moves tokens at all: axes exactly ("data", "expert"), all Auto (an Explicit context
+    mesh changes how every op traces; the model is not written for it), an expert axis of size
+    2 or more (size 1: nothing to exchange, GSPMD's data parallelism is the same program),
+    num_groups divisible by data x expert (whole groups per device) and num_experts by the expert
+    axis. Anything else, including no mesh at all: None, and the caller runs the plain layer."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or tuple(mesh.axis_names) != GROUPS or any(t != AxisType.Auto for t in mesh.axis_types):
+        return None
+    n_expert = mesh.shape[EXPERT]
+    if n_expert < 2 or num_groups % mesh.size or num_experts % n_expert:
+        return None
+    return mesh
 
 
 def layer_shardings(mesh):
@@ -135,7 +171,8 @@ def expert_choice_moe_sharded(x, w_router, w1, w2, capacity_factor, mesh):
     shape whatever the router chose, because expert choice fills every expert's C slots of every
     group. The local experts run as one batched matmul; a second all_to_all brings the results
     home, where Eq. 8 combines them. Returns (out (G, S, D), {gating, index (G, E, C),
-    experts_per_token (G, S)}) equal to `routing.expert_choice_moe`'s, sharded over groups."""
+    experts_per_token (G, S)}) equal to `routing.expert_choice_moe`'s, sharded over groups.
+    `mesh` is a Mesh, or inside a traced function the context's AbstractMesh (`context_mesh`)."""
     mesh = _auto(mesh)
     capacity = expert_capacity(x.shape[1], w_router.shape[1], capacity_factor)
     layer = jax.shard_map(
@@ -144,6 +181,19 @@ def expert_choice_moe_sharded(x, w_router, w1, w2, capacity_factor, mesh):
         out_specs=(P(GROUPS), P(GROUPS), P(GROUPS), P(GROUPS)))
     out, gating, index, counts = layer(x, w_router, w1, w2)      # (G, S, D), (G, E, C) x2, (G, S)
     return out, {"gating": gating, "index": index, "experts_per_token": counts}
+
+
+def expert_choice_moe_in_model(x, w_router, w1, w2, capacity_factor, mesh):
+    """`expert_choice_moe_sharded` as the model's blocks call it, inside a traced step whose
+    activations are split over "data" only (ecdit.systems.mesh: the batch over data, replicated
+    over expert). x (G, S, D) is pinned to P("data") on the way in, so the split of its groups
+    over "expert" is a local slice of what each device already holds, and the outputs are pinned
+    back to P("data") (one all-gather over "expert"): the partitioner then lays out the rest of the
+    step as it would without the layer. Same returns as `routing.expert_choice_moe`."""
+    home = NamedSharding(_auto(mesh), P(DATA))
+    x = jax.lax.with_sharding_constraint(x, home)                # (G, S, D)  as the block holds it
+    out, routing = expert_choice_moe_sharded(x, w_router, w1, w2, capacity_factor, mesh)
+    return jax.lax.with_sharding_constraint((out, routing), home)  # (G, S, D), {(G, E, C) x2, (G, S)}
 
 
 # ---------------------------------------------------------------------------------------------

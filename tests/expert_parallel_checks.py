@@ -12,7 +12,12 @@ checks that
   * the gradients of a scalar loss w.r.t. x, w_router, w1 and w2 equal the unsharded ones;
   * the shard_map program's only collectives are two all-to-alls whose bytes equal
     `exchange_bytes` (forward), and four in the gradient program (twice the formula);
-  * a mesh that does not divide G or E is refused with a ValueError naming the argument.
+  * a mesh that does not divide G or E is refused with a ValueError naming the argument;
+  * the model's block (`blocks.dit_block`, jitted under `jax.set_mesh(mesh)`, inputs split over
+    "data" as the sharded train step places them) runs the shard_map layer when the mesh fits
+    (2 more all-to-alls than the same block traced without the context, moving `exchange_bytes`)
+    and the plain layer otherwise (expert axis 1, or G not divisible by the devices: no extra
+    all-to-all), with the same outputs as on one device either way.
 
 Exits 0 when every check passes; prints one line per check and the failures otherwise.
 """
@@ -27,9 +32,12 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ecdit.accelerated import blocks  # noqa: E402
 from ecdit.accelerated import expert_parallel as ep  # noqa: E402
 from ecdit.accelerated import routing  # noqa: E402
-from tests.helpers import moe_layer, topc_margin  # noqa: E402
+from ecdit.core.params import init_block  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+from tests.helpers import moe_layer, normal, topc_margin  # noqa: E402
 from tests.tolerances import FLOAT32, NEAR_TIE, assert_close  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "float32")  # as tests/conftest.py
@@ -130,6 +138,56 @@ def check_a_mesh_that_does_not_divide_the_layer_is_refused(mesh, shape):
             raise AssertionError(f"{name}: an indivisible layer was accepted")
 
 
+# The block check: B images of S tokens, width D, E experts; group sizes (tokens) per mesh
+BLOCK = dict(b=8, s=16, d=8, heads=2, kv_heads=1, text=4, text_width=8, experts=4)
+
+
+def block_inputs(seed=0):
+    """dit_block's inputs (x, c, y, params, text_mask) for BLOCK, AdaLN gates open."""
+    k = BLOCK
+    rng = np.random.default_rng(seed)
+    params = init_block(rng, k["d"], k["text_width"], k["heads"], k["kv_heads"], 2 * k["d"],
+                        num_experts=k["experts"], adaln_zero=False)
+    mask = np.ones((k["b"], k["text"]), bool)
+    return (normal(rng, (k["b"], k["s"], k["d"])), normal(rng, (k["b"], k["d"])),
+            normal(rng, (k["b"], k["text"], k["text_width"])), params, mask)
+
+
+def check_the_block_runs_the_shard_map_layer_under_a_mesh_context_that_fits(mesh, _shape):
+    """dit_block under jax.set_mesh: groups of 16 tokens (G = 8, one per device) take the
+    shard_map layer when the expert axis is >= 2; groups of 32 (G = 4) and an expert axis of 1
+    fall back to the plain layer. Outputs equal the one-device block's either way."""
+    k = BLOCK
+    x, c, y, params, mask = block_inputs()
+    want_out, want = blocks.dit_block(x, c, y, params, k["heads"], k["kv_heads"], 2.0, 16, mask)
+    batch, replicated = NamedSharding(mesh, P(ep.DATA)), NamedSharding(mesh, P())
+    placed = [jax.device_put(a, batch) for a in (x, c, y, mask)]
+    params = jax.device_put(params, replicated)
+
+    def block(group_size):
+        return jax.jit(lambda x_, c_, y_, m_, p_: blocks.dit_block(x_, c_, y_, p_, k["heads"], k["kv_heads"], 2.0,
+                                                                   group_size, m_))
+
+    for group_size in (16, 32):
+        fn, args = block(group_size), (*placed, params)
+        with jax.set_mesh(mesh):
+            out, got = fn(*args)
+            with_context = ep.collective_bytes(fn.lower(*args).compile().as_text(), DEVICES)
+        without = ep.collective_bytes(block(group_size).lower(*args).compile().as_text(), DEVICES)
+        groups = k["b"] * k["s"] // group_size
+        fits = mesh.shape["expert"] > 1 and groups % DEVICES == 0
+        extra = with_context["count"].get("all-to-all", 0) - without["count"].get("all-to-all", 0)
+        moved = with_context.get("all-to-all", 0) - without.get("all-to-all", 0)
+        capacity = routing.expert_capacity(group_size, k["experts"], 2.0)
+        formula = ep.exchange_bytes(groups, k["experts"], capacity, k["d"], mesh.shape["expert"],
+                                    data_axis_size=mesh.shape["data"]) if fits else 0
+        assert (extra, moved) == ((2, formula) if fits else (0, 0)), (group_size, extra, moved, formula)
+        if group_size == 16:
+            assert_close(out, want_out, FLOAT32, err_msg="block out")
+            for key in ("index", "experts_per_token"):
+                np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(want[key]), err_msg=key)
+
+
 def main() -> int:
     assert jax.device_count() == DEVICES, f"expected {DEVICES} simulated devices, got {jax.device_count()}"
     failures, t0 = [], time.perf_counter()
@@ -139,6 +197,8 @@ def main() -> int:
                           check_the_exchange_moves_exactly_the_formulas_bytes)]
     runs += [(check_sharded_layers_equal_the_single_device_layer, mesh_of(2, 4, explicit=True), CASES[(2, 4)][0]),
              (check_a_mesh_that_does_not_divide_the_layer_is_refused, mesh_of(2, 4), CASES[(2, 4)][0])]
+    runs += [(check_the_block_runs_the_shard_map_layer_under_a_mesh_context_that_fits, mesh_of(*axes), None)
+             for axes in ((2, 4), (8, 1))]
     for check, mesh, shape in runs:
         label = f"{check.__name__} mesh={dict(mesh.shape)} {mesh.axis_types[0]} shape={shape}"
         t = time.perf_counter()

@@ -1,10 +1,14 @@
 """A device mesh for training on several devices: named axes, shardings, and a sharded step.
 
-The route is GSPMD: this module only says where each array lives (a `NamedSharding` on the
-inputs and outputs of one `jax.jit`); XLA's partitioner inserts every collective (the gradient
-all-reduce over `data`, the FSDP all-gathers, whatever moving tokens to the experts' devices
-takes). There is
-no hand-written collective here, so the sharded step computes the same function as the one-device
+The route is GSPMD plus one hand-written layer: this module says where each array lives (a
+`NamedSharding` on the inputs and outputs of one `jax.jit`) and XLA's partitioner inserts the
+collectives (the gradient all-reduce over `data`, the FSDP all-gathers), except in the
+expert-choice layers: `sharded_train_step` traces the step under `jax.set_mesh(mesh)`, and there
+`accelerated.blocks.dit_block` runs expert choice through `expert_parallel.expert_choice_moe_sharded`
+(jax.shard_map, routing groups over ("data", "expert"), two fixed-size all_to_alls over `expert`)
+when the mesh fits the layer (`expert_parallel.context_mesh`: expert axis >= 2, the groups divide
+over all devices, the experts over `expert`); token choice, DiffMoE and a mesh that does not fit
+stay on GSPMD. Either way the sharded step computes the same function as the one-device
 `ecdit.systems.train.train_step`, up to float32 summation order.
 
     --mesh data=2,expert=4   ->  {"data": 2, "expert": 4}  ->  Mesh (2, 4), axes ("data", "expert")
@@ -39,6 +43,7 @@ Errors name the flag: ValueError("--mesh: ...") on one line, so the CLI can prin
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 
@@ -268,7 +273,8 @@ def shard_batch(batch: dict, mesh: jax.sharding.Mesh) -> dict:
 # The sharded step
 # ---------------------------------------------------------------------------------------------
 
-def sharded_train_step(mesh: jax.sharding.Mesh, model_cfg: ModelConfig, train_cfg: TrainConfig, train_step):
+def sharded_train_step(mesh: jax.sharding.Mesh, model_cfg: ModelConfig, train_cfg: TrainConfig, train_step, *,
+                       expert_parallel: bool = True):
     """A function (state, batch) -> (state, metrics): `train_step` (ecdit.systems.train.train_step,
     a `checked_jit` function (state, batch, model_cfg, train_cfg, group_size); passed in, so that
     the training loop can import this module without an import circle) with the config's training
@@ -277,9 +283,18 @@ def sharded_train_step(mesh: jax.sharding.Mesh, model_cfg: ModelConfig, train_cf
     without resharding); metrics come back replicated. train_step's contract runs first, as in the
     one-device step. State and batch may be NumPy or jax arrays anywhere: they are placed first.
     One compilation per state / batch structure; `step.trace_count()` says how many so far (as
-    `checked_jit`'s), `step.mesh` is the mesh."""
+    `checked_jit`'s), `step.mesh` is the mesh.
+
+    The step is traced and run under `jax.set_mesh(mesh)` (`expert_parallel`, the default), which
+    lets the blocks' expert-choice layers run as `expert_parallel.expert_choice_moe_sharded`
+    (module docstring); `expert_parallel=False` traces it without the context: the pure-GSPMD
+    step, kept to measure against. `step.lower(state, batch)` is the jit's `Lowered` for these
+    inputs, traced in the same context (`.compile().as_text()` for the HLO)."""
     group_size = model_cfg.train_group_size
     traces = 0
+    # JAX: jax.set_mesh is a thread-local context, part of jit's cache key and read in the trace
+    # by jax.sharding.get_abstract_mesh(); it must be entered outside jit, so around each call.
+    context = functools.partial(jax.set_mesh, mesh) if expert_parallel else contextlib.nullcontext
 
     def body(state, batch):
         nonlocal traces
@@ -288,7 +303,8 @@ def sharded_train_step(mesh: jax.sharding.Mesh, model_cfg: ModelConfig, train_cf
 
     compiled = {}
 
-    def step(state, batch):
+    def placed(state, batch):
+        """The jit for this structure and the inputs placed for it."""
         train_step.contract.check(
             dict(state=state, batch=batch, model_cfg=model_cfg, train_cfg=train_cfg, group_size=group_size))
         key = (jax.tree.structure(state), jax.tree.structure(batch))
@@ -300,8 +316,19 @@ def sharded_train_step(mesh: jax.sharding.Mesh, model_cfg: ModelConfig, train_cf
         state_sh, fn = compiled[key]
         # Place the inputs first (a no-op for the previous step's output): jit's cache tells a
         # committed one-device array from a sharded one, so an unplaced first state would compile twice.
-        return fn(jax.device_put(state, state_sh), shard_batch(batch, mesh))
+        return fn, jax.device_put(state, state_sh), shard_batch(batch, mesh)
+
+    def step(state, batch):
+        fn, state, batch = placed(state, batch)
+        with context():
+            return fn(state, batch)
+
+    def lower(state, batch):
+        fn, state, batch = placed(state, batch)
+        with context():
+            return fn.lower(state, batch)
 
     step.mesh = mesh
     step.trace_count = lambda: traces
+    step.lower = lower
     return step
