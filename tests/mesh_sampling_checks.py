@@ -3,13 +3,15 @@ its own Python with XLA_FLAGS=--xla_force_host_platform_device_count=4).
 
 For an expert-choice model (static) and a DiffMoE model (dynamic capacity, trained thresholds):
 `generate(..., mesh={"data": 2, "expert": 2})` returns the one-device images (within FLOAT32) and
-the same experts-per-token records, and the parameters it samples with are really placed on the
-mesh (an expert weight split over `expert`)."""
+the same experts-per-token records, the parameters it samples with are really placed on the mesh
+(an expert weight split over `expert`), and the expert-choice sampler exchanges tokens with
+all_to_all (the model's expert-parallel layer, accelerated/expert_parallel.py)."""
 import jax
 import numpy as np
 
 from ecdit.core.params import init_model, randomize_zero_init
-from ecdit.systems import sampling
+from ecdit.accelerated.sample import sample
+from ecdit.systems import sampling, text
 from tests.helpers import small_config
 from tests.tolerances import FLOAT32, assert_close
 
@@ -41,6 +43,14 @@ def main():
         w1 = placed["blocks"][1][kind]["w1"]
         assert w1.sharding.spec[0] == "expert", w1.sharding.spec
         assert {s.data.shape[0] for s in w1.addressable_shards} == {cfg.num_experts // 2}
+        if kind == "expert_choice":                              # the expert-parallel exchange is used
+            place = sampling._placement(params, cfg, AXES, 4, len(PROMPTS))
+            ids, mask = text.tokenize_batch(PROMPTS[:4], cfg.max_text_len)
+            noise = np.zeros((4, cfg.image_size, cfg.image_size, cfg.channels), np.float32)
+            with place.context():
+                hlo = sample.jitted.lower(placed, *place((noise, ids, mask)), cfg, 2, 5.0, None, False) \
+                    .compile().as_text()
+            assert "all-to-all" in hlo, "the sampler on the mesh has no all-to-all"
         print(kind, "dynamic" if dynamic else "static", "ok: max image difference",
               float(np.abs(mesh_images - one_images).max()))
     cfg, params = model("diffmoe")

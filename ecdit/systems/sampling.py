@@ -9,6 +9,7 @@ Shapes: M prompts, B images per batch, I x I x Ch images, S tokens, T steps, n s
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 
@@ -124,8 +125,9 @@ def generate(params, config: ModelConfig, prompts, seed: int = 0, num_steps: int
     images, experts = [], []
     for start in tqdm(range(0, n + pad, bs), desc=desc, disable=not progress, unit="batch", dynamic_ncols=True):
         sl = slice(start, start + bs)
-        x, counts = sample(params, *place((noise[sl], ids[sl], mask[sl])), config, num_steps, guidance_scale,
-                           group_size, bool(dynamic))
+        with place.context():                                    # the mesh, for the expert-parallel layer
+            x, counts = sample(params, *place((noise[sl], ids[sl], mask[sl])), config, num_steps, guidance_scale,
+                               group_size, bool(dynamic))
         images.append(to_images(x))
         experts.append(np.asarray(counts))
     images = np.concatenate(images)[:n]
@@ -134,11 +136,15 @@ def generate(params, config: ModelConfig, prompts, seed: int = 0, num_steps: int
 
 
 def _placement(params, config: ModelConfig, mesh: dict | None, batch_size: int, total: int):
-    """A function placing the parameters (a dict) or a batch (a tuple of arrays) on the mesh; the
-    identity without one. Checks the mesh against the config and the batch sizes first."""
+    """A function placing the parameters (a dict) or a batch (a tuple of arrays) on the mesh, with
+    `.context()` the mesh context to sample under; the identity (and a null context) without one.
+    Checks the mesh against the config and the batch sizes first."""
     axes = mesh_lib.check_mesh(mesh or {}, config, batch_size=batch_size)
     if not axes:
-        return lambda tree: tree
+        def identity(tree):
+            return tree
+        identity.context = contextlib.nullcontext
+        return identity
     last = total % batch_size
     if last and last % axes.get("data", 1):
         raise ValueError(f"{mesh_lib.FLAG}: data={axes['data']} does not divide the last batch of {last} prompts "
@@ -151,4 +157,7 @@ def _placement(params, config: ModelConfig, mesh: dict | None, batch_size: int, 
         if isinstance(tree, dict):
             return jax.device_put(tree, param_sharding)
         return tuple(jax.device_put(a, batch_sharding) for a in tree)
+    # Under the mesh, the model's expert-choice layers exchange tokens with shard_map's all_to_all
+    # (accelerated.expert_parallel), as the training step does
+    place.context = lambda: jax.set_mesh(device_mesh)
     return place
