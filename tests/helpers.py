@@ -6,6 +6,9 @@ block's router input rebuilt by hand) and routing-margin utilities.
 Drawing arrays through `np.random.default_rng(seed)` keeps examples cheap while hypothesis still
 shrinks the shapes and the seed; values with deliberate ties come from `tied_values`.
 """
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import settings
@@ -115,3 +118,22 @@ def dense_gating(gating, index, num_tokens):
         for ei in range(e):
             dense[gi, index[gi, ei], ei] = gating[gi, ei]
     return dense
+
+
+# ---------------------------------------------------------------------------------------------
+# Simulated devices: multi-device code runs in its own Python, so this one keeps one device
+# ---------------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def simulated_devices_env(devices: int) -> dict:
+    """The environment of a subprocess with `devices` simulated CPU devices and this checkout on
+    its path. --xla_backend_optimization_level=0: LLVM's optimisation of the CPU code is half of
+    the compile time and changes nothing the SPMD partitioner does."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    for name in ("ECDIT_COORDINATOR", "ECDIT_NUM_PROCESSES", "ECDIT_PROCESS_ID"):
+        env.pop(name, None)                                      # a caller's cluster settings never leak in
+    return env

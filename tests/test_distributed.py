@@ -9,12 +9,10 @@ steps on its one device: the losses must match within relative 1e-3 (the issue's
 tests/mesh_checks.py) and the final state within FLOAT32; the two processes must agree exactly
 (they gathered the same global arrays).
 """
-import os
 import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -23,9 +21,9 @@ import pytest
 from ecdit.systems import distributed as D
 from ecdit.systems import mesh as M
 from ecdit.systems import train as T
+from tests.helpers import ROOT, simulated_devices_env
 from tests.tolerances import FLOAT32, LOSS_CURVE_RTOL, assert_close
 
-ROOT = Path(__file__).resolve().parents[1]
 WORKER_TIMEOUT_S = 120
 
 
@@ -139,11 +137,7 @@ def one_device_run():
 
 
 def launch_workers(tmp_path, port):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-    for name in D.ENV_VARS:                                      # the flag says who is who, not the caller's shell
-        env.pop(name, None)
+    env = simulated_devices_env(2)
     procs = []
     for i in range(2):
         log = open(tmp_path / f"worker{i}.log", "w")
@@ -212,11 +206,7 @@ def test_ecdit_train_with_two_processes_writes_the_one_device_run(tmp_path):
     from tests.test_cli import SMALL
     run, one = tmp_path / "run", tmp_path / "one"
     port = free_port()
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-    for name in D.ENV_VARS:
-        env.pop(name, None)
+    env = simulated_devices_env(2)
     procs = []
     for i in range(2):
         log = open(tmp_path / f"worker{i}.log", "w")

@@ -4,23 +4,19 @@ devices, in a subprocess (tests/expert_parallel_checks.py), and the byte account
 The device count is fixed when JAX starts, so the multi-device checks run in their own Python
 with XLA_FLAGS=--xla_force_host_platform_device_count=8; this process keeps one device.
 """
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from ecdit.accelerated import expert_parallel as ep
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT, simulated_devices_env
 
 
 def test_sharded_layers_equal_the_single_device_layer_on_8_simulated_devices():
     """Values, routing records and gradients of both sharded layers equal the unsharded layer's,
     and the shard_map program's all-to-all bytes equal `exchange_bytes` (the script's docstring)."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    env = simulated_devices_env(8)
     run = subprocess.run([sys.executable, "-m", "tests.expert_parallel_checks"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-6000:]

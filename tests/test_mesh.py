@@ -6,10 +6,8 @@ The device count is fixed when JAX starts, so the multi-device step runs in its 
 keeps one device. The flag, the checks (given `num_devices`) and the sharding rules (on an
 AbstractMesh of any shape, which needs no devices) are tested here.
 """
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -21,9 +19,7 @@ from ecdit.core.params import init_model
 from ecdit.systems import mesh as M
 from ecdit.systems import train as T
 from ecdit.systems.optim import init_state
-from tests.helpers import small_config, small_train
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT, simulated_devices_env, small_config, small_train
 
 
 def abstract_mesh(data, expert):
@@ -243,9 +239,7 @@ def test_sharded_train_step_on_data2_expert4_equals_one_device():
     layer's all-to-alls, fewer all-gather bytes than the pure-GSPMD step's; the script's docstring). The script's XLA_FLAGS add
     --xla_backend_optimization_level=0: LLVM's optimisation of the CPU code is half of the
     compile time and changes nothing the SPMD partitioner does (both programs get it)."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    env = simulated_devices_env(8)
     run = subprocess.run([sys.executable, "-m", "tests.mesh_checks"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-6000:]
@@ -253,9 +247,7 @@ def test_sharded_train_step_on_data2_expert4_equals_one_device():
 
 
 def _cli(*args, devices=1):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    env = simulated_devices_env(devices)
     run = subprocess.run([sys.executable, "-m", "ecdit", *args], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]

@@ -1,18 +1,14 @@
 """Sampling on a device mesh (`generate(..., mesh=)`, the --mesh flag of sample / eval / heatmap /
 compare): equal to one device, on 4 simulated devices in a subprocess (tests/mesh_sampling_checks.py),
 so the rest of the suite keeps one device."""
-import os
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT, simulated_devices_env
 
 
 def test_sampling_on_data2_expert2_returns_the_one_device_images_and_expert_counts():
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    env = simulated_devices_env(4)
     run = subprocess.run([sys.executable, "-m", "tests.mesh_sampling_checks"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
