@@ -34,7 +34,7 @@ import numpy as np
 from ecdit.accelerated import expert_parallel as ep
 from ecdit.accelerated import routing
 from . import timing
-from .markdown import table
+from .markdown import exchange_table as markdown_table  # noqa: F401  (the table lives with the report)
 
 # A tiny layer: G groups of S tokens, width D, E experts of hidden F, capacity factor f_c.
 TINY = dict(groups=16, tokens=64, width=32, experts=8, hidden=64, capacity_factor=2.0)
@@ -101,32 +101,6 @@ def measure_exchange_in_subprocess(data: int = 2, expert: int = 4, rounds: int =
             str(expert), "--rounds", str(rounds), "--shape", json.dumps(shape)]
     run = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, check=True)
     return json.loads(run.stdout)
-
-
-def _total(hlo: dict) -> int:
-    return sum(v for k, v in hlo.items() if k != "count")
-
-
-def _kinds(hlo: dict) -> str:
-    return ", ".join(f"{k} {v:,} ({hlo['count'][k]})" for k, v in sorted(hlo.items()) if k != "count") or "none"
-
-
-def markdown_table(rows: list[dict]) -> str:
-    """The rows of `measure_exchange` as a markdown table, with a line naming the layer and mesh."""
-    s, m = rows[0]["shape"], rows[0]["mesh"]
-    head = (f"EC layer G={s['groups']} S={s['tokens']} D={s['width']} E={s['experts']} F={s['hidden']} "
-            f"f_c={s['capacity_factor']} (C={rows[0]['capacity']}), float32, mesh data={m['data']} x "
-            f"expert={m['expert']} simulated CPU devices. Bytes are per device; timings a sanity check only.\n\n")
-    header = ["variant", "exchange bytes, formula (fwd / step)", "all-to-all bytes, HLO (fwd)",
-              "all collectives, HLO fwd: kind bytes (ops)", "HLO step (fwd + bwd): all-to-all + other bytes",
-              "median fwd ms", "time / single device"]
-    body = []
-    for r in rows:
-        step_a2a = r["step_hlo"].get("all-to-all", 0)
-        body.append([r["variant"], f"{r['bytes_formula']:,} / {r['step_bytes_formula']:,}", f"{r['all_to_all_hlo']:,}",
-                     _kinds(r["forward_hlo"]), f"{step_a2a:,} + {_total(r['step_hlo']) - step_a2a:,}",
-                     f"{r['median_ms']:.2f}", f"{r['ratio']:.2f}"])
-    return head + table(header, body)
 
 
 def main(argv=None) -> int:

@@ -391,6 +391,46 @@ def section_allocator(results: dict, plan: Plan) -> list[str]:
     return out
 
 
+def _total(hlo: dict) -> int:
+    return sum(v for k, v in hlo.items() if k != "count")
+
+
+def _kinds(hlo: dict) -> str:
+    return ", ".join(f"{k} {v:,} ({hlo['count'][k]})" for k, v in sorted(hlo.items()) if k != "count") or "none"
+
+
+def exchange_table(rows: list[dict]) -> str:
+    """The rows of `measure_exchange` as a markdown table, with a line naming the layer and mesh."""
+    s, m = rows[0]["shape"], rows[0]["mesh"]
+    head = (f"EC layer G={s['groups']} S={s['tokens']} D={s['width']} E={s['experts']} F={s['hidden']} "
+            f"f_c={s['capacity_factor']} (C={rows[0]['capacity']}), float32, mesh data={m['data']} x "
+            f"expert={m['expert']} simulated CPU devices. Bytes are per device; timings a sanity check only.\n\n")
+    header = ["variant", "exchange bytes, formula (fwd / step)", "all-to-all bytes, HLO (fwd)",
+              "all collectives, HLO fwd: kind bytes (ops)", "HLO step (fwd + bwd): all-to-all + other bytes",
+              "median fwd ms", "time / single device"]
+    body = []
+    for r in rows:
+        step_a2a = r["step_hlo"].get("all-to-all", 0)
+        body.append([r["variant"], f"{r['bytes_formula']:,} / {r['step_bytes_formula']:,}", f"{r['all_to_all_hlo']:,}",
+                     _kinds(r["forward_hlo"]), f"{step_a2a:,} + {_total(r['step_hlo']) - step_a2a:,}",
+                     f"{r['median_ms']:.2f}", f"{r['ratio']:.2f}"])
+    return head + table(header, body)
+
+
+def section_exchange(results: dict) -> list[str]:
+    """J: the expert-parallel EC layer's token exchange on a mesh of simulated devices (bytes)."""
+    rows = results.get("exchange") or []
+    if not rows:
+        return []
+    return ["## J. Expert parallelism: the token exchange of one EC layer on a device mesh\n",
+            "`accelerated.expert_parallel`: the EC layer sharded over a (data, expert) mesh of simulated CPU "
+            "devices, in a subprocess (`benchmarks/exchange.py`), against the one-device layer: shard_map with two "
+            "static all_to_alls (the form the model uses on a mesh) and the GSPMD-constraint alternative. The bytes "
+            "are counted from each compiled program and checked against `exchange_bytes`' formula; the devices share "
+            "one CPU, so the times are a sanity check, not a speed measurement (docs/scaling.md).\n",
+            exchange_table(rows) + "\n"]
+
+
 def section_dynamic(results: dict, rel: dict) -> list[str]:
     rows_in = results.get("dynamic") or []
     if not rows_in:
@@ -434,5 +474,6 @@ def render(results: dict, plan: Plan, targets: list[TargetResult], plots: dict, 
              + section_targets(results, targets) + section_grid(results, plan, rel) + section_experts(results, rel)
              + section_gflops(results, rel) + section_memory(results, rel) + section_profile(results, rel)
              + section_reference(results, rel) + section_blocks(results) + section_model(results, rel)
-             + section_allocator(results, plan) + section_dynamic(results, rel) + section_reproduce())
+             + section_allocator(results, plan) + section_dynamic(results, rel) + section_exchange(results)
+             + section_reproduce())
     return "\n".join(lines) + "\n"

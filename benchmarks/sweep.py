@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from . import machine, timing
+from . import exchange, machine, timing
 from . import workloads as W
 from .derived import onehot_slowdown_bound
 from .plans import DENSE, EC, GRID_VARIANTS, ONEHOT, Plan, expert_choice_at, key
@@ -280,6 +280,8 @@ def measure(plan: Plan, log) -> dict:
     results["blocks"] = measure_blocks(plan, log)
     results["model"] = measure_model(plan, log)
     results["dynamic"] = measure_dynamic(plan, log)
+    log("J expert-parallel exchange, mesh data=2 x expert=4 of simulated devices (subprocess)")
+    results["exchange"] = exchange.measure_exchange_in_subprocess(2, 4, rounds=3 if plan.name == "smoke" else 15)
     results["probe"] = measure_allocator(plan, log)
     results["peak_end"] = timing.matmul_peak(plan.peak_sizes, plan.peak_repeats)
     results["info"]["load_average_end"] = machine.load_average()

@@ -36,8 +36,13 @@ def test_report_smoke_sweep_writes_markdown_and_plots(tmp_path):
     text = path.read_text()
     for heading in ("## Machine", "## What is timed", "## Targets", "## A. Time against tokens per group S",
                     "## B. Against the number of experts E", "## C. Memory", "## D. Where the time goes",
-                    "## E. JAX (jit) against the NumPy reference", "## F. The DiT block", "## G. The whole model"):
+                    "## E. JAX (jit) against the NumPy reference", "## F. The DiT block", "## G. The whole model",
+                    "## J. Expert parallelism"):
         assert heading in text, heading
+    # J: the compiled shard_map program moves exactly the formula's bytes, and only by all-to-all
+    row = next(line for line in text.splitlines() if line.startswith("| shard_map |")).split(" | ")
+    formula_fwd = row[1].split(" / ")[0]
+    assert formula_fwd == row[2] and row[3] == f"all-to-all {formula_fwd} (2)", row
     # every target row says met or missed, and every plot it links exists
     rows = [line for line in text.split("## Targets", 1)[1].split("\n## ", 1)[0].splitlines() if line.startswith("| ") and "target" not in line]
     assert rows and all(("**met**" in r) or ("**missed**" in r) for r in rows)
