@@ -13,10 +13,11 @@ n sparse layers.
 import jax.numpy as jnp
 
 from ecdit.core import contracts
+from ecdit.core.params import predictor_kind
 
+from .diffmoe import predictor_loss, update_threshold
 from .flow import interpolate, logit_normal_timesteps, rectified_flow_loss
 from .jit import checked_jit
-from .diffmoe import predictor_loss, update_threshold
 from .model import forward, null_caption, patchify
 
 
@@ -28,11 +29,12 @@ def caption_dropout(text_ids, text_mask, drop):
     return jnp.where(keep, text_ids, null_ids), jnp.where(keep, text_mask, null_mask)
 
 
-@checked_jit(contracts.flow_matching_loss, static_argnames=("config", "group_size"))
-def flow_matching_loss(params, x0, noise, t, text_ids, text_mask, config, keep_index=None, group_size=None):
+@checked_jit(contracts.flow_matching_loss, static_argnames=("config", "group_size", "dynamic"))
+def flow_matching_loss(params, x0, noise, t, text_ids, text_mask, config, keep_index=None, group_size=None,
+                       dynamic=False):
     """Eq. 1 at the given t on the kept tokens: (loss (), routing of `forward`)."""
     x_t = interpolate(x0, noise, t)                              # (B, I, I, Ch)
-    v, routing = forward(params, x_t, t, text_ids, text_mask, config, keep_index, group_size)  # (B, S', P)
+    v, routing = forward(params, x_t, t, text_ids, text_mask, config, keep_index, group_size, dynamic)  # (B, S', P)
     x0_p = patchify(x0, config.patch_size)                       # (B, S, P)
     noise_p = patchify(noise, config.patch_size)                 # (B, S, P)
     if keep_index is not None:                                   # the loss is on kept tokens only
@@ -88,7 +90,7 @@ def update_thresholds(params, kth_score, config):
     training step calls it after the optimiser's update, so the thresholds are never optimised."""
     blocks, row = [], 0
     for block in params["blocks"]:
-        kind = next((k for k in ("expert_choice", "diffmoe") if k in block and "threshold" in block[k]), None)
+        kind = predictor_kind(block)
         if kind is not None:
             tau = update_threshold(block[kind]["threshold"], kth_score[row], config.threshold_decay)  # (E,)
             block = dict(block, **{kind: dict(block[kind], threshold=tau)})

@@ -23,9 +23,10 @@ import numpy as np
 
 from ecdit.core import contracts
 from ecdit.core.checks import checked
+from ecdit.core.params import predictor_kind
 
-from .flow import interpolate, logit_normal_timesteps, rectified_flow_loss
 from .diffmoe import predictor_loss, update_threshold
+from .flow import interpolate, logit_normal_timesteps, rectified_flow_loss
 from .model import forward, null_caption, patchify
 
 
@@ -38,11 +39,13 @@ def caption_dropout(text_ids, text_mask, drop):
 
 
 @checked(contracts.flow_matching_loss)
-def flow_matching_loss(params, x0, noise, t, text_ids, text_mask, config, keep_index=None, group_size=None):
+def flow_matching_loss(params, x0, noise, t, text_ids, text_mask, config, keep_index=None, group_size=None,
+                       dynamic=False):
     """Eq. 1 at the given t for each image, on the kept tokens: mean ((noise - x0) - v)^2 over
-    kept patches and values. Returns (loss (), routing of `forward`)."""
+    kept patches and values. Returns (loss (), routing of `forward`). `dynamic`: routed with
+    DiffMoE's dynamic capacity, as at inference (evaluation; training uses the static rule)."""
     x_t = interpolate(x0, noise, t)                              # (B, I, I, Ch)
-    v, routing = forward(params, x_t, t, text_ids, text_mask, config, keep_index, group_size)  # (B, S', P)
+    v, routing = forward(params, x_t, t, text_ids, text_mask, config, keep_index, group_size, dynamic)  # (B, S', P)
     x0_p = patchify(x0, config.patch_size)                       # (B, S, P)
     noise_p = patchify(noise, config.patch_size)                 # (B, S, P)
     if keep_index is not None:                                   # the loss is on kept tokens only
@@ -99,7 +102,7 @@ def update_thresholds(params, kth_score, config):
     training step calls it after the optimiser's update, so the thresholds are never optimised."""
     blocks, row = [], 0
     for block in params["blocks"]:
-        kind = next((k for k in ("expert_choice", "diffmoe") if k in block and "threshold" in block[k]), None)
+        kind = predictor_kind(block)
         if kind is not None:
             tau = update_threshold(block[kind]["threshold"], kth_score[row], config.threshold_decay)  # (E,)
             block = dict(block, **{kind: dict(block[kind], threshold=tau)})

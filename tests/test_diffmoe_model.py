@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from ecdit import accelerated as A
 from ecdit import reference as R
 from ecdit.core.config import DIFFMOE_CAPACITY_FACTOR, preset
-from ecdit.core.params import count, count_params, init_model, randomize_zero_init
+from ecdit.core.params import count, count_params, init_model, predictor_kind, randomize_zero_init
 from ecdit.systems import checkpoint as C
 from ecdit.systems import optim, sampling, text
 from ecdit.systems import train as T
@@ -76,7 +76,7 @@ def with_thresholds(params, taus):
     """A copy of params whose layers with a capacity predictor hold taus[l] (E,), in layer order."""
     blocks, row = [], 0
     for block in params["blocks"]:
-        kind = next((k for k in ("expert_choice", "diffmoe") if k in block and "threshold" in block[k]), None)
+        kind = predictor_kind(block)
         if kind is not None:
             block = dict(block, **{kind: dict(block[kind], threshold=np.asarray(taus[row], np.float32))})
             row += 1

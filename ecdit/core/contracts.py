@@ -17,6 +17,7 @@ import numpy as np
 from ecdit.core.checks import (BOOL, CALLABLE, FINITE, POSITIVE, Array, Contract, Float, Instance, Int, Params,
                                is_traced, shape_of)
 from ecdit.core.config import FFN_KINDS, ModelConfig, TrainConfig, expert_capacity
+from ecdit.core.params import predictor_kind
 
 # ---------------------------------------------------------------------------------------------
 # Value checks used by several contracts
@@ -254,10 +255,9 @@ def _thresholds_are_probabilities(blocks):
     """Dynamic capacity reads the thresholds tau of every predictor layer: finite, in [0, 1].
     Checked where the parameters are concrete (outside jit), so both halves refuse the same values."""
     for block in blocks:
-        for kind in ("expert_choice", "diffmoe"):
-            moe = block.get(kind) if isinstance(block, dict) else None
-            if isinstance(moe, dict) and "threshold" in moe and not is_traced(moe["threshold"]):
-                _probabilities("threshold", moe["threshold"])
+        kind = predictor_kind(block)
+        if kind is not None and not is_traced(block[kind]["threshold"]):
+            _probabilities("threshold", block[kind]["threshold"])
 
 
 BLOCKS = Instance((list, tuple), "a list of blocks")
@@ -320,7 +320,7 @@ caption_dropout = Contract(text_ids=Array("B L", dtype="int"), text_mask=TEXT_MA
 flow_matching_loss = Contract(params=MODEL_PARAMS, x0=IMAGES, noise=IMAGES, t="B", text_ids=Array("B L", dtype="int"),
                               text_mask=TEXT_MASK, config=CONFIG,
                               keep_index=KEEP_INDEX,
-                              group_size=Int(optional=True), where=_fits_config)
+                              group_size=Int(optional=True), dynamic=BOOL, where=_fits_config)
 training_loss = Contract(params=MODEL_PARAMS, batch=BATCH, model_cfg=CONFIG,
                          train_cfg=Instance(TrainConfig, "a TrainConfig"), group_size=Int(optional=True),
                          where=_batch_fits_config)
@@ -328,7 +328,7 @@ training_loss = Contract(params=MODEL_PARAMS, batch=BATCH, model_cfg=CONFIG,
 
 def _one_row_per_predictor(args, dims):
     blocks = args["params"]["blocks"]
-    n = sum(1 for b in blocks for k in ("expert_choice", "diffmoe") if k in b and "threshold" in b[k])
+    n = sum(predictor_kind(b) is not None for b in blocks)
     if dims["n"] != n:
         raise ValueError(f"kth_score: {dims['n']} rows, expected one per layer with a capacity predictor ({n})")
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ecdit.core.config import ModelConfig
+from ecdit.core.config import POOL_KINDS, ModelConfig
 
 DTYPE = np.float32
 
@@ -80,6 +80,17 @@ def init_predictor(rng, d: int, num_experts: int) -> dict:
     """DiffMoE's capacity predictor, an MLP D -> D -> E with biases: w1 (D, D), b1, w2 (D, E), b2."""
     return {"w1": _normal(rng, (d, d), d), "b1": np.zeros((d,), DTYPE),
             "w2": _normal(rng, (d, num_experts), d), "b2": np.zeros((num_experts,), DTYPE)}
+
+
+def predictor_kind(block) -> str | None:
+    """The key of a block's MoE that holds DiffMoE's capacity predictor and thresholds
+    ("expert_choice" or "diffmoe"), or None: the one rule for which layers have thresholds, used by
+    the contracts, `objective.update_thresholds` (both halves) and the sampler's checks."""
+    for kind in POOL_KINDS:
+        moe = block.get(kind) if isinstance(block, dict) else None
+        if isinstance(moe, dict) and "threshold" in moe:
+            return kind
+    return None
 
 
 def init_timestep_mlp(rng, freq_dim: int, d: int) -> dict:

@@ -15,12 +15,11 @@ import warnings
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from ecdit.accelerated.sample import sample
 from ecdit.core.config import DEFAULT_GUIDANCE, DEFAULT_SAMPLE_STEPS, ModelConfig
+from ecdit.core.params import predictor_kind
 from ecdit.systems import mesh as mesh_lib
 from ecdit.systems import text
 
@@ -46,8 +45,7 @@ def to_images(x) -> np.ndarray:
 
 def thresholds(params) -> list[np.ndarray]:
     """The thresholds tau (E,) of every layer with a capacity predictor, in layer order."""
-    return [np.asarray(b[k]["threshold"]) for b in params["blocks"] for k in ("expert_choice", "diffmoe")
-            if k in b and "threshold" in b[k]]
+    return [np.asarray(b[predictor_kind(b)]["threshold"]) for b in params["blocks"] if predictor_kind(b)]
 
 
 def threshold_warmup_steps(decay: float) -> int:
@@ -151,12 +149,11 @@ def _placement(params, config: ModelConfig, mesh: dict | None, batch_size: int, 
                          "(a DiffMoE model's last batch is not padded); give a multiple of it")
     device_mesh = mesh_lib.make_mesh(axes)
     param_sharding = mesh_lib.param_shardings(params, device_mesh)
-    batch_sharding = NamedSharding(device_mesh, P("data"))
 
     def place(tree):
         if isinstance(tree, dict):
             return jax.device_put(tree, param_sharding)
-        return tuple(jax.device_put(a, batch_sharding) for a in tree)
+        return tuple(mesh_lib.shard_batch(dict(enumerate(tree)), device_mesh).values())  # split over data
     # Under the mesh, the model's expert-choice layers exchange tokens with shard_map's all_to_all
     # (accelerated.expert_parallel), as the training step does
     place.context = lambda: jax.set_mesh(device_mesh)

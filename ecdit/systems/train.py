@@ -27,7 +27,6 @@ import optax
 from tqdm.auto import tqdm
 
 from ecdit.accelerated.jit import checked_jit
-from ecdit.accelerated.model import velocity
 from ecdit.accelerated.objective import flow_matching_loss, training_loss, update_thresholds
 from ecdit.core import contracts
 from ecdit.core.checks import Contract, Instance, Int, Params, positive_int
@@ -97,8 +96,8 @@ def validation_loss(params, model_cfg: ModelConfig, items, *, seed: int = 0,
     parameters: every item's image is its own seeded scene (`HeldoutItem.seed`), the noise comes
     from np.random.default_rng(seed), and each t in `timesteps` is applied to every image.
     Returns {"mean": mean over timesteps, "per_t": {t: loss}}. Comparable across models only with
-    the same items, seed and timesteps. `dynamic`: route with DiffMoE's dynamic capacity (the
-    velocity of `accelerated.model.velocity`, the same squared error) instead of the training rule.
+    the same items, seed and timesteps. `dynamic`: route with DiffMoE's dynamic capacity
+    (`flow_matching_loss(..., dynamic=True)`) instead of the training rule.
     A DiffMoE model's pool is each batch of `batch_size` items.
     """
     if dynamic:
@@ -114,12 +113,8 @@ def validation_loss(params, model_cfg: ModelConfig, items, *, seed: int = 0,
         for a in range(0, len(items), batch_size):
             b = slice(a, a + batch_size)
             tb = np.full((len(x0[b]),), t, np.float32)                       # (B,)  one t for every image
-            if dynamic:
-                x_t = (1.0 - tb[:, None, None, None]) * x0[b] + tb[:, None, None, None] * noise[b]
-                v = velocity(params, x_t, tb, ids[b], mask[b], model_cfg, None, True)  # (B, I, J, Ch)
-                loss = np.mean(((noise[b] - x0[b]) - np.asarray(v)) ** 2)
-            else:
-                loss, _ = flow_matching_loss(params, x0[b], noise[b], tb, ids[b], mask[b], model_cfg)  # no masking
+            loss, _ = flow_matching_loss(params, x0[b], noise[b], tb, ids[b], mask[b], model_cfg,  # no masking
+                                         None, None, dynamic)
             total += float(loss) * len(x0[b])
         per_t[float(t)] = total / len(items)
     return {"mean": float(np.mean(list(per_t.values()))), "per_t": per_t}
