@@ -9,10 +9,10 @@ Shapes: B batch, S image tokens, L text tokens, D width, F_t timestep-frequency 
 
 On a device mesh (JAX only: the spec has no devices). When the block is traced under a mesh
 context with axes ("data", "expert") (`jax.set_mesh`, as `ecdit.systems.mesh.sharded_train_step`
-sets it), the expert-choice layer runs expert-parallel when the mesh fits the layer
-(`expert_parallel.context_mesh`): `expert_parallel.expert_choice_moe_in_model`, jax.shard_map
-with two fixed-size all_to_alls over "expert". Token choice, DiffMoE and the predictor forms
-stay on GSPMD.
+sets it), the MoE layer (expert choice, token choice, DiffMoE's pools static or dynamic) runs
+expert-parallel when the mesh fits the layer (`expert_parallel.context_mesh`): its shard_map
+twin in accelerated/expert_parallel.py, two fixed-size all_to_alls over "expert", through
+`expert_parallel.in_model`. DiffMoE's default pool (the whole batch, G = 1) stays on GSPMD.
 """
 import jax.numpy as jnp
 import numpy as np
@@ -21,7 +21,8 @@ from .jit import checked_jit
 from .attention import cross_attention, self_attention
 from .primitives import feed_forward, layer_norm, silu
 from .diffmoe import pool_moe, pool_moe_dynamic
-from .expert_parallel import context_mesh, expert_choice_moe_in_model
+from .expert_parallel import context_mesh, expert_choice_moe_sharded, in_model, pool_moe_dynamic_sharded, \
+    pool_moe_sharded, token_choice_moe_sharded
 from .routing import expert_choice_moe, group_tokens, ungroup_tokens
 from .token_choice import token_choice_moe
 from ecdit.core import contracts
@@ -71,8 +72,8 @@ def modulate(x, shift, scale):
 def dit_block(x, c, y, params, num_heads, num_kv_heads, capacity_factor=2.0, group_size=None, text_mask=None,
               num_selected=2, dynamic=False):
     """One EC-DiT block (Fig. 2); the FFN is the one under params' 'dense', 'expert_choice',
-    'token_choice' or 'diffmoe' key ('diffmoe': one pool holding the batch; a predictor: the
-    pooled form, dynamic capacity with `dynamic`). Returns (out (B, S, D), routing or None)."""
+    'token_choice' or 'diffmoe' key ('diffmoe': pools of group_size tokens, default the batch; a
+    predictor: the pooled form, dynamic capacity with `dynamic`). Returns (out (B, S, D), routing or None)."""
     b, s, d = x.shape
     mod = adaln_modulation(c, params["adaln"])                   # 6 x (B, D)
     h = modulate(layer_norm(x), mod["shift_msa"], mod["scale_msa"])          # (B, S, D)
@@ -85,32 +86,29 @@ def dit_block(x, c, y, params, num_heads, num_kv_heads, capacity_factor=2.0, gro
     else:
         kind = next(k for k in ("expert_choice", "token_choice", "diffmoe") if k in params)
         moe = params[kind]
-        pool = b * s if kind == "diffmoe" else (s if group_size is None else group_size)  # DiffMoE: the batch
+        default = b * s if kind == "diffmoe" else s              # DiffMoE: the batch; else one image
+        pool = default if group_size is None else group_size
         grouped = group_tokens(x_p, pool)                        # (G, pool, D)
         if "predictor" in moe and dynamic:                       # DiffMoE inference: k_e from the predictor
-            out_g, routing = pool_moe_dynamic(grouped, moe["w_router"], moe["w1"], moe["w2"], moe["predictor"],
-                                              moe["threshold"])
+            layers, args = (pool_moe_dynamic, pool_moe_dynamic_sharded), (moe["predictor"], moe["threshold"])
         elif "predictor" in moe:                                 # expert choice per pool, predictor trained
-            out_g, routing = pool_moe(grouped, moe["w_router"], moe["w1"], moe["w2"], moe["predictor"],
-                                      capacity_factor)
+            layers, args = (pool_moe, pool_moe_sharded), (moe["predictor"], capacity_factor)
         elif kind == "expert_choice":                            # expert choice, Eq. 5-8
-            # JAX: under a ("data", "expert") mesh context that fits (expert axis >= 2, G divisible
-            # by data x expert, E by expert; `context_mesh`), the shard_map layer: groups over both
-            # axes, experts over "expert", two all_to_alls, in and out pinned to the block's split
-            # over "data" (`expert_choice_moe_in_model`); the same outputs as the plain layer.
-            # Otherwise (one device, no context, shapes that do not split) the plain layer, which a
-            # mesh's GSPMD partitioner shards itself. Token choice, whose per-expert loads depend on
-            # the router, and DiffMoE / the predictor forms, whose pool is the whole batch or whose
-            # capacity is dynamic, have no fixed-size exchange and always stay on GSPMD.
-            mesh = context_mesh(grouped.shape[0], moe["w_router"].shape[1])
-            if mesh is not None:
-                out_g, routing = expert_choice_moe_in_model(grouped, moe["w_router"], moe["w1"], moe["w2"],
-                                                            capacity_factor, mesh)
-            else:
-                out_g, routing = expert_choice_moe(grouped, moe["w_router"], moe["w1"], moe["w2"], capacity_factor)
+            layers, args = (expert_choice_moe, expert_choice_moe_sharded), (capacity_factor,)
         else:                                                    # token choice top-k (GShard)
-            out_g, routing = token_choice_moe(grouped, moe["w_router"], moe["w1"], moe["w2"], capacity_factor,
-                                              num_selected)
+            layers, args = (token_choice_moe, token_choice_moe_sharded), (capacity_factor, num_selected)
+        # JAX: under a ("data", "expert") mesh context that fits (expert axis >= 2, G divisible by
+        # data x expert, E by expert; `context_mesh`), the layer's shard_map twin: groups (pools)
+        # over both axes, experts over "expert", two all_to_alls, in and out pinned to the block's
+        # split over "data" (`expert_parallel.in_model`); the same outputs as the plain layer.
+        # Otherwise (one device, no context, shapes that do not split; DiffMoE's one pool holding
+        # the batch) the plain layer, which a mesh's GSPMD partitioner shards itself.
+        mesh = context_mesh(grouped.shape[0], moe["w_router"].shape[1])
+        weights = (grouped, moe["w_router"], moe["w1"], moe["w2"])
+        if mesh is None:
+            out_g, routing = layers[0](*weights, *args)
+        else:
+            out_g, routing = in_model(layers[1], *weights, *args, mesh=mesh)
         ffn_out = ungroup_tokens(out_g, b)                        # (B, S, D)
         routing = dict(routing, experts_per_token=routing["experts_per_token"].reshape(b, s))  # (B, S)
     return x_prime + mod["gate_mlp"][:, None, :] * ffn_out, routing          # (B, S, D)

@@ -73,41 +73,49 @@ def _ceilings(num_tokens):
 # Expert choice over G token pools, with the capacity predictor watching
 # ---------------------------------------------------------------------------------------------
 
+def _predictor_records(x, predictor, index):
+    """What the capacity predictor adds to expert choice in G pools: its logits on a stop-gradient
+    copy of x (G, N, E), its target M (G, N, E) from the chosen slots index (G, E, k), and per pool
+    q_e = the k-th largest sigmoid(P[:, e]) (G, E). Shared with the expert-parallel layer
+    (accelerated/expert_parallel.py), which averages q over devices instead of over local pools."""
+    g, n, d = x.shape
+    k = index.shape[-1]
+    logits = capacity_predictor(jax.lax.stop_gradient(x), predictor)  # (G, N, E)  no gradient into x
+    top, _ = jax.lax.top_k(jnp.swapaxes(logits, 1, 2), k)        # (G, E, k)  JAX: top-k of the logits,
+    kth = sigmoid(top[..., -1])                                  # (G, E)     sigmoid is monotone
+    keep = jnp.ones(index.shape, dtype=bool)                     # (G, E, k)
+    return {"assignment": _assignment(index, keep, n, x.dtype),  # (G, N, E)
+            "predictor_logits": logits}, kth.astype(x.dtype)     # (G, N, E), (G, E)
+
+
 @checked_jit(contracts.pool_moe, static_argnames=("capacity_factor",))
 def pool_moe(x, w_router, w1, w2, predictor, capacity_factor):
     """Expert choice in each of G pools plus the capacity predictor. x (G, N, D) -> (out (G, N, D),
     {gating, index (G, E, k), experts_per_token (G, N), assignment (G, N, E), predictor_logits
     (G, N, E), kth_score (E,) averaged over pools})."""
-    g, n, d = x.shape
     out, routing = expert_choice_moe(x, w_router, w1, w2, capacity_factor)  # (G, N, D)  Eq. 5-8
-    k = routing["index"].shape[-1]
-    logits = capacity_predictor(jax.lax.stop_gradient(x), predictor)  # (G, N, E)  no gradient into x
-    top, _ = jax.lax.top_k(jnp.swapaxes(logits, 1, 2), k)        # (G, E, k)  JAX: top-k of the logits,
-    kth = jnp.mean(sigmoid(top[..., -1]), axis=0)                # (E,)       sigmoid is monotone
-    keep = jnp.ones(routing["index"].shape, dtype=bool)          # (G, E, k)
-    routing = dict(routing, assignment=_assignment(routing["index"], keep, n, x.dtype),  # (G, N, E)
-                   predictor_logits=logits, kth_score=kth.astype(x.dtype))
-    return out, routing                                          # (G, N, D)
+    records, kth = _predictor_records(x, predictor, routing["index"])  # (G, N, E) x2, (G, E)
+    return out, dict(routing, **records, kth_score=jnp.mean(kth, axis=0))  # kth_score (E,)
 
 
-@checked_jit(contracts.pool_moe_dynamic)
-def pool_moe_dynamic(x, w_router, w1, w2, predictor, threshold):
-    """Dynamic capacity in each of G pools: expert e takes the top-k_ge of pool g by affinity,
-    k_ge = #{t in g : sigmoid(P[t, e]) > tau_e}. Returns (out (G, N, D), {capacity (G, E), slots ()
-    the compiled ceiling that ran, assignment (G, N, E), experts_per_token (G, N), predictor_logits})."""
+def _dynamic(x, w_router, predictor, threshold, experts, largest):
+    """The body of `pool_moe_dynamic`, with the expert FFN and the max over pools given:
+    experts (E, G, C, D) -> (E, G, C, D) the experts' outputs, largest(m) the max of m over every
+    pool (identity here; the expert-parallel layer passes its exchange and a pmax over devices, so
+    every device runs the same compiled ceiling)."""
     g, n, d = x.shape
     logits = capacity_predictor(x, predictor)                    # (G, N, E)
     capacity = jnp.sum(sigmoid(logits) > threshold, axis=1, dtype=jnp.int32)  # (G, E)  k_ge
     affinity = router_affinity(x, w_router)                      # (G, N, E)  Eq. 5
     sizes = _ceilings(n)
-    branch = jnp.searchsorted(jnp.asarray(sizes), jnp.max(capacity))  # the smallest ceiling >= max k_ge
+    branch = jnp.searchsorted(jnp.asarray(sizes), largest(jnp.max(capacity)))  # the smallest ceiling >= max k_ge
 
     def run(slots):                                              # one compiled branch per ceiling
         def layer():
             gating, index = expert_choice_gating(affinity, slots)    # (G, E, slots)
             keep = jnp.arange(slots)[None, None, :] < capacity[:, :, None]  # (G, E, slots)  j < k_ge
             gating = jnp.where(keep, gating, 0)                  # slots past k_ge weigh 0
-            out = combine(expert_ffn(dispatch(x, index), w1, w2), gating, index, n)  # (G, N, D)
+            out = combine(experts(dispatch(x, index)), gating, index, n)  # (G, N, D)
             return out, _assignment(index, keep, n, x.dtype), jnp.int32(slots)
         return layer
 
@@ -116,6 +124,14 @@ def pool_moe_dynamic(x, w_router, w1, w2, predictor, threshold):
                "experts_per_token": jnp.sum(assignment, axis=-1).astype(jnp.int32),  # (G, N)
                "predictor_logits": logits}                       # (G, N, E)
     return out, routing                                          # (G, N, D)
+
+
+@checked_jit(contracts.pool_moe_dynamic)
+def pool_moe_dynamic(x, w_router, w1, w2, predictor, threshold):
+    """Dynamic capacity in each of G pools: expert e takes the top-k_ge of pool g by affinity,
+    k_ge = #{t in g : sigmoid(P[t, e]) > tau_e}. Returns (out (G, N, D), {capacity (G, E), slots ()
+    the compiled ceiling that ran, assignment (G, N, E), experts_per_token (G, N), predictor_logits})."""
+    return _dynamic(x, w_router, predictor, threshold, lambda x_in: expert_ffn(x_in, w1, w2), lambda m: m)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -125,7 +125,10 @@ def pooled_text(y, text_mask, params):
 def model_block(x, c, y, params, config, group_size=None, text_mask=None, dynamic=False):
     """One block with the config's heads, capacity factor and top-k: `dit_block` picks the FFN
     ('dense', 'expert_choice', 'token_choice' or 'diffmoe') from the block's params; `dynamic`:
-    DiffMoE's dynamic capacity in the layers with a capacity predictor."""
+    DiffMoE's dynamic capacity in the layers with a capacity predictor. In a 'diffmoe' model the
+    pool (`config.pool_tokens`: the batch, or pool_images images) takes the routing group's place."""
+    if config.ffn_kind == "diffmoe":
+        group_size = config.pool_tokens(x.shape[0], x.shape[1])   # None: one pool holding the batch
     return dit_block(x, c, y, params, config.num_heads, config.num_kv_heads, config.capacity_factor,
                      group_size, text_mask, config.num_selected, dynamic)
 

@@ -78,8 +78,8 @@ def dit_block(x, c, y, params, num_heads, num_kv_heads, capacity_factor=2.0, gro
     'token_choice' (the GShard top-`num_selected` baseline, same arrays) or 'diffmoe' (the same
     plus DiffMoE's 'predictor' and 'threshold'). Routing pools: for 'expert_choice' and
     'token_choice' the B * S tokens are regrouped into groups of `group_size` (default S: one image
-    per group), so a group may span several images; for 'diffmoe' the pool is the whole batch
-    (group_size is not used).
+    per group), so a group may span several images; for 'diffmoe' group_size is the pool (default
+    the whole batch; `model.model_block` passes `ModelConfig.pool_tokens`).
 
     A pool-routed FFN with a capacity predictor ('diffmoe', or 'expert_choice' holding one) runs
     `diffmoe.pool_moe` (static top-k per pool, plus the predictor's logits and k-th scores); with
@@ -104,7 +104,8 @@ def dit_block(x, c, y, params, num_heads, num_kv_heads, capacity_factor=2.0, gro
     else:
         kind = next(k for k in ("expert_choice", "token_choice", "diffmoe") if k in params)
         moe = params[kind]
-        pool = b * s if kind == "diffmoe" else (s if group_size is None else group_size)  # DiffMoE: the batch
+        default = b * s if kind == "diffmoe" else s              # DiffMoE: the batch; else one image
+        pool = default if group_size is None else group_size
         grouped = group_tokens(x_p, pool)                        # (G, pool, D)
         if "predictor" in moe and dynamic:                       # DiffMoE inference: k_e from the predictor
             out_g, routing = pool_moe_dynamic(grouped, moe["w_router"], moe["w1"], moe["w2"], moe["predictor"],

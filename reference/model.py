@@ -10,7 +10,7 @@
 Layers 2, 4, 6, ... (1-based; 1, 3, 5 0-based) are sparse in the MoE models (Sec. 3.1). Routing
 groups: the B * S' tokens of a batch are regrouped into groups of `group_size` (None: one image
 per group), so an inference group may hold tokens of several images (Sec. 3.1). DiffMoE's layers
-('diffmoe', docs/diffmoe.md) pool the whole batch instead.
+('diffmoe', docs/diffmoe.md) pool the whole batch instead, or config.pool_images images.
 
 Deviation (docs/model.md): the paper's frozen 670M T5 encoder cannot be downloaded here; the text
 encoder is a small learned word-level transformer over the closed vocabulary of
@@ -154,7 +154,10 @@ def pooled_text(y, text_mask, params):
 def model_block(x, c, y, params, config, group_size=None, text_mask=None, dynamic=False):
     """One block with the config's heads, capacity factor and top-k: `dit_block` picks the FFN
     ('dense', 'expert_choice', 'token_choice' or 'diffmoe') from the block's params; `dynamic`:
-    DiffMoE's dynamic capacity in the layers with a capacity predictor."""
+    DiffMoE's dynamic capacity in the layers with a capacity predictor. In a 'diffmoe' model the
+    pool (`config.pool_tokens`: the batch, or pool_images images) takes the routing group's place."""
+    if config.ffn_kind == "diffmoe":
+        group_size = config.pool_tokens(x.shape[0], x.shape[1])   # None: one pool holding the batch
     return dit_block(x, c, y, params, config.num_heads, config.num_kv_heads, config.capacity_factor,
                      group_size, text_mask, config.num_selected, dynamic)
 
@@ -180,7 +183,7 @@ def forward(params, x_t, t, text_ids, text_mask, config, keep_index=None, group_
     x_t (B, I, J, Ch) noisy images, t (B,) in [0, 1], text_ids / text_mask (B, L) from
     ecdit.systems.text.tokenize_batch, keep_index (B, S') sorted indices of the kept tokens or None
     (all S), group_size the routing group (None: S' tokens, one image per group; a 'diffmoe'
-    layer's pool is always the whole batch), dynamic: DiffMoE's dynamic capacity in the layers
+    model pools config.pool_images images, by default the whole batch), dynamic: DiffMoE's dynamic capacity in the layers
     with a capacity predictor (inference; ValueError for a model without one).
 
     Returns (velocity (B, S', P) for the kept patches in token order, routing) where routing is a

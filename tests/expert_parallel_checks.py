@@ -13,6 +13,12 @@ checks that
   * the shard_map program's only collectives are two all-to-alls whose bytes equal
     `exchange_bytes` (forward), and four in the gradient program (twice the formula);
   * a mesh that does not divide G or E is refused with a ValueError naming the argument;
+  * the token-choice layer (`token_choice_moe_sharded`), DiffMoE's pools with the capacity
+    predictor (`pool_moe_sharded`, q_e averaged over every device's pools) and dynamic capacity
+    (`pool_moe_dynamic_sharded`, one compiled ceiling for the mesh) equal their single-device
+    layers (`token_choice.token_choice_moe`, `diffmoe.pool_moe`, `diffmoe.pool_moe_dynamic`),
+    gradients included for the two trained forms, and the first two move exactly
+    `exchange_bytes` (the dynamic one: the formula at the ceiling that ran);
   * the model's block (`blocks.dit_block`, jitted under `jax.set_mesh(mesh)`, inputs split over
     "data" as the sharded train step places them) runs the shard_map layer when the mesh fits
     (2 more all-to-alls than the same block traced without the context, moving `exchange_bytes`)
@@ -34,8 +40,8 @@ import numpy as np  # noqa: E402
 
 from ecdit.accelerated import blocks  # noqa: E402
 from ecdit.accelerated import expert_parallel as ep  # noqa: E402
-from ecdit.accelerated import routing  # noqa: E402
-from ecdit.core.params import init_block  # noqa: E402
+from ecdit.accelerated import diffmoe, routing, token_choice  # noqa: E402
+from ecdit.core.params import init_block, init_predictor  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 from tests.helpers import moe_layer, normal, topc_margin  # noqa: E402
 from tests.tolerances import FLOAT32, NEAR_TIE, assert_close  # noqa: E402
@@ -128,14 +134,149 @@ def check_the_exchange_moves_exactly_the_formulas_bytes(mesh, shape):
 
 def check_a_mesh_that_does_not_divide_the_layer_is_refused(mesh, shape):
     g, s, d, e, f, cf = shape
-    for args, name in ((moe_layer(0, DEVICES + 1, s, d, e, f), "x"),
-                       (moe_layer(0, g, s, d, mesh.shape["expert"] + 1, f), "w_router")):
-        try:
-            ep.expert_choice_moe_sharded(*args, cf, mesh)
-        except ValueError as err:
-            assert str(err).startswith(f"{name}:"), err
-        else:
-            raise AssertionError(f"{name}: an indivisible layer was accepted")
+    layers = {"expert choice": lambda a: ep.expert_choice_moe_sharded(*a, cf, mesh),
+              "token choice": lambda a: ep.token_choice_moe_sharded(*a, cf, 2, mesh),
+              "pools": lambda a: ep.pool_moe_sharded(*a, predictor_of(d, a[1].shape[1]), cf, mesh),
+              "dynamic pools": lambda a: ep.pool_moe_dynamic_sharded(
+                  *a, predictor_of(d, a[1].shape[1]), np.full(a[1].shape[1], 0.5, np.float32), mesh)}
+    for layer, run in layers.items():
+        for args, name in ((moe_layer(0, DEVICES + 1, s, d, e, f), "x"),
+                           (moe_layer(0, g, s, d, mesh.shape["expert"] + 1, f), "w_router")):
+            try:
+                run(args)
+            except ValueError as err:
+                assert str(err).startswith(f"{name}:"), (layer, err)
+            else:
+                raise AssertionError(f"{layer}, {name}: an indivisible layer was accepted")
+
+
+# ---------------------------------------------------------------------------------------------
+# Token choice and DiffMoE's pools on the mesh
+# ---------------------------------------------------------------------------------------------
+
+def topk_margin(affinity, k):
+    """Smallest gap, over tokens, between the k-th and (k+1)-th largest affinity of a token."""
+    a = np.sort(np.asarray(affinity, np.float64), axis=-1)[..., ::-1]  # (G, S, E)
+    return float(np.min(a[..., k - 1] - a[..., k]))
+
+
+def token_choice_layer(g, s, d, e, f, seed=0, k=2):
+    """moe_layer inputs whose tokens' top-k choices sit NEAR_TIE clear of the next expert."""
+    for n in range(seed, seed + 200):
+        args = moe_layer(n, g, s, d, e, f)
+        if topk_margin(routing.router_affinity(args[0], args[1]), k) > NEAR_TIE:
+            return args
+    raise AssertionError("no draw without near ties in 200 seeds")
+
+
+def predictor_of(d, e, seed=3):
+    return init_predictor(np.random.default_rng(seed), d, e)
+
+
+def dynamic_layer(g, s, d, e, f, seed=0):
+    """Pool inputs, a predictor and thresholds whose every k_ge is clear of ties: each sigmoid(P)
+    NEAR_TIE away from its tau_e and the k_ge-th / (k_ge+1)-th affinities NEAR_TIE apart."""
+    for n in range(seed, seed + 200):
+        args = moe_layer(n, g, s, d, e, f)
+        predictor = predictor_of(d, e, n)
+        rng = np.random.default_rng(n)
+        probs = np.asarray(jax.nn.sigmoid(diffmoe.capacity_predictor(args[0], predictor)), np.float64)  # (G, S, E)
+        threshold = np.quantile(probs.reshape(-1, e), rng.uniform(0.3, 0.8, e), axis=0).diagonal().astype(np.float32)
+        if np.min(np.abs(probs - threshold)) <= NEAR_TIE:
+            continue
+        k = (probs > threshold).sum(axis=1)                       # (G, E)
+        a = np.sort(np.swapaxes(np.asarray(routing.router_affinity(args[0], args[1]), np.float64), 1, 2),
+                    axis=-1)[..., ::-1]                           # (G, E, S)
+        gaps = [a[i, j, k[i, j] - 1] - a[i, j, k[i, j]] for i in range(g) for j in range(e) if 0 < k[i, j] < s]
+        if not gaps or min(gaps) > NEAR_TIE:
+            return (*args, predictor, threshold)
+    raise AssertionError("no draw without near ties in 200 seeds")
+
+
+def place(args, mesh, replicated):
+    """device_put x over groups, the replicated arguments everywhere, w1 / w2 over experts."""
+    x, w_router, w1, w2 = ep.shard_layer_inputs(*args[:4], mesh)
+    everywhere = NamedSharding(ep._auto(mesh), P())
+    return (x, w_router, w1, w2, *[jax.device_put(a, everywhere) for a in replicated])
+
+
+def assert_records_equal(got, want, exact, close, name):
+    for key in exact:
+        np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(want[key]), err_msg=f"{name} {key}")
+    for key in close:
+        assert_close(got[key], want[key], FLOAT32, err_msg=f"{name} {key}")
+
+
+def check_sharded_token_choice_equals_the_single_device_layer(mesh, shape):
+    g, s, d, e, f, cf = shape
+    args = token_choice_layer(g, s, d, e, f)
+    want_out, want = token_choice.token_choice_moe(*args, cf, 2)
+    x, w_router, w1, w2 = place(args, mesh, ())
+    out, got = ep.token_choice_moe_sharded(x, w_router, w1, w2, cf, 2, mesh)
+    assert out.sharding.spec == jax.P(ep.GROUPS), out.sharding
+    assert_close(out, want_out, FLOAT32, err_msg="token choice out")
+    assert_records_equal(got, want, ("index", "experts", "kept", "experts_per_token"), ("gating", "aux_loss"),
+                         "token choice")
+    target = np.random.default_rng(7).standard_normal((g, s, d)).astype(np.float32)
+    loss = lambda fn, *extra: lambda *a: jnp.sum(fn(*a, *extra)[0] * target) + fn(*a, *extra)[1]["aux_loss"]
+    want_grad = jax.grad(loss(token_choice.token_choice_moe, cf, 2), argnums=(0, 1, 2, 3))(*args)
+    got_grad = jax.jit(jax.grad(loss(ep.token_choice_moe_sharded, cf, 2, mesh), argnums=(0, 1, 2, 3)))(
+        x, w_router, w1, w2)
+    for arg, a, b in zip(("x", "w_router", "w1", "w2"), got_grad, want_grad):
+        assert_close(a, b, FLOAT32, err_msg=f"token choice d loss / d {arg}")
+    if mesh.shape["expert"] > 1:
+        capacity = routing.expert_capacity(s, e, cf)
+        formula = ep.exchange_bytes(g, e, capacity, d, mesh.shape["expert"], data_axis_size=mesh.shape["data"])
+        forward = ep.collective_bytes(ep.compiled_text(ep.token_choice_moe_sharded, x, w_router, w1, w2,
+                                                       capacity_factor=cf, num_selected=2, mesh=mesh), DEVICES)
+        assert forward["all-to-all"] == formula and forward["count"]["all-to-all"] == 2, (forward, formula)
+        assert set(forward) <= {"all-to-all", "all-reduce", "count"}, forward    # + the aux loss's pmean
+
+
+def check_sharded_pools_equal_the_single_device_pools(mesh, shape):
+    """DiffMoE's training form: expert choice per pool + the predictor; kth_score averaged over
+    all G pools (pmean over the mesh) equals pool_moe's mean over pools."""
+    g, s, d, e, f, cf = shape
+    args = layer_without_near_ties(*shape)
+    predictor = predictor_of(d, e)
+    want_out, want = diffmoe.pool_moe(*args, predictor, cf)
+    x, w_router, w1, w2, pr = place(args, mesh, (predictor,))
+    out, got = ep.pool_moe_sharded(x, w_router, w1, w2, pr, cf, mesh)
+    assert_close(out, want_out, FLOAT32, err_msg="pool out")
+    assert_records_equal(got, want, ("index", "experts_per_token", "assignment"),
+                         ("gating", "predictor_logits", "kth_score"), "pool")
+    target = np.random.default_rng(7).standard_normal((g, s, d)).astype(np.float32)
+
+    def loss(fn, *extra):
+        def value(x_, wr, a, b, p):
+            out_, r = fn(x_, wr, a, b, p, *extra)
+            return jnp.sum(out_ * target) + diffmoe.predictor_loss(r["predictor_logits"], r["assignment"])
+        return value
+
+    want_grad = jax.grad(loss(diffmoe.pool_moe, cf), argnums=(0, 1, 2, 3, 4))(*args, predictor)
+    got_grad = jax.jit(jax.grad(loss(ep.pool_moe_sharded, cf, mesh), argnums=(0, 1, 2, 3, 4)))(x, w_router, w1, w2, pr)
+    for arg, a, b in zip(("x", "w_router", "w1", "w2", "predictor"), got_grad, want_grad):
+        jax.tree.map(lambda u, v: assert_close(u, v, FLOAT32, err_msg=f"pool d loss / d {arg}"), a, b)
+
+
+def check_sharded_dynamic_pools_equal_the_single_device_pools(mesh, shape):
+    """DiffMoE's inference form: k_ge per pool from the predictor and tau; every device runs the
+    ceiling of the largest k_ge on the mesh, as one device does."""
+    g, s, d, e, f, cf = shape
+    *args, predictor, threshold = dynamic_layer(g, s, d, e, f)
+    want_out, want = diffmoe.pool_moe_dynamic(*args, predictor, threshold)
+    x, w_router, w1, w2, pr, th = place(args, mesh, (predictor, threshold))
+    out, got = ep.pool_moe_dynamic_sharded(x, w_router, w1, w2, pr, th, mesh)
+    assert_close(out, want_out, FLOAT32, err_msg="dynamic out")
+    assert_records_equal(got, want, ("capacity", "slots", "assignment", "experts_per_token"), ("predictor_logits",),
+                         "dynamic")
+    if mesh.shape["expert"] > 1:                                  # every branch holds its own exchange
+        text = ep.compiled_text(ep.pool_moe_dynamic_sharded, x, w_router, w1, w2, pr, th, mesh=mesh)
+        ceilings = diffmoe._ceilings(s)
+        moved = ep.collective_bytes(text, DEVICES)
+        formula = sum(ep.exchange_bytes(g, e, c, d, mesh.shape["expert"], data_axis_size=mesh.shape["data"])
+                      for c in ceilings)                          # the program holds every branch once
+        assert moved["count"]["all-to-all"] == 2 * len(ceilings) and moved["all-to-all"] == formula, (moved, formula)
 
 
 # The block check: B images of S tokens, width D, E experts; group sizes (tokens) per mesh
@@ -195,6 +336,10 @@ def main() -> int:
             for check in (check_sharded_layers_equal_the_single_device_layer,
                           check_sharded_gradients_equal_the_single_device_gradients,
                           check_the_exchange_moves_exactly_the_formulas_bytes)]
+    runs += [(check, mesh_of(*axes), shapes[0]) for axes, shapes in CASES.items()
+             for check in (check_sharded_token_choice_equals_the_single_device_layer,
+                           check_sharded_pools_equal_the_single_device_pools,
+                           check_sharded_dynamic_pools_equal_the_single_device_pools)]
     runs += [(check_sharded_layers_equal_the_single_device_layer, mesh_of(2, 4, explicit=True), CASES[(2, 4)][0]),
              (check_a_mesh_that_does_not_divide_the_layer_is_refused, mesh_of(2, 4), CASES[(2, 4)][0])]
     runs += [(check_the_block_runs_the_shard_map_layer_under_a_mesh_context_that_fits, mesh_of(*axes), None)

@@ -12,22 +12,23 @@ For each kind, 5 steps from the same state on the same batches (make_batch(seed,
       1e-3); the worst is printed;
   (c) the shardings are really applied and kept: expert stacks split on E over `expert`, a dense
       weight split over `data` (FSDP), the optimiser's moments sharded like their parameter, the
-      batch split over `data`, each shard of the expected shape, and the step compiles once (`trace_count`).
+      batch split over both axes (B / 8 images per device), each shard of the expected shape, and the step compiles once (`trace_count`).
 
-and for expert_choice
+and for expert_choice, token_choice and diffmoe_per_device (DiffMoE with pool_images = 2: one
+pool per device)
   (d) the step runs the expert-parallel layer: `sharded_train_step` traces it under
-      `jax.set_mesh`, so the block calls `expert_parallel.expert_choice_moe_sharded` (shard_map).
+      `jax.set_mesh`, so the block calls the layer's shard_map twin in accelerated/expert_parallel.py.
       Its compiled HLO against the pure-GSPMD step's (`expert_parallel=False`, no mesh context):
-      4 more all-to-alls per EC layer (2 forward, 2 backward) moving exactly 2 x `exchange_bytes`,
-      fewer all-gather bytes and fewer bytes in all; both tallies are printed.
+      4 all-to-alls of the dispatched (E, G_l, C, D) tensor per MoE layer (2 forward, 2 backward)
+      moving exactly 2 x `exchange_bytes`, and fewer collective bytes in all; both tallies are
+      printed.
 
 The model starts from `randomize_zero_init`, so the AdaLN gates are open and the experts get
 gradients from the first step (with AdaLN-Zero they would not move, and (a) would prove little).
-expert_choice uses train_group_size = 16 (2 images of 8 kept tokens per routing group) and a
-batch of 16, so the paper's grouping runs on the mesh: G = 16 x 8 / 16 = 8 groups, 4 per data
-shard, one per device once the layer splits them over ("data", "expert") (the shard_map layer
-needs G divisible by the 8 devices; with the batch of 8 of the other kinds G = 4 would fall back
-to GSPMD).
+expert_choice and token_choice use train_group_size = 16 (2 images of 8 kept tokens per routing
+group) and a batch of 16, so the paper's grouping runs on the mesh: G = 16 x 8 / 16 = 8 groups, 4
+per data shard, one per device once the layer splits them over ("data", "expert") (the shard_map
+layer needs G divisible by the 8 devices; otherwise it falls back to GSPMD).
 """
 import sys
 import time
@@ -52,13 +53,17 @@ from tests.tolerances import FLOAT32, LOSS_CURVE_RTOL, assert_close
 STEPS = 5
 MESH = "data=2,expert=4"
 TRAIN = small_train(warmup_steps=0, ema_decay=0.9)  # B = 8: 4 images per data shard; lr > 0 from step 1
-# kind -> (model config, training config)
+# name -> (model config, training config). Every MoE kind runs the expert-parallel layer on the
+# mesh except "diffmoe" (one pool holding the batch: G = 1, GSPMD's global top-k);
+# "diffmoe_per_device" pools 2 images (16 / 8 devices: one pool per device, the official code's).
+TRAIN16 = small_train(warmup_steps=0, ema_decay=0.9, batch_size=16)
 KINDS = {
-    "expert_choice": (small_config("expert_choice", train_group_size=16), small_train(
-        warmup_steps=0, ema_decay=0.9, batch_size=16)),     # G = 8 groups: one per device in the EC layer
-    "token_choice": (small_config("token_choice"), TRAIN),
+    "expert_choice": (small_config("expert_choice", train_group_size=16), TRAIN16),  # G = 8: one per device
+    "token_choice": (small_config("token_choice", train_group_size=16), TRAIN16),
     "diffmoe": (small_config("diffmoe", capacity_factor=DIFFMOE_CAPACITY_FACTOR), TRAIN),
+    "diffmoe_per_device": (small_config("diffmoe", capacity_factor=DIFFMOE_CAPACITY_FACTOR, pool_images=2), TRAIN16),
 }
+EXPERT_PARALLEL = ("expert_choice", "token_choice", "diffmoe_per_device")
 DEVICES = 8
 
 
@@ -68,6 +73,7 @@ def shard_shapes(a) -> set:
 
 def check_shardings(state, batch, cfg, kind, mesh):
     """(c): where the arrays of a sharded state and batch live."""
+    kind = cfg.ffn_kind
     data, expert = mesh.shape["data"], mesh.shape["expert"]
     sparse = cfg.sparse_layers[0]
     moe = state["params"]["blocks"][sparse][kind]
@@ -93,7 +99,8 @@ def check_shardings(state, batch, cfg, kind, mesh):
         m1 = tree["blocks"][sparse][kind]["w1"]
         assert m1.sharding.spec == P("expert", None, None) and shard_shapes(m1) == {(e // expert, d, f)}
     x0 = batch["x0"]                                             # (B, I, J, Ch) over data
-    assert x0.sharding.spec == P("data") and shard_shapes(x0) == {(x0.shape[0] // data, *x0.shape[1:])}
+    assert x0.sharding.spec == P(("data", "expert")), x0.sharding.spec   # B divisible by all 8 devices
+    assert shard_shapes(x0) == {(x0.shape[0] // (data * expert), *x0.shape[1:])}
 
 
 def start_state(cfg, tc):
@@ -117,8 +124,8 @@ def run_one_device(cfg, tc):
 
 
 def run_sharded(kind, cfg, tc, mesh):
-    """The same steps on the mesh, with (c) before and after the first step; for expert_choice
-    also the compiled step's HLO text (`step.lower`: the program just run, from jit's caches)."""
+    """The same steps on the mesh, with (c) before and after the first step; for the expert-
+    parallel kinds also the compiled step's HLO text (`step.lower`: the program just run)."""
     t = time.perf_counter()
     M.check_mesh(M.parse_mesh(MESH), cfg, tc)
     step = M.sharded_train_step(mesh, cfg, tc, T.train_step)
@@ -133,36 +140,52 @@ def run_sharded(kind, cfg, tc, mesh):
             first = (jax.tree.map(np.asarray, state), jax.tree.map(np.asarray, metrics))
     assert step.trace_count() == 1, f"{kind}: the sharded step compiled {step.trace_count()} times"
     elapsed = time.perf_counter() - t
-    hlo = step.lower(state, batches[0]).compile().as_text() if kind == "expert_choice" else None
+    hlo = step.lower(state, batches[0]).compile().as_text() if kind in EXPERT_PARALLEL else None
     return first, losses, elapsed, hlo
 
 
 def gspmd_hlo(cfg, tc, mesh):
     """(d)'s baseline: the HLO of the same step compiled without the mesh context (pure GSPMD:
-    the blocks call the plain EC layer and the partitioner shards it)."""
+    the blocks call the plain layers and the partitioner shards them)."""
     step = M.sharded_train_step(mesh, cfg, tc, T.train_step, expert_parallel=False)
     return step.lower(M.shard_state(start_state(cfg, tc), mesh), batches_of(cfg, tc)[0]).compile().as_text()
 
 
-def check_expert_parallel_step(cfg, tc, mesh, shard_map_hlo, gspmd_text):
-    """(d): the expert_choice step runs the shard_map layer, and moves fewer bytes than GSPMD."""
+def exchange_all_to_alls(hlo: str, local_bytes: int) -> tuple[int, int]:
+    """(count, bytes one device sends) of the all-to-alls in a compiled program whose buffer is
+    the dispatched (E, G_l, C, D) tensor of `local_bytes` (the layer's exchange: other all-to-alls
+    GSPMD may insert elsewhere in the step have other sizes)."""
+    count = sent = 0
+    for line in hlo.splitlines():
+        m = ep._INSTRUCTION.search(line)
+        if m and m["op"] == "all-to-all" and ep._shape_bytes(m["shape"]) == local_bytes:
+            count += 1
+            sent += ep.collective_bytes(line, DEVICES)["all-to-all"]
+    return count, sent
+
+
+def check_expert_parallel_step(kind, cfg, tc, mesh, shard_map_hlo, gspmd_text):
+    """(d): the step runs the shard_map layer (4 all-to-alls of the dispatched tensor per MoE
+    layer, 2 x `exchange_bytes`), and moves fewer bytes in all than pure GSPMD."""
     after, before = ep.collective_bytes(shard_map_hlo, DEVICES), ep.collective_bytes(gspmd_text, DEVICES)
     layers = len(cfg.sparse_layers)
     kept = tc.kept_tokens(cfg.num_tokens) if tc.mask_ratio > 0 else cfg.num_tokens
-    groups = tc.batch_size * kept // cfg.train_group_size            # G, the step's routing groups
-    capacity = expert_capacity(cfg.train_group_size, cfg.num_experts, cfg.capacity_factor)
+    group = cfg.pool_tokens(tc.batch_size, kept) if cfg.ffn_kind == "diffmoe" else cfg.train_group_size
+    groups = tc.batch_size * kept // group                       # G, the step's routing groups (pools)
+    capacity = expert_capacity(group, cfg.num_experts, cfg.capacity_factor)
     exchange = ep.exchange_bytes(groups, cfg.num_experts, capacity, cfg.width, mesh.shape["expert"],
                                  data_axis_size=mesh.shape["data"])  # one layer, forward
+    local = cfg.num_experts * (groups // DEVICES) * capacity * cfg.width * 4   # (E, G_l, C, D) float32
     kinds = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
-    for name, tally in (("pure GSPMD", before), ("shard_map EC", after)):
-        print(f"{'':14s} {name:12s} step, bytes per device: total {sum(tally.get(k, 0) for k in kinds):,}; "
+    total = {name: sum(t.get(k, 0) for k in kinds) for name, t in (("gspmd", before), ("shard_map", after))}
+    for name, tally in (("pure GSPMD", before), ("shard_map", after)):
+        print(f"{'':14s} {name:10s} step, bytes per device: total {sum(tally.get(k, 0) for k in kinds):,}; "
               + ", ".join(f"{k} {tally[k]:,} ({tally['count'][k]})" for k in kinds if k in tally))
-    extra = after["count"].get("all-to-all", 0) - before["count"].get("all-to-all", 0)
-    assert extra == 4 * layers, f"expected {4 * layers} more all-to-alls (2 forward, 2 backward per layer), got {extra}"
-    moved = after.get("all-to-all", 0) - before.get("all-to-all", 0)
-    assert moved == 2 * exchange * layers, f"the extra all-to-alls move {moved} bytes, not 2 x {exchange} x {layers}"
-    assert after.get("all-gather", 0) < before.get("all-gather", 0), (after, before)
-    assert sum(after.get(k, 0) for k in kinds) < sum(before.get(k, 0) for k in kinds), (after, before)
+    count, moved = exchange_all_to_alls(shard_map_hlo, local)
+    assert count == 4 * layers, f"{kind}: expected {4 * layers} exchange all-to-alls (2 forward, 2 backward per " \
+                                f"layer), got {count}"
+    assert moved == 2 * exchange * layers, f"{kind}: the exchange moves {moved} bytes, not 2 x {exchange} x {layers}"
+    assert total["shard_map"] < total["gspmd"], (kind, total)
 
 
 def compare(kind, one, sharded) -> float:
@@ -198,10 +221,11 @@ def main() -> int:
     # programs of each kind compile on both cores at once (the check's time is mostly compiling).
     with ThreadPoolExecutor(max_workers=1) as pool:
         one = {kind: pool.submit(run_one_device, *configs) for kind, configs in KINDS.items()}
-        baseline = pool.submit(gspmd_hlo, *KINDS["expert_choice"], mesh)
+        baseline = {kind: pool.submit(gspmd_hlo, *KINDS[kind], mesh) for kind in EXPERT_PARALLEL}
         sharded = {kind: run_sharded(kind, *configs, mesh) for kind, configs in KINDS.items()}
         worst = max(compare(kind, one[kind].result(), sharded[kind]) for kind in KINDS)
-        check_expert_parallel_step(*KINDS["expert_choice"], mesh, sharded["expert_choice"][3], baseline.result())
+        for kind in EXPERT_PARALLEL:
+            check_expert_parallel_step(kind, *KINDS[kind], mesh, sharded[kind][3], baseline[kind].result())
     print(f"mesh checks passed; worst relative loss difference over {len(KINDS)} kinds x {STEPS} steps: {worst:.2e}")
     return 0
 

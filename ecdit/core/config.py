@@ -104,6 +104,13 @@ class ModelConfig:
     capacity_predictor: bool = False
     predictor_loss_weight: float = 1.0 # weight of sum_l L_pred,l in the loss (DiffMoE's shipped config: 1)
     threshold_decay: float = 0.95      # tau <- d tau + (1 - d) q, every training step (DiffMoE: 0.95)
+    # DiffMoE's token pool: images per pool. None (the default): the whole batch is one pool, as on
+    # one GPU; a batch of B images otherwise makes B / pool_images pools, each choosing its own
+    # top-k, with q_e (the threshold's target) averaged over pools. pool_images = the images one
+    # device holds is the official code's per-device pool (docs/diffmoe.md, docs/scaling.md); it is
+    # a property of the model, not of the mesh, so the same run gives the same numbers on any mesh.
+    # A batch of at most pool_images images (sampling a few prompts) is one pool.
+    pool_images: int | None = None
     dense_matched: bool = False        # dense only: widen the would-be-sparse layers' FFN by f_c,
                                        # so activated parameters equal the MoE models' (compare)
     # Routing groups (Sec. 3.1): tokens regrouped into groups of group_size; None = one image
@@ -162,6 +169,11 @@ class ModelConfig:
             v = getattr(self, f)
             if v is not None:
                 positive_int(f, v)
+        if self.pool_images is not None:
+            positive_int("pool_images", self.pool_images)
+            if self.ffn_kind != "diffmoe":
+                raise ValueError(f"pool_images: only a 'diffmoe' model pools its batch (got ffn_kind = "
+                                 f"{self.ffn_kind!r}; expert choice groups tokens with train_group_size)")
         if self.ffn_kind != "dense":
             self.capacity(self.train_group_size or self.num_tokens)  # C >= 1 at the default group
 
@@ -209,6 +221,16 @@ class ModelConfig:
         """Whether the sparse layers carry DiffMoE's capacity predictor and thresholds (always for
         "diffmoe"; for "expert_choice" when capacity_predictor is set)."""
         return self.ffn_kind == "diffmoe" or self.capacity_predictor
+
+    def pool_tokens(self, batch: int, tokens: int) -> int | None:
+        """Tokens per DiffMoE pool for a batch of `batch` images of `tokens` tokens: None (one pool,
+        the whole batch) when pool_images is None or the batch holds at most pool_images images,
+        else pool_images * tokens; ValueError naming pool_images when it does not divide the batch."""
+        if self.pool_images is None or batch <= self.pool_images:
+            return None
+        if batch % self.pool_images:
+            raise ValueError(f"pool_images: {self.pool_images} images per pool do not divide a batch of {batch}")
+        return self.pool_images * tokens
 
     def layer_ffn_hidden(self, layer: int) -> int:
         """FFN hidden width of a dense layer; f_c-times wider in the interleaved layers of an

@@ -1,27 +1,28 @@
 """A device mesh for training on several devices: named axes, shardings, and a sharded step.
 
-The route is GSPMD plus one hand-written layer: this module says where each array lives (a
+The route is GSPMD plus hand-written MoE layers: this module says where each array lives (a
 `NamedSharding` on the inputs and outputs of one `jax.jit`) and XLA's partitioner inserts the
-collectives (the gradient all-reduce over `data`, the FSDP all-gathers), except in the
-expert-choice layers: `sharded_train_step` traces the step under `jax.set_mesh(mesh)`, and there
-`accelerated.blocks.dit_block` runs expert choice through `expert_parallel.expert_choice_moe_sharded`
-(jax.shard_map, routing groups over ("data", "expert"), two fixed-size all_to_alls over `expert`)
-when the mesh fits the layer (`expert_parallel.context_mesh`: expert axis >= 2, the groups divide
-over all devices, the experts over `expert`); token choice, DiffMoE and a mesh that does not fit
-stay on GSPMD. Either way the sharded step computes the same function as the one-device
+collectives (the gradient all-reduce, the FSDP all-gathers), except in the MoE layers:
+`sharded_train_step` traces the step under `jax.set_mesh(mesh)`, and there
+`accelerated.blocks.dit_block` runs expert choice, token choice and DiffMoE's pools through their
+shard_map twins in `accelerated.expert_parallel` (routing groups or pools over ("data",
+"expert"), two fixed-size all_to_alls over `expert`) when the mesh fits the layer
+(`expert_parallel.context_mesh`: expert axis >= 2, the groups divide over all devices, the
+experts over `expert`); DiffMoE's default pool (the whole batch, one pool) and a mesh that does
+not fit stay on GSPMD. Either way the sharded step computes the same function as the one-device
 `ecdit.systems.train.train_step`, up to float32 summation order.
 
     --mesh data=2,expert=4   ->  {"data": 2, "expert": 4}  ->  Mesh (2, 4), axes ("data", "expert")
 
 Axes (both always present in the Mesh; size 1 when not named in the flag):
-  data     the batch: outer_batch B / data images per device (the paper's grouping on the mesh:
-           each device regroups its own (B / data) S' tokens into num_group x group_size), and
-           FSDP: every dense 2-D weight is split over `data` along one axis
+  data     the batch, and FSDP: every dense 2-D weight is split over `data` along one axis
   expert   the experts: the stacked expert weights w1 (E, D, F) and w2 (E, F, D) are split on E,
-           E / expert experts per device. The batch is not split over `expert`: the `expert`
-           devices of one data slice hold the same B / data images, so the dense layers' work
-           is repeated on them (what the issue asks for; a batch over ("data", "expert") would
-           remove the repetition and need B divisible by data * expert)
+           E / expert experts per device; and the batch again
+  The batch is split over BOTH axes whenever data x expert divides it (`batch_axes`): every
+  device holds B / (data x expert) images, the paper's grouping on the mesh (each device
+  regroups its own images' S' tokens into num_group x group_size), and no layer's work repeats.
+  Otherwise it is split over `data` alone and the `expert` devices of a data slice hold the same
+  images (their dense layers' work repeats); `data` must divide the batch.
 
 What lives where (`param_shardings`):
   MoE w1 (E, D, F), w2 (E, F, D)         P("expert", None, None)
@@ -29,7 +30,7 @@ What lives where (`param_shardings`):
   other 2-D weights (w (A, B))            P("data", None) or P(None, "data"): the largest axis the
                                           data size divides (axis 0 on a tie); else replicated
   1-D biases, scalars                     replicated
-  the batch (B, ...)                      P("data"): leading axis over `data`
+  the batch (B, ...)                      P(("data", "expert")), or P("data") (`batch_axes`)
   optimiser state                         a tree shaped like the params gets the params' shardings
 
 `sharded_train_step` compiles the training step once more with these shardings on its inputs and
@@ -140,9 +141,11 @@ def check_mesh(axes: dict[str, int], model_cfg: ModelConfig, train_cfg: TrainCon
         `batch_size` without train_cfg: inference_group_size over (B / data) S tokens), the
         tokens of one device must be a whole number of groups.
 
-    DiffMoE's pool is the whole batch by definition (its group size is not read), so with data > 1
-    it spans devices; that is the method, not a layout accident, and GSPMD computes the top-C over
-    the whole batch exactly (tests/mesh_checks.py), so it is allowed."""
+    DiffMoE's default pool is the whole batch (pool_images None), so with data > 1 it spans
+    devices; that is the method, not a layout accident, and GSPMD computes the top-k over the
+    whole batch exactly (tests/mesh_checks.py), so it is allowed. With pool_images = B / (data x
+    expert) every device holds one pool (the official code's per-device pool) and the layer runs
+    expert-parallel."""
     if not isinstance(axes, dict) or set(axes) - set(AXES):
         raise ValueError(f"{FLAG}: expected a dict of axis sizes from parse_mesh, got {axes!r}")
     data, expert = mesh_shape(axes)
@@ -220,10 +223,22 @@ def param_shardings(params, mesh: jax.sharding.Mesh):
         lambda path, leaf: NamedSharding(mesh, _param_spec(path, leaf, data, expert)), params)
 
 
+def batch_axes(batch_size: int, mesh: jax.sharding.Mesh) -> tuple[str, ...]:
+    """The mesh axes a batch of `batch_size` is split over: both, ("data", "expert"), when their
+    product divides it (every device holds B / (data x expert) images: no layer's work repeats),
+    else ("data",) alone (the `expert` devices of a data slice then hold the same images and
+    repeat the dense layers' work; check_mesh has made sure `data` divides the batch)."""
+    return AXES if batch_size % mesh.size == 0 else ("data",)
+
+
 def batch_shardings(batch: dict, mesh: jax.sharding.Mesh) -> dict:
-    """A dict like `batch`: every array split on its leading (batch) axis over `data`
+    """A dict like `batch`: every array split on its leading (batch) axis over `batch_axes`
     (x0 (B, I, J, Ch), ids (B, L), z (B,), keep_index (B, S'), ...); None entries stay None."""
-    return {k: None if v is None else NamedSharding(mesh, P("data")) for k, v in batch.items()}
+    sizes = {np.shape(v)[0] for v in batch.values() if v is not None}
+    if len(sizes) != 1:
+        raise ValueError(f"batch: expected arrays with one leading batch size, got sizes {sorted(sizes)}")
+    split = NamedSharding(mesh, P(batch_axes(sizes.pop(), mesh)))
+    return {k: None if v is None else split for k, v in batch.items()}
 
 
 def _like_params(tree, params_def, params_shapes) -> bool:
@@ -286,7 +301,7 @@ def sharded_train_step(mesh: jax.sharding.Mesh, model_cfg: ModelConfig, train_cf
     `checked_jit`'s), `step.mesh` is the mesh.
 
     The step is traced and run under `jax.set_mesh(mesh)` (`expert_parallel`, the default), which
-    lets the blocks' expert-choice layers run as `expert_parallel.expert_choice_moe_sharded`
+    lets the blocks' MoE layers run as their shard_map twins in `accelerated.expert_parallel`
     (module docstring); `expert_parallel=False` traces it without the context: the pure-GSPMD
     step, kept to measure against. `step.lower(state, batch)` is the jit's `Lowered` for these
     inputs, traced in the same context (`.compile().as_text()` for the HLO)."""
