@@ -310,11 +310,6 @@ def in_model(layer, x, *args, mesh):
     return jax.lax.with_sharding_constraint(out, home), routing  # (G, S, D), records
 
 
-def expert_choice_moe_in_model(x, w_router, w1, w2, capacity_factor, mesh):
-    """`in_model(expert_choice_moe_sharded, ...)`: kept by name for the benchmarks and tests."""
-    return in_model(expert_choice_moe_sharded, x, w_router, w1, w2, capacity_factor, mesh=mesh)
-
-
 # ---------------------------------------------------------------------------------------------
 # GSPMD: the unsharded layer with sharding constraints (the alternative, measured)
 # ---------------------------------------------------------------------------------------------
