@@ -15,6 +15,13 @@ really span both processes and that `global_batch` + `gather` give back the batc
 FILE (npz): the losses, the final state gathered to NumPy (`gather`; keys are the tree paths),
 and what it saw (process index and count, device counts, seconds). Both processes write; the
 test checks they agree and equal one device.
+
+Checkpoints (ecdit/systems/checkpoint.py) with --checkpoint DIR (one folder both processes see):
+both save the final state, each writing only the shards it holds (orbax commits the step once
+both have), then both restore it straight into the mesh's shardings (each reading its own
+shards): the restored arrays span both processes, gather to the saved state bit for bit, and one
+more step from them gives exactly the step from the state in memory (a resumed run goes on as
+an unstopped one). The test then loads DIR in its one process.
 """
 import argparse
 import sys
@@ -24,6 +31,7 @@ import jax
 import numpy as np
 
 from ecdit.core.params import init_model, randomize_zero_init
+from ecdit.systems import checkpoint as C
 from ecdit.systems import distributed as D
 from ecdit.systems import mesh as M
 from ecdit.systems import train as T
@@ -55,6 +63,7 @@ def main(argv=None) -> int:
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--out", required=True)
     ap.add_argument("--timeout", type=int, default=60, help="seconds to wait for the other processes")
+    ap.add_argument("--checkpoint", default=None, help="checkpoint directory to save to and restore from")
     args = ap.parse_args(argv)
     jax.config.update("jax_default_matmul_precision", "float32")  # as tests/conftest.py
     t0 = time.perf_counter()
@@ -92,6 +101,23 @@ def main(argv=None) -> int:
     for k, v in host.items():
         assert (v is None and back[k] is None) or np.array_equal(back[k], v), k
     final = D.gather(state)
+    if args.checkpoint:                                          # every process saves, then restores, its shards
+        t_ckpt = time.perf_counter()
+        C.save_train_state(args.checkpoint, state, CONFIG, TRAIN)
+        restored, _, _, meta = C.load_train_state(args.checkpoint, shardings=mesh)
+        assert meta["step"] == STEPS and int(restored["step"].addressable_data(0)) == STEPS
+        w1 = restored["params"]["blocks"][CONFIG.sparse_layers[0]]["expert_choice"]["w1"]
+        assert not w1.is_fully_addressable and w1.sharding == state["params"]["blocks"][
+            CONFIG.sparse_layers[0]]["expert_choice"]["w1"].sharding, w1.sharding
+        for x, y in zip(jax.tree.leaves(D.gather(restored)), jax.tree.leaves(final)):
+            assert np.array_equal(x, y)
+        batch = T.make_batch(TRAIN.seed, STEPS, CONFIG, TRAIN)
+        (resumed, m_resumed), (going, m_going) = step(restored, batch), step(state, batch)
+        assert float(m_resumed["loss"]) == float(m_going["loss"])
+        for x, y in zip(jax.tree.leaves(D.gather(resumed)), jax.tree.leaves(D.gather(going))):
+            assert np.array_equal(x, y)
+        assert step.trace_count() == 1, step.trace_count()       # the restored state fits the compiled step
+        print(f"checkpoint saved and restored by both processes in {time.perf_counter() - t_ckpt:.1f} s", flush=True)
     seconds = time.perf_counter() - t0
     np.savez(args.out, losses=np.array(losses), process_index=index, process_count=count, device_count=devices,
              local_device_count=jax.local_device_count(), init_seconds=t_init, seconds=seconds,

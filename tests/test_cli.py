@@ -4,6 +4,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from ecdit.app.cli import main
 from ecdit.core.config import preset, train_preset
 from ecdit.systems.shapes import CATEGORIES
 from tests.helpers import small_config, small_train
+from tests.test_checkpoint import largest_array_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +66,7 @@ def test_top_level_help_lists_the_subcommands(capsys):
 def checkpoint(tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
     assert main(["train", "--steps", "2", "--out", str(run), "--quiet", *SMALL]) == 0
-    return run / "checkpoint.npz"
+    return run / "checkpoint"                                    # the checkpoint directory; .parent: the run folder
 
 
 def test_train_then_sample_heatmap_and_eval_write_their_outputs(checkpoint, tmp_path, capsys):
@@ -93,7 +95,7 @@ def test_a_new_user_trains_and_samples_a_diffmoe_model_with_the_cli(tmp_path, ca
     from ecdit.systems.checkpoint import load_params
     run = tmp_path / "diffmoe"
     assert main(["train", "--ffn", "diffmoe", "--steps", "2", "--out", str(run), "--quiet", *SMALL]) == 0
-    _, cfg, _ = load_params(str(run / "checkpoint.npz"))
+    _, cfg, _ = load_params(str(run / "checkpoint"))
     assert cfg.ffn_kind == "diffmoe" and cfg.capacity_factor == 1.0
     png = tmp_path / "d.png"
     with pytest.warns(UserWarning, match="^thresholds: the checkpoint has trained 2 steps"):
@@ -127,11 +129,17 @@ def test_unknown_word_is_a_one_line_error(checkpoint, tmp_path):
                             str(tmp_path / "x.png"), "--quiet"), "unknown word 'purple'")
 
 
-def test_missing_and_corrupt_checkpoints_are_one_line_errors(tmp_path):
+def test_missing_and_corrupt_checkpoints_are_one_line_errors(checkpoint, tmp_path):
     _one_line_error(run_cli("eval", "--checkpoint", str(tmp_path / "none.npz")), "no such file")
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"PK\x03\x04 not really a zip")
     _one_line_error(run_cli("sample", "a circle", "--checkpoint", str(bad)), "corrupt")
+    run = tmp_path / "run"
+    shutil.copytree(checkpoint, run / "checkpoint")
+    chunk = largest_array_file(str(run / "checkpoint" / "2"))
+    data = open(chunk, "rb").read()
+    open(chunk, "wb").write(data[: len(data) // 2])              # a truncated array file (tensorstore's error)
+    _one_line_error(run_cli("eval", "--checkpoint", str(run)), "corrupt", str(run / "checkpoint" / "2"))
 
 
 def test_bad_config_values_are_one_line_errors(tmp_path, capsys):

@@ -92,7 +92,7 @@ def thresholds_of(params):
 def sparse_layer_pools(params, x, t, ids, mask, cfg, group_size=None):
     """The reference's view of the one sparse layer (block 1) of a two-block model, rebuilt from its
     parts: router affinities and predictor scores sigmoid(P), each (G, N, E) over the layer's pools
-    (an image, a routing group of group_size tokens, or the whole batch for DiffMoE)."""
+    (an image, a routing group of group_size tokens, or DiffMoE's pools: the batch or pool_images)."""
     assert cfg.sparse_layers == (1,) and not cfg.pooled_text
     tokens = R.model.embed_patches(x, params, cfg)                               # (B, S, D)
     c = R.model.timestep_condition(t, params["t_mlp"], cfg)                      # (B, D)
@@ -101,7 +101,7 @@ def sparse_layer_pools(params, x, t, ids, mask, cfg, group_size=None):
     _, _, x_p = block_router_input(tokens, c, y, params["blocks"][1], cfg.num_heads, cfg.num_kv_heads, mask)
     moe = params["blocks"][1][cfg.ffn_kind]
     b, s, _ = x_p.shape
-    pool = b * s if cfg.ffn_kind == "diffmoe" else (group_size or s)
+    pool = (cfg.pool_tokens(b, s) or b * s) if cfg.ffn_kind == "diffmoe" else (group_size or s)
     grouped = R.routing.group_tokens(x_p, pool)                                  # (G, N, D)
     logits = R.diffmoe.capacity_predictor(grouped, moe["predictor"]).astype(np.float64)
     return R.routing.router_affinity(grouped, moe["w_router"]), 1.0 / (1.0 + np.exp(-logits))
@@ -352,10 +352,9 @@ def test_train_step_moves_each_threshold_to_the_ema_of_its_batchs_kth_score(two_
 def test_a_diffmoe_checkpoint_round_trips_the_predictor_and_thresholds_bit_for_bit(tmp_path):
     params = with_thresholds(model(BATCH, 5), [np.array([0.1, 0.25, 0.5, 0.75], np.float32)])
     state = optim.init_state(params, TC)
-    path = C.save_train_state(str(tmp_path / "c.npz"), state, BATCH, TC)
-    arrays, _ = C.load(path)
+    path = C.save_train_state(str(tmp_path / "c"), state, BATCH, TC)
     assert {"params/blocks/1/diffmoe/threshold", "params/blocks/1/diffmoe/predictor/w1",
-            "ema/blocks/1/diffmoe/threshold"} <= set(arrays)
+            "ema/blocks/1/diffmoe/threshold"} <= set(C.read_meta(path)["arrays"])
     restored, cfg, _, _ = C.load_train_state(path)
     loaded, _, meta = C.load_params(path)
     assert cfg == BATCH and meta["weights"] == "ema"
@@ -370,8 +369,8 @@ def test_a_stopped_and_resumed_diffmoe_run_equals_an_unstopped_run(tmp_path):
     straight, _ = T.train(BATCH, TC, 4, str(tmp_path / "a"), progress=False)
     T.train(BATCH, TC, 2, str(tmp_path / "b"), progress=False)
     resumed, _ = T.train(BATCH, TC, 4, str(tmp_path / "b"), progress=False)
-    a, _, _, meta_a = C.load_train_state(str(tmp_path / "a" / "checkpoint.npz"))
-    b, _, _, meta_b = C.load_train_state(str(tmp_path / "b" / "checkpoint.npz"))
+    a, _, _, meta_a = C.load_train_state(str(tmp_path / "a"))
+    b, _, _, meta_b = C.load_train_state(str(tmp_path / "b"))
     assert meta_a["step"] == meta_b["step"] == 4
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

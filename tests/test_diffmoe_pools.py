@@ -127,3 +127,9 @@ def test_a_train_step_with_pools_moves_the_thresholds_toward_the_mean_of_the_poo
     _, aux = R.objective.training_loss(params, batch, cfg, tc)
     tau = np.asarray(state["params"]["blocks"][1]["diffmoe"]["threshold"])
     assert_close(tau, 0.5 * np.asarray(aux["kth_score"][0]))
+
+
+def test_training_with_pools_that_do_not_divide_the_batch_stops_before_the_first_step(tmp_path):
+    with pytest.raises(ValueError, match="^pool_images: 3 images per pool do not divide a batch of 4"):
+        T.train(BATCH.replace(pool_images=3), small_train(batch_size=4), 1, str(tmp_path), progress=False)
+    assert not (tmp_path / "metrics.jsonl").exists()

@@ -7,8 +7,10 @@ mesh data=2,expert=2 spans 4 devices in two processes; each trains the small exp
 for 3 steps and writes its losses and gathered final state. This process then runs the same 3
 steps on its one device: the losses must match within relative 1e-3 (the issue's bound, as
 tests/mesh_checks.py) and the final state within FLOAT32; the two processes must agree exactly
-(they gathered the same global arrays).
+(they gathered the same global arrays). The workers also save a checkpoint together (each
+process its own shards) and restore it onto their mesh; this process loads it on one device.
 """
+import shutil
 import socket
 import subprocess
 import sys
@@ -21,6 +23,7 @@ import pytest
 from ecdit.systems import distributed as D
 from ecdit.systems import mesh as M
 from ecdit.systems import train as T
+from tests.distributed_worker import STEPS
 from tests.helpers import ROOT, simulated_devices_env
 from tests.tolerances import FLOAT32, LOSS_CURVE_RTOL, assert_close
 
@@ -128,7 +131,7 @@ def free_port() -> int:
 
 def one_device_run():
     """The worker's STEPS steps with the one-device train_step: (losses, final state as NumPy)."""
-    from tests.distributed_worker import CONFIG, STEPS, TRAIN, start_state
+    from tests.distributed_worker import CONFIG, TRAIN, start_state
     state, losses = start_state(), []
     for i in range(STEPS):
         state, metrics = T.run_step(state, T.make_batch(TRAIN.seed, i, CONFIG, TRAIN), CONFIG, TRAIN)
@@ -143,7 +146,7 @@ def launch_workers(tmp_path, port):
         log = open(tmp_path / f"worker{i}.log", "w")
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "tests.distributed_worker", "--port", str(port), "--process-id", str(i),
-             "--out", str(tmp_path / f"worker{i}.npz"), "--timeout", "60"],
+             "--out", str(tmp_path / f"worker{i}.npz"), "--timeout", "60", "--checkpoint", str(tmp_path / "ckpt")],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
         log.close()                                              # the child holds its own copy
     return procs
@@ -191,39 +194,50 @@ def test_two_processes_train_like_one_device(tmp_path):
     assert sorted(want) == sorted(k for k in got if k.startswith("state"))
     for key, value in want.items():
         assert_close(got[key], value, tol=FLOAT32, err_msg=key)
+    from ecdit.systems.checkpoint import load_train_state
+    saved, _, _, meta = load_train_state(str(tmp_path / "ckpt"))  # what two processes wrote, read by one
+    assert meta["step"] == STEPS
+    for path, leaf in jax.tree_util.tree_leaves_with_path(saved):
+        np.testing.assert_array_equal(np.asarray(leaf), got["state" + jax.tree_util.keystr(path)])
     print(f"two processes x 2 devices: losses {got['losses'].tolist()}, one device {want_losses.tolist()}, "
           f"worst relative {rel.max():.1e}; workers {float(got['seconds']):.1f} s "
           f"(initialize {float(got['init_seconds']):.1f} s); test {time.perf_counter() - t:.1f} s")
 
 
-def test_ecdit_train_with_two_processes_writes_the_one_device_run(tmp_path):
+def test_ecdit_train_with_two_processes_resumes_and_checkpoints_the_one_device_run(tmp_path):
     """`ecdit train --mesh data=2,expert=2 --distributed 127.0.0.1:PORT,2,I` in two processes of 2
-    simulated devices each, one shared run folder: process 0 alone writes metrics.jsonl and the
-    checkpoint (after gathering the sharded state), and both equal a one-device `ecdit train`
-    (losses within LOSS_CURVE_RTOL, parameters within FLOAT32)."""
+    simulated devices each, one shared run folder that a one-device run left at step 2: both
+    processes restore their own shards of that checkpoint, train to step 6, and save steps 4 and
+    6 together (each process the shards it holds; no gathering); process 0 alone writes
+    metrics.jsonl. All equals a one-device `ecdit train` stopped at the same step (losses within
+    LOSS_CURVE_RTOL, parameters within FLOAT32)."""
     from ecdit.app.cli import main
     from ecdit.systems.checkpoint import load_params
     from tests.test_cli import SMALL
     run, one = tmp_path / "run", tmp_path / "one"
+    common = ["train", "--quiet", *SMALL, "--checkpoint-every", "2"]
+    assert main([*common, "--steps", "2", "--out", str(one)]) == 0
+    shutil.copytree(one, run)                                    # the cluster resumes a one-device run
     port = free_port()
     env = simulated_devices_env(2)
     procs = []
     for i in range(2):
         log = open(tmp_path / f"worker{i}.log", "w")
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "ecdit", "train", "--quiet", *SMALL, "--steps", "4", "--checkpoint-every", "2",
-             "--out", str(run), "--mesh", "data=2,expert=2", "--distributed", f"127.0.0.1:{port},2,{i}"],
+            [sys.executable, "-m", "ecdit", *common, "--steps", "6", "--out", str(run), "--mesh", "data=2,expert=2",
+             "--distributed", f"127.0.0.1:{port},2,{i}"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
         log.close()
-    assert main(["train", "--quiet", *SMALL, "--steps", "4", "--out", str(one)]) == 0   # meanwhile, here
+    assert main([*common, "--steps", "6", "--out", str(one)]) == 0   # meanwhile, here
     codes = wait_all(procs, tmp_path, WORKER_TIMEOUT_S)
     assert codes == [0, 0], f"exit codes {codes}\n{logs(tmp_path)}"
     got, want = T.read_metrics(str(run / "metrics.jsonl")), T.read_metrics(str(one / "metrics.jsonl"))
-    assert [r["step"] for r in got] == [r["step"] for r in want] == [4]
-    assert got[0]["mesh"] == "data=2,expert=2"
-    assert abs(got[0]["loss"] / want[0]["loss"] - 1.0) <= LOSS_CURVE_RTOL
-    p_run, _, meta = load_params(str(run / "checkpoint.npz"))
-    p_one, _, _ = load_params(str(one / "checkpoint.npz"))
-    assert meta["step"] == 4
+    assert [r["step"] for r in got] == [r["step"] for r in want] == [2, 6]
+    assert [r["mesh"] for r in got] == ["1 device", "data=2,expert=2"]
+    assert abs(got[1]["loss"] / want[1]["loss"] - 1.0) <= LOSS_CURVE_RTOL
+    assert sorted((run / "checkpoint").iterdir()) == [run / "checkpoint" / "4", run / "checkpoint" / "6"]
+    p_run, _, meta = load_params(str(run))
+    p_one, _, _ = load_params(str(one))
+    assert meta["step"] == 6
     for x, y in zip(jax.tree.leaves(p_run), jax.tree.leaves(p_one)):
         assert_close(x, y, tol=FLOAT32)

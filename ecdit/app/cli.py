@@ -77,7 +77,11 @@ def _mesh(a) -> dict:
 
 
 def _checkpoint_path(path):
-    return os.path.join(path, "checkpoint.npz") if os.path.isdir(path) else path
+    """--checkpoint: a run folder, its checkpoint/ directory (or one step folder in it), or a
+    legacy .npz file; the checkpoint it names (`checkpoint.find`), or `path` as given when there
+    is none (the loader then says what is wrong)."""
+    from ecdit.systems.checkpoint import find
+    return find(path) or path
 
 
 def _experiment_args(p, which):
@@ -133,6 +137,7 @@ def cmd_train(a):
     tc = train_preset(a.preset, **_overrides(a.train_set, "train-set"))
     out = a.out or os.path.join("runs", cfg.name)
     from ecdit.systems import distributed
+    from ecdit.systems.checkpoint import DIRNAME, in_run
     from ecdit.systems.mesh import describe_mesh, parse_mesh
     distributed.initialize(distributed.resolve(a.distributed))  # no flag, no ECDIT_* variables: one process
     axes = parse_mesh(a.mesh)
@@ -145,7 +150,7 @@ def cmd_train(a):
         plot_loss(history, os.path.join(out, "loss.png"))
     last = history[-1] if history else {}
     print(f"step {last.get('step', 0)}: loss {last.get('loss', float('nan')):.4f} ({describe_mesh(axes)}); "
-          f"checkpoint {os.path.join(out, 'checkpoint.npz')}, metrics {os.path.join(out, 'metrics.jsonl')}")
+          f"checkpoint {in_run(out) or os.path.join(out, DIRNAME)}, metrics {os.path.join(out, 'metrics.jsonl')}")
     return 0
 
 
@@ -258,9 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=cmd_demo)
 
     t = sub.add_parser("train", help="train a preset on captioned shapes (resumable)",
-                       description="Train a preset on captioned shapes. Resumes from OUT/checkpoint.npz when present "
-                                   "(a resumed run equals an unstopped one on CPU); writes OUT/metrics.jsonl and "
-                                   "OUT/loss.png.")
+                       description="Train a preset on captioned shapes. Resumes from OUT/checkpoint/ (or a legacy "
+                                   "OUT/checkpoint.npz) when present (a resumed run equals an unstopped one on CPU); "
+                                   "writes a checkpoint step there every --checkpoint-every steps and at the end "
+                                   "(the last two kept), OUT/metrics.jsonl and OUT/loss.png.")
     t.add_argument("--preset", default="tiny", help="tiny, small, XL, XXL, 3XL, M, XL-8E, DENSE-XL, ... (default %(default)s)")
     t.add_argument("--steps", type=_positive_int, default=1000, help="total steps (default %(default)s)")
     t.add_argument("--minutes", type=_positive_float, default=None, help="stop after this many minutes")
@@ -281,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="prompt in, PNG out", description="Generate images for one prompt from a checkpoint.")
     s.add_argument("prompt", help='a caption in the shapes grammar, e.g. "a red circle"')
-    s.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
+    s.add_argument("--checkpoint", required=True, help="run folder, its checkpoint/ directory, or a legacy .npz file")
     s.add_argument("--out", default="sample.png", help="PNG path (default %(default)s)")
     s.add_argument("--num", type=_positive_int, default=1, help="images (a grid when > 1)")
     _sampling_args(s)
@@ -291,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Sample the held-out prompts of every category and score them. "
                                    "--split validation scores seen (training) prompts with fresh seeds "
                                    "instead: tune sampling settings there, not on the held-out items.")
-    e.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
+    e.add_argument("--checkpoint", required=True, help="run folder, its checkpoint/ directory, or a legacy .npz file")
     e.add_argument("--split", choices=("heldout", "validation"), default="heldout",
                    help="held-out prompts (default) or seen prompts for tuning, e.g. --guidance")
     e.add_argument("--per-category", type=_positive_int, default=DEFAULT_EVAL_PER_CATEGORY,
@@ -304,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Generate one image and draw how many experts chose each token, per sparse layer "
                                    "and per denoising step (Fig. 6).")
     h.add_argument("prompt", help="a caption in the shapes grammar")
-    h.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
+    h.add_argument("--checkpoint", required=True, help="run folder, its checkpoint/ directory, or a legacy .npz file")
     h.add_argument("--out", default="heatmap.png", help="PNG path (default %(default)s)")
     _sampling_args(h)
     h.set_defaults(fn=cmd_heatmap)

@@ -38,7 +38,7 @@ from ecdit.app.plots import plot_compare, plot_experts_per_step
 from ecdit.app.reports import evaluate_model, final_loss, fmt_params
 from ecdit.core.config import DEFAULT_GUIDANCE, DEFAULT_SAMPLE_STEPS, ModelConfig, preset, train_preset
 from ecdit.core.params import count_params
-from ecdit.systems import shapes
+from ecdit.systems import checkpoint, shapes
 from ecdit.systems.geneval import TABLE_COLUMNS
 from ecdit.systems.train import VALIDATION_TIMESTEPS, train, validation_loss
 
@@ -129,8 +129,7 @@ def run_compare(out_dir="compare", *, steps=600, per_category=30, sample_steps=D
         cfg = configs[row.model]
         if row.model not in trained:
             run_dir = os.path.join(out_dir, row.model)
-            if os.path.exists(os.path.join(run_dir, "checkpoint.npz")):
-                os.remove(os.path.join(run_dir, "checkpoint.npz"))
+            checkpoint.remove(run_dir)
             t0 = time.perf_counter()
             params, history = train(cfg, tc, steps, run_dir, progress=progress, desc=f"train {row.model}", mesh=mesh)
             trained[row.model] = (params, time.perf_counter() - t0, history)

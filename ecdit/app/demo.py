@@ -21,7 +21,7 @@ from ecdit.app.reports import binomial_se, evaluate_model, final_loss, first_per
 from ecdit.core.config import (DEFAULT_EVAL_PER_CATEGORY, DEFAULT_GUIDANCE, DEFAULT_SAMPLE_STEPS, ModelConfig,
                                TrainConfig, preset, train_preset)
 from ecdit.core.params import count_params, init_model
-from ecdit.systems import shapes
+from ecdit.systems import checkpoint, shapes
 from ecdit.systems.train import train
 
 
@@ -40,8 +40,8 @@ def run_demo(out_dir="report", *, steps=20000, minutes=10.0, per_category=DEFAUL
     decay = steps if base.decay_steps and steps > base.warmup_steps else 0  # a decay ends at --steps
     tc = base.replace(**{"seed": seed, "decay_steps": decay, **(train_changes or {})})
     run_dir = os.path.join(out_dir, "run")
-    if not resume and os.path.exists(os.path.join(run_dir, "checkpoint.npz")):
-        os.remove(os.path.join(run_dir, "checkpoint.npz"))
+    if not resume:
+        checkpoint.remove(run_dir)
     # 1. train
     t0 = time.perf_counter()
     params, history = train(cfg, tc, steps, run_dir, minutes=minutes, progress=progress, desc="train tiny EC-DiT")

@@ -202,24 +202,29 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, steps: int, run_dir=No
           mesh: dict | None = None):
     """Train for `steps` steps in total (counting any resumed ones), or until `minutes` pass.
 
-    With run_dir: resumes from run_dir/checkpoint.npz if present (and resume), writes it every
-    `checkpoint_every` steps and at the end (atomically) and appends metrics to
-    run_dir/metrics.jsonl (the CLI and the demo draw the loss curve from them). Returns (params as NumPy, list of metric records); the params are
-    the EMA when train_cfg.ema_decay > 0 (what sampling should use).
+    With run_dir: resumes from run_dir's checkpoint if present (and resume: the newest committed
+    step of run_dir/checkpoint/, else a legacy run_dir/checkpoint.npz), saves a step there every
+    `checkpoint_every` steps and at the end (`checkpoint.save_train_state`: committed atomically,
+    the last two kept) and appends metrics to run_dir/metrics.jsonl (the CLI and the demo draw
+    the loss curve from them). Without resume, the first save removes the checkpoint of the run
+    that was there. Returns (params as NumPy, list of metric records); the params are the EMA
+    when train_cfg.ema_decay > 0 (what sampling should use).
 
     `mesh` ({"data": n, "expert": m}, `mesh_lib.parse_mesh` of the --mesh flag; None or {}: one
     device) shards the state and each batch over a device mesh (`mesh_lib.sharded_train_step`:
     batch over data, experts over expert, dense weights FSDP-style over data); every metrics
-    record names the mesh. Checkpoints hold plain arrays, so a run saved on one mesh resumes on
-    another.
+    record names the mesh. A checkpoint restores straight into the mesh's shardings, whatever
+    mesh (or none) wrote it, so a run saved on one mesh resumes on another.
 
     Several processes (after `distributed.initialize`, the --distributed flag): the mesh must
     cover every global device; each process builds the same batches from (seed, step) and the
-    same initial or resumed state, process 0 alone writes the checkpoint and the metrics, and the
-    time limit is process 0's, so every process stops at the same step."""
+    same initial state, or restores its own shards of the checkpoint; every process saves the
+    shards it holds (orbax commits the step when all have), process 0 alone writes the metrics,
+    and the time limit is process 0's, so every process stops at the same step."""
     positive_int("steps", steps, minimum=0)
     text.check_config(model_cfg)
     axes = mesh_lib.check_mesh(mesh or {}, model_cfg, train_cfg)
+    model_cfg.pool_tokens(train_cfg.batch_size, 1)               # DiffMoE pools that do not divide the batch: now
     multi = jax.process_count() > 1
     if multi:
         axes = distributed.check_cluster_mesh(axes)
@@ -227,29 +232,31 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, steps: int, run_dir=No
     mesh_name = mesh_lib.format_mesh(axes) if axes else "1 device"
     if minutes is not None and not minutes > 0:
         raise ValueError(f"minutes: expected a positive number, got {minutes!r}")
-    ckpt_path = os.path.join(run_dir, "checkpoint.npz") if run_dir else None
+    ckpt_dir = os.path.join(run_dir, checkpoint.DIRNAME) if run_dir else None
     log_path = os.path.join(run_dir, "metrics.jsonl") if run_dir else None
     if run_dir:
         os.makedirs(run_dir, exist_ok=True)
     history: list[dict] = []
-    if ckpt_path and resume and os.path.exists(ckpt_path):
-        state, saved_model, saved_train, _ = checkpoint.load_train_state(ckpt_path)
-        if saved_model != model_cfg or saved_train != train_cfg:
+    device_mesh = mesh_lib.make_mesh(axes) if axes else None
+    found = checkpoint.in_run(run_dir) if run_dir and resume else None
+    if found:                                                    # restored straight into the mesh's shardings
+        meta = checkpoint.read_meta(found)
+        if checkpoint.configs(meta, found) != (model_cfg, train_cfg):
             raise ValueError(f"resume: the checkpoint in {run_dir} was written with a different config; "
                              "use another --out folder or --no-resume")
-        history = read_metrics(log_path, upto=int(state["step"])) if log_path else []
+        state, _, _, _ = checkpoint.load_train_state(found, shardings=device_mesh)
+        history = read_metrics(log_path, upto=int(meta["step"])) if log_path else []
     else:
         seed = train_cfg.seed if init_seed is None else init_seed
         state = init_state(init_model(model_cfg, seed), train_cfg)
     if axes:
-        device_mesh = mesh_lib.make_mesh(axes)
         state = (distributed.global_state(state, device_mesh) if multi else mesh_lib.shard_state(state, device_mesh))
         step_fn = mesh_lib.sharded_train_step(device_mesh, model_cfg, train_cfg, train_step)
         desc = f"{desc} [{mesh_lib.describe_mesh(axes)}]"
     else:
         def step_fn(state, batch):
             return run_step(state, batch, model_cfg, train_cfg)
-    start = int(distributed.gather(state["step"])) if multi else int(state["step"])
+    start = int(np.asarray(state["step"].addressable_data(0)))  # replicated: every process reads its own copy
     if multi:
         if int(distributed.from_main(np.int32(start))) != start:
             raise ValueError(f"resume: this process starts at step {start}, process 0 at another; "
@@ -258,6 +265,14 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, steps: int, run_dir=No
     if log_path:                                                 # rewrite: drop records past the checkpoint
         with open(log_path, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in history)
+    fresh = not found                                            # the first save replaces an older run's steps
+
+    def save(state):
+        """Every process saves its own shards (checkpoint.save_train_state: orbax commits the step)."""
+        nonlocal fresh
+        checkpoint.save_train_state(ckpt_dir, state, model_cfg, train_cfg, fresh=fresh)
+        fresh = False
+
     deadline = None if minutes is None else time.monotonic() + 60.0 * minutes
     fetch = _Prefetch(start, steps, model_cfg, train_cfg)
     if minutes is not None:                                      # the bar's total is steps; say when it really stops
@@ -283,25 +298,19 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, steps: int, run_dir=No
                         f.write(json.dumps(rec) + "\n")
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['images_per_s']:.0f}")
             bar.update(1)
-            if ckpt_path and step % checkpoint_every == 0 and step < steps:
-                _save(ckpt_path, state, model_cfg, train_cfg, multi, main)
+            if ckpt_dir and step % checkpoint_every == 0 and step < steps:
+                save(state)
             if deadline is not None and _past(deadline, multi):
                 break
     finally:
         fetch.close()
         bar.close()
-    if ckpt_path:
-        _save(ckpt_path, state, model_cfg, train_cfg, multi, main)
+    if ckpt_dir and not (found and step == start):               # a resumed run that ran no step: saved already
+        save(state)
     if multi:
         return distributed.gather(sampling_params(state)), history
     return jax.tree.map(np.asarray, sampling_params(state)), history
 
-
-def _save(path, state, model_cfg, train_cfg, multi, main):
-    """Write the checkpoint; with several processes, every one gathers the state and process 0 writes."""
-    host = distributed.gather(state) if multi else state
-    if main:
-        checkpoint.save_train_state(path, host, model_cfg, train_cfg)
 
 
 def _past(deadline, multi) -> bool:
