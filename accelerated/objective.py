@@ -1,7 +1,7 @@
 """The training objective (Sec. 3.1), JAX twin of reference/objective.py:
 
     t = sigmoid(mu + sigma z);  x_t = (1 - t) x0 + t noise;  y = null caption where drop;
-    loss = mean (patchify(noise - x0)[keep] - v_theta(x_t, t, y)[keep])^2 + aux_weight * mean aux
+    loss = mean (patchify(noise - x0)[keep] - v_theta(x_t, t, y)[keep])^2 + aux_weight * sum_l aux_l
            + predictor_weight * sum_l L_pred,l;   tau_l <- d tau_l + (1 - d) q_l  (update_thresholds)
 
 Same functions, arguments and shape comments as the reference; the training step of
@@ -63,15 +63,19 @@ def routing_stats(routing):
 @checked_jit(contracts.training_loss, static_argnames=("model_cfg", "train_cfg", "group_size"))
 def training_loss(params, batch, model_cfg, train_cfg, group_size=None):
     """The loss one training step minimises. Returns (loss, metrics): metrics holds loss,
-    flow_loss (Eq. 1), aux_loss (mean over sparse layers), predictor_loss (the sum over the layers
+    flow_loss (Eq. 1), aux_loss (the sum over sparse layers of each layer's balancing loss, as
+    GShard, Switch and Mesh-TF add one per layer), predictor_loss (the sum over the layers
     with a capacity predictor of their L_pred, as DiffMoE sums them), the `routing_stats`, and for
-    a model with a predictor kth_score (n, E), each layer's q for `update_thresholds`."""
+    a model with a predictor kth_score (n, E), each layer's q for `update_thresholds`.
+    group_size None: model_cfg.train_group_size (None there too: one image per group), the
+    project's one rule (docs/model.md, "Routing groups")."""
+    group_size = model_cfg.train_group_size if group_size is None else group_size
     t = logit_normal_timesteps(batch["z"], train_cfg.t_mu, train_cfg.t_sigma)  # (B,)
     ids, mask = caption_dropout(batch["text_ids"], batch["text_mask"], batch["drop"])  # (B, L) x2
     flow, routing = flow_matching_loss(params, batch["x0"], batch["noise"], t, ids, mask, model_cfg,
                                        batch["keep_index"], group_size)
     stats = routing_stats(routing)
-    aux = jnp.mean(stats["aux"]) if stats else jnp.zeros(())
+    aux = jnp.sum(stats["aux"]) if stats else jnp.zeros(())  # one balancing loss per layer
     loss = flow + (model_cfg.aux_loss_weight * aux if model_cfg.ffn_kind == "token_choice" else 0.0)
     metrics = {"flow_loss": flow, "aux_loss": aux, **stats}
     predicted = [r for r in routing if r is not None and "predictor_logits" in r]

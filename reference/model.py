@@ -92,8 +92,9 @@ def embed_patches(x_t, params, config):
 
 @checked(contracts.keep_tokens)
 def keep_tokens(tokens, keep_index):
-    """Masking (MDT, Sec. 3.1): keep the tokens listed in keep_index (B, S'), drop the rest before
-    the blocks, so masked tokens take no part in attention or routing. (B, S, D) -> (B, S', D)."""
+    """Masking (MaskDiT, Zheng et al. 2023; Sec. 3.1): keep the tokens listed in keep_index (B, S'),
+    drop the rest before the blocks, so masked tokens take no part in attention or routing.
+    (B, S, D) -> (B, S', D)."""
     rows = np.arange(tokens.shape[0])[:, None]                   # (B, 1)
     return tokens[rows, keep_index]                              # (B, S', D)
 

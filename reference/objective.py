@@ -4,9 +4,9 @@ token-choice auxiliary loss.
     t    = sigmoid(mu + sigma z)                     logit-normal timesteps, z ~ N(0, 1) given
     x_t  = (1 - t) x0 + t noise                      data at t = 0 (project convention)
     y    = null caption where drop, else caption     caption dropout, for classifier-free guidance
-    v    = v_theta(x_t, t, y)[keep]                  masked tokens dropped before the blocks (MDT)
+    v    = v_theta(x_t, t, y)[keep]                  masked tokens dropped before the blocks (MaskDiT)
     loss = mean (patchify(noise - x0)[keep] - v)^2   Eq. 1, on the kept tokens only
-           + aux_loss_weight * mean_l aux_l          token choice only: GShard's balancing loss
+           + aux_loss_weight * sum_l aux_l           token choice only: GShard's balancing loss, per layer
            + predictor_loss_weight * sum_l L_pred,l  a capacity predictor only (DiffMoE, docs/diffmoe.md)
     tau_l <- d tau_l + (1 - d) q_l               after the optimiser's step: `update_thresholds`
 
@@ -75,15 +75,19 @@ def routing_stats(routing):
 @checked(contracts.training_loss)
 def training_loss(params, batch, model_cfg, train_cfg, group_size=None):
     """The loss one training step minimises. Returns (loss, metrics): metrics holds loss,
-    flow_loss (Eq. 1), aux_loss (mean over sparse layers), predictor_loss (the sum over the layers
+    flow_loss (Eq. 1), aux_loss (the sum over sparse layers of each layer's balancing loss, as
+    GShard, Switch and Mesh-TF add one per layer), predictor_loss (the sum over the layers
     with a capacity predictor of their L_pred, as DiffMoE sums them), the `routing_stats`, and for
-    a model with a predictor kth_score (n, E), each layer's q for `update_thresholds`."""
+    a model with a predictor kth_score (n, E), each layer's q for `update_thresholds`.
+    group_size None: model_cfg.train_group_size (None there too: one image per group), the
+    project's one rule (docs/model.md, "Routing groups")."""
+    group_size = model_cfg.train_group_size if group_size is None else group_size
     t = logit_normal_timesteps(batch["z"], train_cfg.t_mu, train_cfg.t_sigma)  # (B,)
     ids, mask = caption_dropout(batch["text_ids"], batch["text_mask"], batch["drop"])  # (B, L) x2
     flow, routing = flow_matching_loss(params, batch["x0"], batch["noise"], t, ids, mask, model_cfg,
                                        batch["keep_index"], group_size)
     stats = routing_stats(routing)
-    aux = np.mean(stats["aux"]) if stats else np.zeros((), np.float32)
+    aux = np.sum(stats["aux"]) if stats else np.zeros((), np.float32)  # one balancing loss per layer
     loss = flow + (model_cfg.aux_loss_weight * aux if model_cfg.ffn_kind == "token_choice" else 0.0)
     metrics = {"flow_loss": flow, "aux_loss": aux, **stats}
     predicted = [r for r in routing if r is not None and "predictor_logits" in r]

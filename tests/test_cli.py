@@ -203,3 +203,51 @@ def test_demo_writes_the_report_end_to_end(tmp_path):
     assert "Single obj." in md and "same model, untrained" in md and "one item = 50 percentage points" in md
     for png in ("loss.png", "samples.png", "heatmaps.png", "heatmap_steps.png"):
         assert f"]({png})" in md and (tmp_path / png).stat().st_size > 1000, png
+
+
+def _fake_row(key, val_loss, single):
+    return {"key": key, "label": key, "model": key, "pool": "-", "inference": "-", "activated": 1, "total": 1,
+            "val_loss": val_loss, "results": {"single_object": single}}
+
+
+def test_seed_summary_gives_mean_spread_and_the_paired_t_test_against_dense():
+    """Three seeds, hand-checkable: ec - dense = -0.02, -0.01, -0.03 (mean -0.02, sample sd 0.01,
+    s.e. 0.01 / sqrt(3), t = -0.02 / s.e. = -3.464, two-sided p = 0.0742 for 2 degrees of freedom)."""
+    from ecdit.app.compare import seeds_markdown, summarize_seeds
+    runs = [[_fake_row("dense", d, 0.5), _fake_row("ec", d + diff, 0.6)]
+            for d, diff in ((0.30, -0.02), (0.40, -0.01), (0.35, -0.03))]
+    summary = summarize_seeds(runs)
+    dense, ec = summary
+    assert dense["metrics"]["val_loss"]["mean"] == pytest.approx(0.35)
+    assert dense["metrics"]["val_loss"]["std"] == pytest.approx(0.05)
+    assert "paired" not in dense
+    p = ec["paired"]["val_loss"]
+    assert p["mean"] == pytest.approx(-0.02) and p["below_zero"] == 3 and p["n"] == 3
+    assert p["stderr"] == pytest.approx(0.01 / math.sqrt(3))
+    assert p["t"] == pytest.approx(-2 * math.sqrt(3), rel=1e-9)
+    assert p["p"] == pytest.approx(0.0742, abs=5e-4)
+    assert ec["paired"]["single_object"]["mean"] == pytest.approx(0.1)
+    md = seeds_markdown(summary, [0, 1, 2], 10)
+    assert "| ec | - | -0.0200 ± 0.0058 | -3.46 | 0.074 | 3 of 3 |" in md
+    assert "0.3500 ± 0.0500" in md
+
+
+def test_seed_summary_refuses_runs_with_different_rows():
+    from ecdit.app.compare import summarize_seeds
+    with pytest.raises(ValueError, match="^runs: every seed"):
+        summarize_seeds([[_fake_row("dense", 0.3, 0.5)], [_fake_row("ec", 0.3, 0.5)]])
+    with pytest.raises(ValueError, match="^runs:"):
+        summarize_seeds([])
+
+
+def test_compare_over_two_seeds_writes_each_seeds_table_and_the_summary(tmp_path):
+    from ecdit.app.compare import run_compare_seeds
+    r = run_compare_seeds(str(tmp_path), seeds=2, steps=2, per_category=1, sample_steps=2, rows=("dense", "tc"),
+                          model_changes=_small_model(), progress=False)
+    assert [len(run) for run in r["runs"]] == [2, 2]
+    assert r["runs"][0][0]["val_loss"] != r["runs"][1][0]["val_loss"]       # two seeds, two data streams
+    for s in (0, 1):
+        assert (tmp_path / f"seed{s}" / "compare.md").exists()
+    summary = json.loads((tmp_path / "compare.json").read_text())
+    assert summary["seeds"] == [0, 1] and summary["summary"][1]["paired"]["val_loss"]["n"] == 2
+    assert "2 seeds (0, 1)" in (tmp_path / "compare.md").read_text()

@@ -27,16 +27,22 @@ def halves(arrays, lo, hi):
     return [a[lo:hi] for a in arrays]
 
 
+def pooled_model_and_inputs(seed, dynamic):
+    """POOLED's parameters and 4 images; for dynamic capacity each threshold at its expert's median
+    predictor score over both pools (about half of each pool passes)."""
+    params, x = model(POOLED, seed), inputs(POOLED, 4, seed=seed)
+    if dynamic:
+        _, scores = sparse_layer_pools(params, *x, POOLED)
+        params = with_thresholds(params, [np.median(scores.reshape(-1, E), axis=0).astype(np.float32)])
+    return params, x
+
+
 @pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
 def test_pools_of_two_images_route_each_pair_as_a_batch_of_its_own(dynamic):
     """forward on 4 images with pool_images = 2 equals forward on images 0-1 and on images 2-3
     as separate one-pool batches (velocity and every per-token record); its kth_score is the mean
     of the two batches' (q_e averaged over pools)."""
-    params = model(POOLED, 1)
-    x = inputs(POOLED, 4, seed=1)
-    if dynamic:
-        _, scores = sparse_layer_pools(params, *x, POOLED)
-        params = with_thresholds(params, [np.median(scores.reshape(-1, E), axis=0).astype(np.float32)])
+    params, x = pooled_model_and_inputs(1, dynamic)
     v, r = R.model.forward(params, *x, POOLED, dynamic=dynamic)
     parts = [R.model.forward(params, *halves(x, lo, lo + 2), BATCH, dynamic=dynamic) for lo in (0, 2)]
     assert_close(v, np.concatenate([p[0] for p in parts]), tol=EXACT)
@@ -52,11 +58,7 @@ def test_pools_of_two_images_route_each_pair_as_a_batch_of_its_own(dynamic):
 def test_an_images_output_depends_on_exactly_the_other_image_of_its_pool(dynamic):
     """Replace image j of 4: image 0's velocity changes for j = 1 (its pool partner) and is bit for
     bit the same for j = 2, 3 (the other pool)."""
-    params = model(POOLED, 6)
-    x = inputs(POOLED, 4, seed=6)
-    if dynamic:
-        _, scores = sparse_layer_pools(params, *x, POOLED)
-        params = with_thresholds(params, [np.median(scores.reshape(-1, E), axis=0).astype(np.float32)])
+    params, x = pooled_model_and_inputs(6, dynamic)
     base, _ = R.model.forward(params, *x, POOLED, dynamic=dynamic)
     other = inputs(POOLED, 4, seed=7)
     for j in (1, 2, 3):

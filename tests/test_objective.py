@@ -67,6 +67,20 @@ def test_token_choice_adds_the_weighted_aux_loss(half):
 
 
 @pytest.mark.parametrize("half", [R, A], ids=["reference", "accelerated"])
+def test_every_token_choice_layer_adds_its_own_balancing_loss(half):
+    """Two sparse layers: aux_loss is the sum of the layers' losses (GShard, Switch and Mesh-TF add
+    one per layer, each at the full weight), so it is at least 2 (each layer's is >= 1)."""
+    cfg = small_config("token_choice", aux_loss_weight=0.5, depth=4)
+    tc = small_train()
+    params = randomize_zero_init(init_model(cfg, 0))
+    loss, m = half.training_loss(params, make_batch(0, 0, cfg, tc), cfg, tc)
+    per_layer = np.asarray(m["aux"])
+    assert per_layer.shape == (2,) and (per_layer >= 1.0 - FLOAT32_MEAN["rtol"]).all()
+    assert_close(float(m["aux_loss"]), float(per_layer.sum()), tol=ARITHMETIC)
+    assert_close(float(loss), float(m["flow_loss"]) + 0.5 * float(per_layer.sum()), tol=ARITHMETIC)
+
+
+@pytest.mark.parametrize("half", [R, A], ids=["reference", "accelerated"])
 def test_caption_dropout_replaces_exactly_the_dropped_rows_by_the_null_caption(half):
     ids, mask = text.tokenize_batch(["a red circle", "two squares", "a cross"], 8)
     drop = np.array([True, False, True])
@@ -116,3 +130,17 @@ def test_training_loss_rejects_a_batch_that_does_not_fit_the_model():
             half.training_loss(params, dict(batch, x0=batch["x0"][:, :8, :8], noise=batch["noise"][:, :8, :8]), cfg, tc)
         with pytest.raises(ValueError, match="^keep_index"):
             half.training_loss(params, dict(batch, keep_index=batch["keep_index"] + 16), cfg, tc)
+
+
+@pytest.mark.parametrize("half", [R, A], ids=["reference", "accelerated"])
+def test_training_loss_without_a_group_size_routes_with_the_configs_train_group_size(half):
+    """docs/model.md's rule: None at an entry point that trains means config.train_group_size."""
+    cfg = small_config(train_group_size=2 * small_config().num_tokens)
+    tc = small_train()
+    params = randomize_zero_init(init_model(cfg, 0), 0, scale=0.3)
+    batch = make_batch(0, 0, cfg, tc)
+    default, _ = half.training_loss(params, batch, cfg, tc)
+    explicit, _ = half.training_loss(params, batch, cfg, tc, cfg.train_group_size)
+    per_image, _ = half.training_loss(params, batch, cfg, tc, cfg.num_tokens)
+    assert float(default) == float(explicit)
+    assert abs(float(default) - float(per_image)) > 1e-5

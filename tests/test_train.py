@@ -142,3 +142,26 @@ def test_validation_loss_rejects_bad_input():
         T.validation_loss(params, cfg, [])
     with pytest.raises(ValueError, match="timesteps"):
         T.validation_loss(params, cfg, shapes.heldout_items(1), timesteps=(0.5, 1.5))
+
+
+def test_validation_loss_routes_with_the_inference_group_size():
+    """The rule of docs/model.md: an entry point that evaluates uses inference_group_size. With
+    groups of two images the held-out loss equals the training loss of the same batch routed in
+    groups of two (train_group_size = inference_group_size), and differs from one image per group."""
+    items = shapes.heldout_items(1)                              # one item per category: an even count
+    assert len(items) % 2 == 0
+    group = 2 * small_config().num_tokens
+    cfg = small_config(inference_group_size=group, train_group_size=group)
+    tc = small_train(mask_ratio=0.0)
+    params = randomize_zero_init(init_model(cfg, 1), 1, scale=0.3)
+    x0, noise, ids, mask = _heldout_batch(cfg, items, seed=0)
+    t = 0.3
+    batch = {"x0": x0, "noise": noise, "text_ids": ids, "text_mask": mask, "keep_index": None,
+             "z": np.full((len(items),), np.log(t / (1 - t)), np.float32), "drop": np.zeros(len(items), bool)}
+    grouped, _ = training_loss(params, batch, cfg, tc)           # None -> train_group_size (the same rule)
+    per_image, _ = training_loss(params, batch, cfg, tc, cfg.num_tokens)
+    res = T.validation_loss(params, cfg, items, seed=0, timesteps=(t,))
+    assert_close(res["mean"], float(grouped), tol=FLOAT32_LOSS)
+    assert abs(float(grouped) - float(per_image)) > 1e-5         # the group size really changes the loss
+    with pytest.raises(ValueError, match="^group_size: a batch of 3 held-out items"):
+        T.validation_loss(params, cfg, items[:3], seed=0, timesteps=(t,))

@@ -1,7 +1,8 @@
 """`ecdit`: the command line. Start with `ecdit demo`.
 
 Subcommands: demo, train, sample, eval, heatmap, compare, bench. Bad input (an unknown word, a bad
-config value, a missing or corrupt checkpoint) prints one line `ecdit: error: ...` and exits 2.
+config value, a missing or corrupt checkpoint) prints one line `ecdit: error: ...` and exits 2; a
+training run that diverges (a non-finite loss or gradient) prints one line and exits 3.
 
 Each subcommand imports its machinery when it runs (the only function-level imports of the
 project, for start-up time: `ecdit --help` and argument errors answer without loading JAX).
@@ -13,9 +14,11 @@ import ast
 import os
 import sys
 
+from ecdit.core.errors import TrainingDiverged
 from ecdit.core.config import DEFAULT_EVAL_PER_CATEGORY, DEFAULT_GUIDANCE, DEFAULT_SAMPLE_STEPS, FFN_KINDS
 
 EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3                 # a training run stopped at a non-finite loss or gradient
 
 
 class UsageError(ValueError):
@@ -212,13 +215,13 @@ def cmd_heatmap(a):
 
 
 def cmd_compare(a):
-    from ecdit.app.compare import run_compare
+    from ecdit.app.compare import run_compare, run_compare_seeds
     from ecdit.systems.mesh import parse_mesh
     rows = tuple(k.strip() for k in a.rows.split(",") if k.strip())
-    r = run_compare(a.out, steps=a.steps, per_category=a.per_category, sample_steps=a.sample_steps,
-                    guidance_scale=a.guidance, seed=a.seed, rows=rows, model_changes=_overrides(a.set, "set"),
-                    train_changes=_overrides(a.train_set, "train-set"), progress=not a.quiet,
-                    mesh=parse_mesh(a.mesh))
+    kw = dict(steps=a.steps, per_category=a.per_category, sample_steps=a.sample_steps, guidance_scale=a.guidance,
+              seed=a.seed, rows=rows, model_changes=_overrides(a.set, "set"),
+              train_changes=_overrides(a.train_set, "train-set"), progress=not a.quiet, mesh=parse_mesh(a.mesh))
+    r = run_compare(a.out, **kw) if a.seeds == 1 else run_compare_seeds(a.out, seeds=a.seeds, **kw)
     print(r["markdown"])
     print(f"table: {os.path.join(a.out, 'compare.md')}")
     return 0
@@ -327,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--rows", default="tc,dense,ec_static,ec_dynamic,diffmoe_static,diffmoe_dynamic,dense_xl",
                    help="comma-separated rows (default: the seed table's seven); also ec_group_static, "
                         "ec_group_dynamic (routing groups of 4 images)")
+    c.add_argument("--seeds", type=_positive_int, default=1,
+                   help="train every row on this many seeds (--seed, --seed + 1, ...; each in OUT/seedS/) and "
+                        "report mean ± std over seeds and paired differences against the dense row (default 1)")
     _mesh_arg(c)
     _experiment_args(c, "of every model")
     c.set_defaults(fn=cmd_compare)
@@ -358,6 +364,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("ecdit: interrupted", file=sys.stderr)
         return 130
+    except TrainingDiverged as e:
+        print(f"ecdit: error: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
     except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError, ModuleNotFoundError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"ecdit: error: {msg}", file=sys.stderr)

@@ -202,3 +202,109 @@ def compare_markdown(rows, steps, tc, per_category, sample_steps, guidance_scale
             f"held-out items per category, {sample_steps} Euler steps, CFG {guidance_scale}, sampled in batches of "
             f"{tc.batch_size} (a DiffMoE pool holds as many images as in training). One seed.\n\n"
             + "\n".join(lines) + "\n\n" + "\n".join(steps_lines) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Several seeds: mean +- spread, and paired differences against the dense row
+# ---------------------------------------------------------------------------------------------
+
+SEED_METRICS = (("val_loss", "held-out loss"),) + tuple(TABLE_COLUMNS)
+PAIRED_BASELINE = "dense"                                        # the row every other row is paired with
+
+
+def _spread(values) -> dict:
+    """mean, sample standard deviation (ddof 1; 0 for one value), min, max, n."""
+    v = np.asarray(values, np.float64)
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+            "min": float(v.min()), "max": float(v.max()), "n": int(len(v))}
+
+
+def _paired(diffs) -> dict:
+    """A paired comparison from per-seed differences d_s = row - baseline (same seed, same data
+    stream): mean, standard error, Student's t with n - 1 degrees of freedom and its two-sided p
+    (scipy.stats.ttest_1samp on d, which is the paired t-test), and how many seeds are below 0."""
+    from scipy import stats
+    d = np.asarray(diffs, np.float64)
+    n = len(d)
+    out = {"mean": float(d.mean()), "below_zero": int((d < 0).sum()), "n": n}
+    if n > 1 and d.std(ddof=1) > 0:
+        test = stats.ttest_1samp(d, 0.0)
+        out.update(stderr=float(d.std(ddof=1) / np.sqrt(n)), t=float(test.statistic), p=float(test.pvalue))
+    else:
+        out.update(stderr=None, t=None, p=None)
+    return out
+
+
+def summarize_seeds(runs: list[list[dict]]) -> list[dict]:
+    """Per row (in the first run's order): the spread over seeds of each of SEED_METRICS, and, for
+    every row but the baseline, the paired difference from the baseline row of the same seed.
+    `runs[i]` is run_compare(...)["rows"] of seed i; every run must hold the same rows."""
+    if not runs:
+        raise ValueError("runs: expected the rows of at least one seed")
+    keys = [r["key"] for r in runs[0]]
+    if any([r["key"] for r in run] != keys for run in runs):
+        raise ValueError("runs: every seed must hold the same rows in the same order")
+
+    def value(row, metric):
+        return row["val_loss"] if metric == "val_loss" else row["results"].get(metric, np.nan)
+
+    by_seed = [{r["key"]: r for r in run} for run in runs]
+    out = []
+    for key in keys:
+        first = by_seed[0][key]
+        summary = {k: first[k] for k in ("key", "label", "model", "pool", "inference", "activated", "total")}
+        summary["metrics"] = {m: _spread([value(s[key], m) for s in by_seed]) for m, _ in SEED_METRICS}
+        if PAIRED_BASELINE in by_seed[0] and key != PAIRED_BASELINE:
+            summary["paired"] = {m: _paired([value(s[key], m) - value(s[PAIRED_BASELINE], m) for s in by_seed])
+                                 for m, _ in SEED_METRICS}
+        out.append(summary)
+    return out
+
+
+def seeds_markdown(summary: list[dict], seeds: list[int], steps: int) -> str:
+    """The multi-seed table (mean ± standard deviation over seeds) and the paired differences of the
+    held-out loss against the dense row."""
+    heads = ["model", "activated params", "pool in training", "inference"] + [h for _, h in SEED_METRICS]
+    lines = ["| " + " | ".join(heads) + " |", "|:---|---:|:---|:---|" + "---:|" * (len(heads) - 4)]
+    for r in summary:
+        cells = [r["label"], fmt_params(r["activated"]), r["pool"], r["inference"]]
+        for m, _ in SEED_METRICS:
+            s = r["metrics"][m]
+            scale, digits = (1.0, 4) if m == "val_loss" else (100.0, 1)
+            cells.append(f"{scale * s['mean']:.{digits}f} ± {scale * s['std']:.{digits}f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    paired = ["| model | inference | held-out loss - dense (mean ± s.e.) | t | p (two-sided) | seeds below dense |",
+              "|:---|:---|---:|---:|---:|---:|"]
+    for r in summary:
+        p = r.get("paired", {}).get("val_loss")
+        if p is None:
+            continue
+        se = "-" if p["stderr"] is None else f"{p['stderr']:.4f}"
+        t = "-" if p["t"] is None else f"{p['t']:.2f}"
+        pv = "-" if p["p"] is None else f"{p['p']:.3f}"
+        paired.append(f"| {r['label']} | {r['inference']} | {p['mean']:+.4f} ± {se} | {t} | {pv} | "
+                      f"{p['below_zero']} of {p['n']} |")
+    return (f"{len(seeds)} seeds ({', '.join(map(str, seeds))}), {steps} steps each; within a seed every row "
+            f"trains on the same data stream, so differences are paired by seed. Mean ± sample standard "
+            f"deviation over seeds; GenEval columns in %.\n\n" + "\n".join(lines) + "\n\n"
+            + (("Paired against Dense-DiT (same seed, same data): a negative difference is a lower held-out "
+                "loss than dense; p from the paired t-test over seeds (scipy.stats).\n\n" + "\n".join(paired) + "\n")
+               if len(paired) > 2 else ""))
+
+
+def run_compare_seeds(out_dir="compare", *, seeds=3, seed=0, **kwargs) -> dict:
+    """run_compare for seeds seed, seed + 1, ..., each in out_dir/seed{S}/ (its own table and
+    figures), then the summary over seeds in out_dir/compare.md and compare.json. Returns
+    {"runs", "summary", "markdown"}."""
+    positive = isinstance(seeds, int) and not isinstance(seeds, bool) and seeds >= 1
+    if not positive:
+        raise ValueError(f"seeds: expected a positive number of seeds, got {seeds!r}")
+    chosen = [seed + i for i in range(seeds)]
+    runs = [run_compare(os.path.join(out_dir, f"seed{s}"), seed=s, **kwargs)["rows"] for s in chosen]
+    summary = summarize_seeds(runs)
+    md = seeds_markdown(summary, chosen, kwargs.get("steps", 600))
+    with open(os.path.join(out_dir, "compare.md"), "w") as f:
+        f.write(md)
+    with open(os.path.join(out_dir, "compare.json"), "w") as f:
+        json.dump({"seeds": chosen, "summary": summary, "runs": runs}, f, indent=2)
+    return {"runs": runs, "summary": summary, "markdown": md}

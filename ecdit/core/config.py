@@ -275,7 +275,7 @@ class TrainConfig:
     ema_decay: float = 0.0             # > 0: keep an exponential moving average of the parameters
                                        # (DiT uses 0.9999) and sample with it; 0 = off. The decay
                                        # is warmed up as min(ema_decay, (1 + step) / (10 + step))
-    mask_ratio: float = 0.5            # paper: 0.5 (MDT-style token dropping)
+    mask_ratio: float = 0.5            # paper: 0.5 (MaskDiT token dropping; docs/model.md)
     caption_dropout: float = 0.1       # probability of the null caption, for CFG
     t_mu: float = 0.0                  # logit-normal timesteps, t = sigmoid(N(mu, sigma))
     t_sigma: float = 1.0

@@ -31,6 +31,7 @@ from ecdit.accelerated.objective import flow_matching_loss, training_loss, updat
 from ecdit.core import contracts
 from ecdit.core.checks import Contract, Instance, Int, Params, positive_int
 from ecdit.core.config import ModelConfig, TrainConfig
+from ecdit.core.errors import TrainingDiverged
 from ecdit.core.params import init_model
 from ecdit.systems import checkpoint, distributed, shapes, text
 from ecdit.systems import mesh as mesh_lib
@@ -98,12 +99,24 @@ def validation_loss(params, model_cfg: ModelConfig, items, *, seed: int = 0,
     Returns {"mean": mean over timesteps, "per_t": {t: loss}}. Comparable across models only with
     the same items, seed and timesteps. `dynamic`: route with DiffMoE's dynamic capacity
     (`flow_matching_loss(..., dynamic=True)`) instead of the training rule.
-    A DiffMoE model's pool is each batch of `batch_size` items.
+    A DiffMoE model's pool is each batch of `batch_size` items. Routing groups: the config's
+    inference_group_size, as in sampling (the project's rule: an entry point that trains uses
+    train_group_size, one that samples or evaluates inference_group_size; None there: one image
+    per group); ValueError naming group_size when a batch's images do not fill whole groups.
     """
     if dynamic:
         check_thresholds(params, model_cfg)
     if not timesteps or not all(0.0 <= float(t) <= 1.0 for t in timesteps):
         raise ValueError(f"timesteps: expected a non-empty sequence of values in [0, 1], got {timesteps!r}")
+    group = model_cfg.inference_group_size
+    if group is not None:
+        tokens = model_cfg.num_tokens
+        sizes = {len(items[a:a + batch_size]) for a in range(0, len(items), batch_size)}
+        bad = sorted(n for n in sizes if (n * tokens) % group)
+        if bad:
+            raise ValueError(f"group_size: a batch of {bad[0]} held-out items x {tokens} tokens does not fill whole "
+                             f"routing groups of inference_group_size = {group} tokens; use an item count and "
+                             "batch_size that are multiples of the images per group")
     x0 = 2.0 * shapes.render_items(items, model_cfg.image_size) - 1.0  # (M, I, J, Ch) in [-1, 1]
     noise = np.random.default_rng(seed).standard_normal(x0.shape).astype(np.float32)  # (M, I, J, Ch)
     ids, mask = text.tokenize_batch([it.text for it in items], model_cfg.max_text_len)  # (M, L) x2
@@ -114,7 +127,7 @@ def validation_loss(params, model_cfg: ModelConfig, items, *, seed: int = 0,
             b = slice(a, a + batch_size)
             tb = np.full((len(x0[b]),), t, np.float32)                       # (B,)  one t for every image
             loss, _ = flow_matching_loss(params, x0[b], noise[b], tb, ids[b], mask[b], model_cfg,  # no masking
-                                         None, None, dynamic)
+                                         None, group, dynamic)
             total += float(loss) * len(x0[b])
         per_t[float(t)] = total / len(items)
     return {"mean": float(np.mean(list(per_t.values()))), "per_t": per_t}
@@ -196,6 +209,35 @@ def _to_py(metrics) -> dict:
     return out
 
 
+# The quantities whose first non-finite value stops a run: the loss (Eq. 1 plus the auxiliary and
+# predictor terms) and the global gradient norm (non-finite when any gradient is).
+WATCHED = ("loss", "grad_norm")
+
+
+def _json_line(record: dict) -> str:
+    """A metrics record as strict JSON: non-finite floats become null (json.dumps would write the
+    bare tokens NaN / Infinity, which are not JSON)."""
+    def clean(v):
+        if isinstance(v, float) and not np.isfinite(v):
+            return None
+        return [clean(x) for x in v] if isinstance(v, list) else v
+    return json.dumps({k: clean(v) for k, v in record.items()}, allow_nan=False) + "\n"
+
+
+def _first_non_finite(pending: list) -> tuple[int, str, dict] | None:
+    """(step, quantity, metrics) of the first step in `pending` [(step, metrics)] whose watched
+    metrics are not all finite, or None. One device-to-host transfer for the whole window."""
+    if not pending:
+        return None
+    values = np.asarray(jax.device_get([[m[q] for q in WATCHED] for _, m in pending]), np.float64)  # (n, 2)
+    bad = ~np.isfinite(values)
+    if not bad.any():
+        return None
+    i = int(np.argmax(bad.any(axis=1)))
+    step, metrics = pending[i]
+    return step, WATCHED[int(np.argmax(bad[i]))], _to_py(metrics)
+
+
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, steps: int, run_dir=None, *,
           minutes: float | None = None, resume: bool = True, checkpoint_every: int = 200,
           log_every: int = 10, progress: bool = True, init_seed: int | None = None, desc: str = "train",
@@ -220,7 +262,14 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, steps: int, run_dir=No
     cover every global device; each process builds the same batches from (seed, step) and the
     same initial state, or restores its own shards of the checkpoint; every process saves the
     shards it holds (orbax commits the step when all have), process 0 alone writes the metrics,
-    and the time limit is process 0's, so every process stops at the same step."""
+    and the time limit is process 0's, so every process stops at the same step.
+
+    Divergence: the first step whose loss or gradient norm is not finite (checked for every step,
+    in one transfer per logging window and before every save) raises TrainingDiverged naming the
+    step and the quantity; nothing past the last good step is saved (the newest checkpoint on disk
+    is left as it was), and the log ends with a strict-JSON record of the bad step (non-finite
+    values as null, "diverged": the quantity). A time-limited run's progress bar counts seconds
+    toward the limit."""
     positive_int("steps", steps, minimum=0)
     text.check_config(model_cfg)
     axes = mesh_lib.check_mesh(mesh or {}, model_cfg, train_cfg)
@@ -264,7 +313,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, steps: int, run_dir=No
     log_path = log_path if main else None                        # process 0 writes the metrics
     if log_path:                                                 # rewrite: drop records past the checkpoint
         with open(log_path, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in history)
+            f.writelines(_json_line(r) for r in history)
     fresh = not found                                            # the first save replaces an older run's steps
 
     def save(state):
@@ -275,18 +324,38 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, steps: int, run_dir=No
 
     deadline = None if minutes is None else time.monotonic() + 60.0 * minutes
     fetch = _Prefetch(start, steps, model_cfg, train_cfg)
-    if minutes is not None:                                      # the bar's total is steps; say when it really stops
-        desc = f"{desc} (at most {minutes:g} min)"
-    bar = tqdm(total=steps, initial=start, desc=desc, disable=not (progress and main), unit="step", dynamic_ncols=True)
+    bar = _progress_bar(steps, start, minutes, desc, disable=not (progress and main))
+    began = time.monotonic()
     window_t, window_n = time.perf_counter(), 0
     step = start
+    saved = start if found else None                             # the newest step on disk
+    pending = []                                                 # (step, metrics) not yet checked for finiteness
+
+    def check_finite():
+        """Stop at the first non-finite loss or gradient norm since the last check: nothing past the
+        last good step is saved, the log gets one strict-JSON record of the bad step."""
+        bad = _first_non_finite(pending)
+        pending.clear()
+        if bad is None:
+            return
+        bad_step, quantity, values = bad
+        if log_path:
+            with open(log_path, "a") as f:
+                f.write(_json_line(dict(values, step=bad_step, diverged=quantity, mesh=mesh_name)))
+        kept = (f"the last good checkpoint, step {saved}, is kept in {ckpt_dir}" if saved is not None and ckpt_dir
+                else "no checkpoint was written")
+        raise TrainingDiverged(f"train: {quantity} is {values[quantity]} at step {bad_step} (training diverged; "
+                               f"{kept})", bad_step, quantity, saved)
+
     try:
         while step < steps:
             i, batch = fetch.get()
             state, metrics = step_fn(state, batch)
             step += 1
             window_n += 1
+            pending.append((step, metrics))
             if step % log_every == 0 or step == steps:
+                check_finite()
                 rec = _to_py(metrics)
                 now = time.perf_counter()
                 rec.update(step=step, images_per_s=window_n * train_cfg.batch_size / max(now - window_t, 1e-9),
@@ -295,13 +364,16 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, steps: int, run_dir=No
                 history.append(rec)
                 if log_path:
                     with open(log_path, "a") as f:
-                        f.write(json.dumps(rec) + "\n")
-                bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['images_per_s']:.0f}")
-            bar.update(1)
+                        f.write(_json_line(rec))
+                bar.set_postfix(step=f"{step}/{steps}", loss=f"{rec['loss']:.4f}", img_s=f"{rec['images_per_s']:.0f}")
+            _advance(bar, minutes, began)
             if ckpt_dir and step % checkpoint_every == 0 and step < steps:
+                check_finite()
                 save(state)
+                saved = step
             if deadline is not None and _past(deadline, multi):
                 break
+        check_finite()
     finally:
         fetch.close()
         bar.close()
@@ -311,6 +383,25 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, steps: int, run_dir=No
         return distributed.gather(sampling_params(state)), history
     return jax.tree.map(np.asarray, sampling_params(state)), history
 
+
+
+def _progress_bar(steps: int, start: int, minutes: float | None, desc: str, disable: bool):
+    """The loop's tqdm bar: steps done of `steps`, or, for a time-limited run, seconds elapsed of
+    the limit (a step count would show a total the run never reaches and an ETA past the limit;
+    the postfix then says the step)."""
+    if minutes is None:
+        return tqdm(total=steps, initial=start, desc=desc, disable=disable, unit="step", dynamic_ncols=True)
+    return tqdm(total=round(60.0 * minutes), desc=f"{desc} (time limit {minutes:g} min)", disable=disable,
+                unit="s", dynamic_ncols=True,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]")
+
+
+def _advance(bar, minutes: float | None, began: float) -> None:
+    """One step done: +1 step, or the seconds since `began` (capped at the limit)."""
+    if minutes is None:
+        bar.update(1)
+    else:
+        bar.update(max(0.0, min(time.monotonic() - began, bar.total) - bar.n))
 
 
 def _past(deadline, multi) -> bool:
