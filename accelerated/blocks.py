@@ -73,7 +73,8 @@ def dit_block(x, c, y, params, num_heads, num_kv_heads, capacity_factor=2.0, gro
               num_selected=2, dynamic=False):
     """One EC-DiT block (Fig. 2); the FFN is the one under params' 'dense', 'expert_choice',
     'token_choice' or 'diffmoe' key ('diffmoe': pools of group_size tokens, default the batch; a
-    predictor: the pooled form, dynamic capacity with `dynamic`). Returns (out (B, S, D), routing or None)."""
+    predictor: the pooled form, dynamic capacity with `dynamic`). Returns (out (B, S, D), routing
+    or None)."""
     b, s, d = x.shape
     mod = adaln_modulation(c, params["adaln"])                   # 6 x (B, D)
     h = modulate(layer_norm(x), mod["shift_msa"], mod["scale_msa"])          # (B, S, D)
@@ -99,8 +100,8 @@ def dit_block(x, c, y, params, num_heads, num_kv_heads, capacity_factor=2.0, gro
             layers, args = (token_choice_moe, token_choice_moe_sharded), (capacity_factor, num_selected)
         # JAX: under a ("data", "expert") mesh context that fits (expert axis >= 2, G divisible by
         # data x expert, E by expert; `context_mesh`), the layer's shard_map twin: groups (pools)
-        # over both axes, experts over "expert", two all_to_alls, in and out pinned to the block's
-        # split over "data" (`expert_parallel.in_model`); the same outputs as the plain layer.
+        # over both axes, experts over "expert", two all_to_alls, in and out pinned to that split
+        # of the groups (`expert_parallel.in_model`); the same outputs as the plain layer.
         # Otherwise (one device, no context, shapes that do not split; DiffMoE's one pool holding
         # the batch) the plain layer, which a mesh's GSPMD partitioner shards itself.
         mesh = context_mesh(grouped.shape[0], moe["w_router"].shape[1])

@@ -73,9 +73,9 @@ from jax.sharding import PartitionSpec as P
 
 from .diffmoe import _dynamic, _predictor_records
 from .jit import checked_jit
-from .routing import combine, dispatch, expert_capacity, expert_ffn, expert_choice_gating, experts_per_token, \
-    router_affinity
-from .token_choice import load_balancing_loss, token_choice_gating
+from .routing import _expert_choice_layer, combine, dispatch, expert_capacity, expert_ffn, expert_choice_gating, \
+    experts_per_token, router_affinity
+from .token_choice import _token_choice_layer
 from ecdit.core import contracts
 from ecdit.core.checks import Contract, Instance
 
@@ -179,28 +179,17 @@ def _exchange(x_in, w1, w2):
 
 
 def _local_expert_choice(x, w_router, w1, w2, capacity):
-    """One device's part of Eq. 5-8: x (G_l, S, D) its own groups, w1 / w2 (E_l, ...) its own
-    experts."""
-    g, s, d = x.shape
-    affinity = router_affinity(x, w_router)                      # (G_l, S, E)        Eq. 5, all E experts
-    gating, index = expert_choice_gating(affinity, capacity)     # (G_l, E, C) x2     Eq. 6
-    x_e = _exchange(dispatch(x, index), w1, w2)                  # (E, G_l, C, D)     Eq. 7, the experts
-    out = combine(x_e, gating, index, s)                         # (G_l, S, D)        Eq. 8
-    return out, {"gating": gating, "index": index, "experts_per_token": experts_per_token(index, s)}  # + (G_l, S)
+    """One device's part of Eq. 5-8: x (G_l, S, D) its own groups against all E experts, w1 / w2
+    (E_l, ...) its own experts, reached through the exchange."""
+    return _expert_choice_layer(x, w_router, capacity, lambda x_in: _exchange(x_in, w1, w2))
 
 
 def _local_token_choice(x, w_router, w1, w2, capacity, num_selected):
-    """One device's part of the token-choice layer (accelerated/token_choice.py): top-k per token
-    and C slots per expert in each of its G_l groups, the same exchange. The auxiliary loss is a
-    mean over groups: the local mean, then pmean over the mesh (every device holds G_l groups)."""
-    g, s, d = x.shape
-    affinity = router_affinity(x, w_router)                      # (G_l, S, E)        Eq. 5
-    gating, index, experts, kept = token_choice_gating(affinity, num_selected, capacity)  # (G_l, E, C) x2, (G_l, S, k) x2
-    x_e = _exchange(dispatch(x, index), w1, w2)                  # (E, G_l, C, D)     static: C slots per expert
-    out = combine(x_e, gating, index, s)                         # (G_l, S, D)
-    aux = jax.lax.pmean(load_balancing_loss(affinity, experts[..., 0]), GROUPS)  # ()  mean over all G groups
-    return out, {"gating": gating, "index": index, "experts": experts, "kept": kept,
-                 "experts_per_token": jnp.sum(kept, axis=-1, dtype=jnp.int32), "aux_loss": aux}  # (G_l, S), ()
+    """One device's part of the token-choice layer: top-k per token and C slots per expert in each
+    of its G_l groups, the same exchange. The auxiliary loss is a mean over groups: the local
+    mean, then pmean over the mesh (every device holds G_l groups)."""
+    return _token_choice_layer(x, w_router, capacity, num_selected, lambda x_in: _exchange(x_in, w1, w2),
+                               lambda aux: jax.lax.pmean(aux, GROUPS))
 
 
 def _local_pool(x, w_router, w1, w2, predictor, capacity):

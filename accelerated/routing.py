@@ -118,12 +118,18 @@ def experts_per_token(index, num_tokens):
 def expert_choice_moe(x, w_router, w1, w2, capacity_factor):
     """The EC MoE layer, Eq. 5-8, with gather dispatch and scatter-add combine.
     Returns (out (G, S, D), {gating, index (G, E, C), experts_per_token (G, S)})."""
+    capacity = expert_capacity(x.shape[1], w_router.shape[1], capacity_factor)
+    return _expert_choice_layer(x, w_router, capacity, lambda x_in: expert_ffn(x_in, w1, w2))
+
+
+def _expert_choice_layer(x, w_router, capacity, experts):
+    """The body of `expert_choice_moe` with the experts given: experts maps the dispatched
+    (E, G, C, D) tokens to the experts' outputs (E, G, C, D). Here the local batched FFN; the
+    expert-parallel layer (accelerated/expert_parallel.py) passes its all_to_all exchange."""
     g, s, d = x.shape
-    capacity = expert_capacity(s, w_router.shape[1], capacity_factor)
     affinity = router_affinity(x, w_router)                      # (G, S, E)     Eq. 5
     gating, index = expert_choice_gating(affinity, capacity)     # (G, E, C) x2  Eq. 6
-    x_in = dispatch(x, index)                                    # (E, G, C, D)  Eq. 7
-    x_e = expert_ffn(x_in, w1, w2)                               # (E, G, C, D)
+    x_e = experts(dispatch(x, index))                            # (E, G, C, D)  Eq. 7, the experts
     out = combine(x_e, gating, index, s)                         # (G, S, D)     Eq. 8
     routing = {"gating": gating, "index": index, "experts_per_token": experts_per_token(index, s)}
     return out, routing

@@ -83,15 +83,23 @@ def token_choice_moe(x, w_router, w1, w2, capacity_factor, num_selected=2):
     """The token-choice MoE layer: Eq. 5, top-k gating with C = round(S f_c / E), gather dispatch,
     batched experts, scatter-add combine. Returns (out (G, S, D), {gating, index (G, E, C),
     experts, kept (G, S, k), experts_per_token (G, S) int32, aux_loss ()})."""
+    capacity = expert_capacity(x.shape[1], w_router.shape[1], capacity_factor)
+    return _token_choice_layer(x, w_router, capacity, num_selected, lambda x_in: expert_ffn(x_in, w1, w2),
+                               lambda aux: aux)
+
+
+def _token_choice_layer(x, w_router, capacity, num_selected, experts, over_groups):
+    """The body of `token_choice_moe` with the experts and the last step of the aux loss's mean
+    over groups given: experts (E, G, C, D) -> (E, G, C, D); over_groups(aux) of this call's mean
+    over its G groups. Here the local FFN and the identity; the expert-parallel layer
+    (accelerated/expert_parallel.py) passes its all_to_all exchange and a pmean over devices."""
     g, s, d = x.shape
-    capacity = expert_capacity(s, w_router.shape[1], capacity_factor)
     affinity = router_affinity(x, w_router)                      # (G, S, E)     Eq. 5
-    gating, index, experts, kept = token_choice_gating(          # (G, E, C) x2, (G, S, k) x2
+    gating, index, chosen, kept = token_choice_gating(           # (G, E, C) x2, (G, S, k) x2
         affinity, num_selected, capacity)
-    x_in = dispatch(x, index)                                    # (E, G, C, D)  Eq. 7
-    x_e = expert_ffn(x_in, w1, w2)                               # (E, G, C, D)
+    x_e = experts(dispatch(x, index))                            # (E, G, C, D)  Eq. 7, the experts
     out = combine(x_e, gating, index, s)                         # (G, S, D)     Eq. 8
-    routing = {"gating": gating, "index": index, "experts": experts, "kept": kept,
+    routing = {"gating": gating, "index": index, "experts": chosen, "kept": kept,
                "experts_per_token": jnp.sum(kept, axis=-1, dtype=jnp.int32),   # (G, S)
-               "aux_loss": load_balancing_loss(affinity, experts[..., 0])}    # ()
+               "aux_loss": over_groups(load_balancing_loss(affinity, chosen[..., 0]))}  # ()
     return out, routing

@@ -184,8 +184,9 @@ def forward(params, x_t, t, text_ids, text_mask, config, keep_index=None, group_
     x_t (B, I, J, Ch) noisy images, t (B,) in [0, 1], text_ids / text_mask (B, L) from
     ecdit.systems.text.tokenize_batch, keep_index (B, S') sorted indices of the kept tokens or None
     (all S), group_size the routing group (None: S' tokens, one image per group; a 'diffmoe'
-    model pools config.pool_images images, by default the whole batch), dynamic: DiffMoE's dynamic capacity in the layers
-    with a capacity predictor (inference; ValueError for a model without one).
+    model pools config.pool_images images, by default the whole batch), dynamic: DiffMoE's
+    dynamic capacity in the layers with a capacity predictor (inference; ValueError for a model
+    without one).
 
     Returns (velocity (B, S', P) for the kept patches in token order, routing) where routing is a
     list over layers of None (dense) or the layer's routing dict (experts_per_token (B, S'),

@@ -56,6 +56,7 @@ from jax.sharding import Mesh
 
 from ecdit.core.config import ModelConfig, TrainConfig
 from ecdit.core.params import init_model
+from ecdit.systems import distributed
 from ecdit.systems import mesh as mesh_lib
 from ecdit.systems.optim import init_state
 
@@ -135,12 +136,10 @@ def flatten(tree, prefix: str) -> dict[str, np.ndarray]:
 
 
 def unflatten_like(template, arrays: dict, prefix: str):
-    """Fill `template`'s structure with arrays[name]; CheckpointError on a missing name or a
-    shape/dtype mismatch."""
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
+    """Fill `template`'s structure with arrays[name] (the names of `named_leaves`); CheckpointError
+    on a missing name or a shape/dtype mismatch."""
     out = []
-    for path, leaf in leaves:
-        name = "/".join([prefix] + [_key_name(k) for k in path])
+    for name, leaf in named_leaves(template, prefix).items():   # in the tree's leaf order
         if name not in arrays:
             raise CheckpointError(f"checkpoint: array {name!r} is missing (written for another model?)")
         a = arrays[name]
@@ -148,7 +147,7 @@ def unflatten_like(template, arrays: dict, prefix: str):
             raise CheckpointError(f"checkpoint: array {name!r} has shape {tuple(np.shape(a))} {np.dtype(a.dtype)}, "
                                   f"the model expects {tuple(np.shape(leaf))} {np.dtype(leaf.dtype)}")
         out.append(a)
-    return jax.tree_util.tree_unflatten(treedef, out)
+    return jax.tree_util.tree_unflatten(jax.tree.structure(template), out)
 
 
 def _state_arrays(state: dict) -> dict:
@@ -408,14 +407,11 @@ def _state_shardings(abstract: dict, shardings):
 
 def _place(tree, shardings):
     """NumPy leaves onto `shardings` (a matching pytree; None: one device), each process filling
-    only its own devices' pieces (no collective, unlike device_put across processes)."""
+    only its own devices' pieces (`distributed.global_array`: no collective, unlike device_put
+    across processes)."""
     if shardings is None:
         return jax.tree.map(jnp.asarray, tree)
-
-    def put(value, sharding):
-        host = np.asarray(value)
-        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
-    return jax.tree.map(put, tree, shardings)
+    return jax.tree.map(distributed.global_array, tree, shardings)
 
 
 def configs(meta, path) -> tuple[ModelConfig, TrainConfig | None]:
@@ -442,10 +438,11 @@ def load_params(path) -> tuple[dict, ModelConfig, dict]:
     meta = _read_meta(where)
     model_cfg, _ = configs(meta, where)
     which = "ema" if any(k.startswith("ema/") for k in meta["arrays"]) else "params"
-    template = named_leaves(jax.eval_shape(lambda p: p, init_model(model_cfg, 0)), which)
+    like = init_model(model_cfg, 0)                              # the tree, its shapes and dtypes
+    template = named_leaves(like, which)
     _check_fit(meta, template, where)
     arrays = _restore_arrays(where, meta, _targets(template, None))
-    params = unflatten_like(init_model(model_cfg, 0), {k: np.asarray(v) for k, v in arrays.items()}, which)
+    params = unflatten_like(like, {k: np.asarray(v) for k, v in arrays.items()}, which)
     return params, model_cfg, {**meta, "weights": which}
 
 
@@ -468,12 +465,11 @@ def load_train_state(path, shardings=None) -> tuple[dict, ModelConfig, TrainConf
     abstract = abstract_train_state(model_cfg, train_cfg)
     tree_shardings = _state_shardings(abstract, shardings)
     if kind == "npz":
-        template = init_model(model_cfg, 0)
-        state = {"params": unflatten_like(template, arrays, "params"),
+        state = {"params": unflatten_like(abstract["params"], arrays, "params"),
                  "opt_state": unflatten_like(abstract["opt_state"], arrays, "opt"),
                  "step": np.asarray(meta["step"], np.int32)}
-        if train_cfg.ema_decay > 0:
-            state["ema"] = unflatten_like(template, arrays, "ema")
+        if "ema" in abstract:
+            state["ema"] = unflatten_like(abstract["ema"], arrays, "ema")
         return _place(state, tree_shardings), model_cfg, train_cfg, meta
     names = _state_arrays(abstract)
     _check_fit(meta, names, where)

@@ -223,7 +223,7 @@ def from_main(value):
 # Global arrays from NumPy, and back
 # ---------------------------------------------------------------------------------------------
 
-def _global_array(value, sharding: NamedSharding) -> jax.Array:
+def global_array(value, sharding: NamedSharding) -> jax.Array:
     """`value` (the whole array, the same in every process) as one array over the sharding's mesh,
     each process filling only its own devices' pieces. An array already placed so is kept."""
     if isinstance(value, jax.Array) and value.sharding == sharding and value.committed:
@@ -234,15 +234,15 @@ def _global_array(value, sharding: NamedSharding) -> jax.Array:
 
 def global_batch(batch: dict, mesh: jax.sharding.Mesh) -> dict:
     """The batch (NumPy, the whole global batch, built identically in every process) as global
-    arrays split over `data` (`mesh.batch_shardings`); None entries stay None."""
+    arrays split as `mesh.batch_shardings` says (over both axes, or `data`); None entries stay None."""
     shardings = mesh_lib.batch_shardings(batch, mesh)
-    return {k: None if v is None else _global_array(v, shardings[k]) for k, v in batch.items()}
+    return {k: None if v is None else global_array(v, shardings[k]) for k, v in batch.items()}
 
 
 def global_state(state: dict, mesh: jax.sharding.Mesh) -> dict:
     """The train state (NumPy or one-device arrays, the same in every process: `init_state` of
     one seed, or a checkpoint) as global arrays placed by `mesh.state_shardings`."""
-    return jax.tree.map(_global_array, state, mesh_lib.state_shardings(state, mesh))
+    return jax.tree.map(global_array, state, mesh_lib.state_shardings(state, mesh))
 
 
 def _replicate(tree):

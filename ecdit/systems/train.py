@@ -384,7 +384,6 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, steps: int, run_dir=No
     return jax.tree.map(np.asarray, sampling_params(state)), history
 
 
-
 def _progress_bar(steps: int, start: int, minutes: float | None, desc: str, disable: bool):
     """The loop's tqdm bar: steps done of `steps`, or, for a time-limited run, seconds elapsed of
     the limit (a step count would show a total the run never reaches and an ETA past the limit;
