@@ -38,6 +38,13 @@ def velocity_target(x0, noise):
     return noise - x0                                            # (B, ...)
 
 
+@checked_jit(contracts.velocity_from_x0, static_argnames=("min_t",))
+def velocity_from_x0(x0_hat, x_t, t, min_t):
+    """x-prediction: v = (x_t - x0_hat) / max(t, min_t), the velocity a predicted clean image implies."""
+    t_b = _per_sample(jnp.maximum(t, min_t), x_t)                # (B, 1, ...)
+    return (x_t - x0_hat) / t_b                                  # (B, ...)
+
+
 @checked_jit(contracts.rectified_flow_loss)
 def rectified_flow_loss(velocity, x0, noise):
     """Eq. 1: mean over samples and elements of ((noise - x0) - v_theta(x_t, t))^2."""

@@ -20,6 +20,7 @@ from ecdit.reference import model as _reference
 
 from .attention import cross_attention
 from .blocks import dit_block, modulate, sinusoidal_embedding, timestep_mlp
+from .flow import velocity_from_x0
 from .jit import checked_jit
 from .primitives import feed_forward, layer_norm, silu
 
@@ -161,7 +162,13 @@ def forward(params, x_t, t, text_ids, text_mask, config, keep_index=None, group_
     for block in params["blocks"]:
         tokens, r = model_block(tokens, c, y, block, config, group_size, text_mask, dynamic)  # (B, S', D)
         routing.append(r)
-    return final_layer(tokens, c, params["final"]), routing      # (B, S', P)
+    out = final_layer(tokens, c, params["final"])                # (B, S', P)
+    if config.prediction == "x0":                                # deviation: x-prediction (docs/model.md)
+        x_t_p = patchify(x_t, config.patch_size)                 # (B, S, P)
+        if keep_index is not None:
+            x_t_p = keep_tokens(x_t_p, keep_index)               # (B, S', P)
+        out = velocity_from_x0(out, x_t_p, t, config.prediction_min_t)  # (B, S', P)
+    return out, routing                                          # (B, S', P)
 
 
 @checked_jit(contracts.velocity, static_argnames=("config", "group_size", "dynamic"))

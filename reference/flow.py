@@ -45,6 +45,20 @@ def velocity_target(x0, noise):
     return noise - x0                                            # (B, ...)
 
 
+@checked(contracts.velocity_from_x0)
+def velocity_from_x0(x0_hat, x_t, t, min_t):
+    """x-prediction (Li & He 2025, "Back to Basics: Let Denoising Generative Models Denoise"): a
+    network that predicts the clean image x0_hat gives the velocity the straight path implies.
+
+        x_t = (1 - t) x0 + t noise   =>   noise - x0 = (x_t - x0) / t
+        v   = (x_t - x0_hat) / max(t, min_t)
+
+    so Eq. 1's loss and the Euler sampler stay as they are. min_t > 0 bounds the division near the
+    data end (Li & He clamp at 0.05); below it v is the path's velocity times t / min_t."""
+    t_b = _per_sample(np.maximum(t, min_t), x_t)                 # (B, 1, ...)
+    return (x_t - x0_hat) / t_b                                  # (B, ...)
+
+
 @checked(contracts.rectified_flow_loss)
 def rectified_flow_loss(velocity, x0, noise):
     """Eq. 1: mean over samples and elements of ((noise - x0) - v_theta(x_t, t))^2.

@@ -6,6 +6,7 @@
     y      = TextEncoder(ids)                                     (B, L, Dy)  Sec. 2.2
     tokens = block_l(tokens, c, y)  for l = 1..depth              dense / expert choice / token choice
     v      = Linear(modulate(LN(tokens), shift(c), scale(c)))     (B, S', P)  final layer (DiT)
+    v      = (x_t - v) / max(t, t_min)   only with prediction "x0": the layer predicted x0 (deviation)
 
 Layers 2, 4, 6, ... (1-based; 1, 3, 5 0-based) are sparse in the MoE models (Sec. 3.1). Routing
 groups: the B * S' tokens of a batch are regrouped into groups of `group_size` (None: one image
@@ -27,6 +28,7 @@ from ecdit.core.config import NULL_ID, PAD_ID
 
 from .attention import cross_attention
 from .blocks import dit_block, modulate, sinusoidal_embedding, timestep_mlp
+from .flow import velocity_from_x0
 from .primitives import feed_forward, layer_norm, silu
 
 
@@ -190,7 +192,9 @@ def forward(params, x_t, t, text_ids, text_mask, config, keep_index=None, group_
 
     Returns (velocity (B, S', P) for the kept patches in token order, routing) where routing is a
     list over layers of None (dense) or the layer's routing dict (experts_per_token (B, S'),
-    aux_loss for token choice, the predictor's records for a layer with one)."""
+    aux_loss for token choice, the predictor's records for a layer with one). With
+    config.prediction "x0" the final layer predicts the clean patches x0_hat and the velocity is
+    the one they imply, (x_t - x0_hat) / max(t, config.prediction_min_t) (`flow.velocity_from_x0`)."""
     tokens = embed_patches(x_t, params, config)                  # (B, S, D)
     if keep_index is not None:
         tokens = keep_tokens(tokens, keep_index)                 # (B, S', D)
@@ -202,7 +206,13 @@ def forward(params, x_t, t, text_ids, text_mask, config, keep_index=None, group_
     for block in params["blocks"]:
         tokens, r = model_block(tokens, c, y, block, config, group_size, text_mask, dynamic)  # (B, S', D)
         routing.append(r)
-    return final_layer(tokens, c, params["final"]), routing      # (B, S', P)
+    out = final_layer(tokens, c, params["final"])                # (B, S', P)
+    if config.prediction == "x0":                                # deviation: x-prediction (docs/model.md)
+        x_t_p = patchify(x_t, config.patch_size)                 # (B, S, P)
+        if keep_index is not None:
+            x_t_p = keep_tokens(x_t_p, keep_index)               # (B, S', P)
+        out = velocity_from_x0(out, x_t_p, t, config.prediction_min_t)  # (B, S', P)
+    return out, routing                                          # (B, S', P)
 
 
 @checked(contracts.velocity)

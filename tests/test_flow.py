@@ -110,3 +110,39 @@ def test_euler_integrates_from_t1_down_to_t0(half):
     assert_close(seen, np.tile([[1.0], [0.75], [0.5], [0.25]], (1, 2)), tol=EXACT)   # (T, B)
     assert_close(x, noise - 0.625, tol=EXACT)                     # not + 0.375 (integrating 0 -> 1)
     assert len(calls) == (4 if half.flow is ref else 1)          # the twin traces one step of its scan
+
+
+# ---------------------------------------------------------------------------------------------
+# x-prediction: the velocity a predicted clean image implies
+# ---------------------------------------------------------------------------------------------
+
+@given(shape=shapes, min_t=st.floats(0.01, 0.2), seed=seeds)
+def test_velocity_from_x0_matches_reference(shape, min_t, seed):
+    rng = np.random.default_rng(seed)
+    x0_hat, x_t = normal(rng, shape), normal(rng, shape)
+    t = rng.random(shape[0]).astype(np.float32)
+    assert_close(acc.velocity_from_x0(x0_hat, x_t, t, min_t), ref.velocity_from_x0(x0_hat, x_t, t, min_t))
+
+
+@given(shape=shapes, seed=seeds)
+def test_the_true_x0_gives_the_velocity_target_above_min_t(shape, seed):
+    """x_t = (1 - t) x0 + t noise, so (x_t - x0) / t = noise - x0 wherever t >= min_t."""
+    rng = np.random.default_rng(seed)
+    x0, noise = rng.standard_normal(shape), rng.standard_normal(shape)   # float64
+    t = rng.uniform(0.05, 1.0, shape[0])
+    x_t = ref.interpolate(x0, noise, t)
+    assert_close(ref.velocity_from_x0(x0, x_t, t, 0.05), ref.velocity_target(x0, noise),
+                 tol=FLOAT64_LINEAR_DERIVATIVE)
+
+
+@given(shape=shapes, seed=seeds)
+def test_below_min_t_the_velocity_is_scaled_by_t_over_min_t(shape, seed):
+    """The clamp bounds the division: below min_t the implied velocity is (t / min_t)(noise - x0),
+    never the 1 / t blow-up."""
+    rng = np.random.default_rng(seed)
+    x0, noise = rng.standard_normal(shape), rng.standard_normal(shape)   # float64
+    t = rng.uniform(0.0, 0.05, shape[0])
+    x_t = ref.interpolate(x0, noise, t)
+    scale = (t / 0.05).reshape((-1,) + (1,) * (len(shape) - 1))
+    assert_close(ref.velocity_from_x0(x0, x_t, t, 0.05), scale * ref.velocity_target(x0, noise),
+                 tol=FLOAT64_LINEAR_DERIVATIVE)

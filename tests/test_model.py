@@ -66,9 +66,19 @@ def test_forward_matches_reference(kind, pos, pooled):
             np.testing.assert_array_equal(np.asarray(a["experts_per_token"]), b["experts_per_token"])
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_forward_matches_reference_with_x0_prediction(kind):
+    cfg = small_config(kind, prediction="x0")
+    params = randomize_zero_init(init_model(cfg, 1))
+    x, t, ids, mask = inputs(cfg)
+    v_ref, _ = R.forward(params, x, t, ids, mask, cfg)
+    assert_close(A.forward(params, x, t, ids, mask, cfg)[0], v_ref)
+
+
 @pytest.mark.parametrize("kind", ("expert_choice", "token_choice"))
-def test_forward_matches_reference_with_masking_and_groups(kind):
-    cfg = small_config(kind)
+@pytest.mark.parametrize("prediction", ("velocity", "x0"))
+def test_forward_matches_reference_with_masking_and_groups(kind, prediction):
+    cfg = small_config(kind, prediction=prediction)
     params = randomize_zero_init(init_model(cfg, 2))
     x, t, ids, mask = inputs(cfg, b=4)
     rng = np.random.default_rng(3)
@@ -110,6 +120,19 @@ def test_untrained_model_predicts_zero_velocity():
     x, t, ids, mask = inputs(cfg)
     v, _ = R.forward(init_model(cfg, 0), x, t, ids, mask, cfg)
     assert not np.any(v)
+
+
+@pytest.mark.parametrize("masked", (False, True))
+def test_untrained_x0_model_predicts_the_velocity_of_a_zero_image(masked):
+    """x-prediction with DiT's zero final layer: x0_hat = 0, so v = x_t / max(t, min_t) on the
+    kept patches (the velocity that leads straight to a zero image)."""
+    cfg = small_config(prediction="x0", prediction_min_t=0.1)
+    x, _, ids, mask = inputs(cfg)
+    t = np.array([0.05, 0.5, 1.0], np.float32)
+    keep = np.tile(np.arange(0, 16, 2, dtype=np.int32), (3, 1)) if masked else None
+    v, _ = R.forward(init_model(cfg, 0), x, t, ids, mask, cfg, keep)
+    patches = R.patchify(x, cfg.patch_size)[:, ::2] if masked else R.patchify(x, cfg.patch_size)
+    assert_close(v, patches / np.array([0.1, 0.5, 1.0], np.float32)[:, None, None])
 
 
 def test_masked_tokens_take_no_part():
@@ -170,7 +193,7 @@ def test_bad_inputs_name_the_argument():
 @pytest.mark.parametrize("field,value", [
     ("patch_size", 5), ("num_heads", 5), ("num_kv_heads", 3), ("ffn_kind", "moe"), ("capacity_factor", -1.0),
     ("capacity_factor", 16.0), ("pos_embedding", "rope"), ("depth", 0), ("train_group_size", 0),
-    ("num_selected", 9),
+    ("num_selected", 9), ("prediction", "epsilon"), ("prediction_min_t", 0.0),
 ])
 def test_bad_config_value_names_the_field(field, value):
     kind = "token_choice" if field == "num_selected" else "expert_choice"

@@ -94,6 +94,21 @@ def _ema_text(tc: TrainConfig) -> str:
     return "".join(parts)
 
 
+def _untrained_text(cfg: ModelConfig) -> str:
+    if cfg.prediction == "x0":
+        return ("The untrained model's final layer is zero (DiT init), so it predicts the clean image 0 (grey)\n"
+                "and its sampler lands on a grey image: the floor of the scale.")
+    return ("The untrained model's final layer is zero (DiT init), so it predicts zero velocity and returns its\n"
+            "starting noise: the floor of the scale.")
+
+
+def _prediction_text(cfg: ModelConfig) -> str:
+    if cfg.prediction == "x0":
+        return (f" The final layer predicts the clean patches (x-prediction), turned into the velocity "
+                f"(x_t - x0) / max(t, {cfg.prediction_min_t:g}) for the loss and the sampler (docs/model.md).")
+    return ""
+
+
 def _write_demo_markdown(out_dir, cfg: ModelConfig, tc: TrainConfig, s: dict, history):
     last = history[-1] if history else {}
     routing_lines = []
@@ -111,11 +126,11 @@ Made by `ecdit demo` on {s['machine']} in {s['total_seconds'] / 60:.1f} minutes
 D = {cfg.width}, {cfg.num_heads} heads / {cfg.num_kv_heads} kv heads, expert-choice MoE with {cfg.num_experts} experts on
 layers {', '.join(str(i + 1) for i in cfg.sparse_layers)} (capacity factor {cfg.capacity_factor}),
 {fmt_params(s['params']['total'])} parameters ({fmt_params(s['params']['activated'])} activated per token) plus a
-{fmt_params(s['params']['text_encoder'])} word-level text encoder.
+{fmt_params(s['params']['text_encoder'])} word-level text encoder.{_prediction_text(cfg)}
 
 ## Training
 {s['steps']} steps of {tc.batch_size} images (RMSProp with momentum, lr {tc.learning_rate:g}, {tc.warmup_steps} warmup steps,
-caption dropout {tc.caption_dropout}, mask ratio {tc.mask_ratio}, logit-normal timesteps with sigma {tc.t_sigma:g}{_ema_text(tc)}); loss {s['first_loss']:.3f} at the first log, {s['final_loss']:.3f}
+caption dropout {tc.caption_dropout}, mask ratio {tc.mask_ratio}, logit-normal timesteps with mu {tc.t_mu:g}, sigma {tc.t_sigma:g}{_ema_text(tc)}); loss {s['first_loss']:.3f} at the first log, {s['final_loss']:.3f}
 at the end (mean of the last 20% of logs); {s['images_per_s']:.0f} images/s.
 
 ![loss](loss.png)
@@ -133,8 +148,7 @@ standard error of sqrt(p (1 - p) / {s['per_category']}), e.g. {binomial_se(0.1, 
 
 {scores_table([("tiny EC-DiT, trained", s['trained']), ("same model, untrained", s['untrained'])])}
 
-The untrained model's final layer is zero (DiT init), so it predicts zero velocity and returns its
-starting noise: the floor of the scale.
+{_untrained_text(cfg)}
 
 ![samples](samples.png)
 

@@ -72,6 +72,7 @@ feed_forward = Contract(x="... D", w1="D F", w2="F D")
 logit_normal_timesteps = Contract(z="B", mu=FINITE, sigma=POSITIVE)
 interpolate = Contract(x0="B *rest", noise="B *rest", t="B")
 velocity_target = Contract(x0="B *rest", noise="B *rest")
+velocity_from_x0 = Contract(x0_hat="B *rest", x_t="B *rest", t="B", min_t=POSITIVE)
 rectified_flow_loss = Contract(x0="B *rest", noise="B *rest", velocity="B *rest")
 euler_sample = Contract(velocity_fn=CALLABLE, noise="B ...", num_steps=Int())
 
