@@ -41,13 +41,17 @@ def pooled_model_and_inputs(seed, dynamic):
 def test_pools_of_two_images_route_each_pair_as_a_batch_of_its_own(dynamic):
     """forward on 4 images with pool_images = 2 equals forward on images 0-1 and on images 2-3
     as separate one-pool batches (velocity and every per-token record); its kth_score is the mean
-    of the two batches' (q_e averaged over pools)."""
+    of the two batches' (q_e averaged over pools). The routing is compared exactly; the float
+    values within FLOAT32, not bit for bit: NumPy's matmul on 4 images and on 2 need not sum in
+    the same order (OpenBLAS picks its kernel by size: bit-equal on an Intel Xeon, 1.9e-6 apart
+    on an AMD EPYC)."""
     params, x = pooled_model_and_inputs(1, dynamic)
     v, r = R.model.forward(params, *x, POOLED, dynamic=dynamic)
     parts = [R.model.forward(params, *halves(x, lo, lo + 2), BATCH, dynamic=dynamic) for lo in (0, 2)]
-    assert_close(v, np.concatenate([p[0] for p in parts]), tol=EXACT)
-    for key in ("experts_per_token", "assignment", "predictor_logits"):
+    assert_close(v, np.concatenate([p[0] for p in parts]))
+    for key in ("experts_per_token", "assignment"):
         assert_close(r[1][key], np.concatenate([p[1][1][key] for p in parts]), tol=EXACT, err_msg=key)
+    assert_close(r[1]["predictor_logits"], np.concatenate([p[1][1]["predictor_logits"] for p in parts]))
     if dynamic:
         np.testing.assert_array_equal(r[1]["capacity"], np.concatenate([p[1][1]["capacity"] for p in parts]))
     else:
