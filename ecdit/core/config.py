@@ -338,8 +338,9 @@ def _table1(name, depth, width, heads, kv, experts):
         text_depth=1, text_heads=16, vocab_size=64)
 
 
-# tiny: the `ecdit demo` model. Patch 4 keeps S = 64 tokens (patch 8 would make P = 192 > D and
-# the model cannot carry the noise through: measured, it never left pure noise); D = 64 runs ~2x
+# tiny: the `ecdit demo` model. Patch 4 keeps S = 64 tokens (patch 8 makes P = 192 > D: with
+# velocity prediction it never left pure noise; with x-prediction it draws solid 8x8 blocks,
+# measured, docs/model.md); D = 64 runs ~2x
 # faster than D = 96 at the same loss per image seen (measured); 4 layers, 2 of them sparse.
 # pooled_text: the caption also enters AdaLN (docs/model.md, deviations). prediction "x0": the final
 # layer predicts clean patches (x-prediction); with t_mu 0.8 below, single object 23 / 23 % against
