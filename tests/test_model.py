@@ -51,9 +51,10 @@ def test_sincos_positions_are_distinct_and_bounded():
 # ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("pos,pooled", (("sincos", False), ("learned", True)))
-def test_forward_matches_reference(kind, pos, pooled):
-    cfg = small_config(kind, pos_embedding=pos, pooled_text=pooled)
+@pytest.mark.parametrize("pos,pooled,prediction", (("sincos", False, "velocity"), ("learned", True, "velocity"),
+                                                 ("sincos", False, "x0")))
+def test_forward_matches_reference(kind, pos, pooled, prediction):
+    cfg = small_config(kind, pos_embedding=pos, pooled_text=pooled, prediction=prediction)
     params = randomize_zero_init(init_model(cfg, 1))
     x, t, ids, mask = inputs(cfg)
     v_ref, r_ref = R.forward(params, x, t, ids, mask, cfg)
@@ -64,15 +65,6 @@ def test_forward_matches_reference(kind, pos, pooled):
         assert (a is None) == (b is None)
         if a is not None:
             np.testing.assert_array_equal(np.asarray(a["experts_per_token"]), b["experts_per_token"])
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_forward_matches_reference_with_x0_prediction(kind):
-    cfg = small_config(kind, prediction="x0")
-    params = randomize_zero_init(init_model(cfg, 1))
-    x, t, ids, mask = inputs(cfg)
-    v_ref, _ = R.forward(params, x, t, ids, mask, cfg)
-    assert_close(A.forward(params, x, t, ids, mask, cfg)[0], v_ref)
 
 
 @pytest.mark.parametrize("kind", ("expert_choice", "token_choice"))
