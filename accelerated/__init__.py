@@ -9,10 +9,14 @@ compiled body. Accepts NumPy or JAX arrays, returns JAX arrays. Arguments that f
 (capacity, heads, group size, number of steps, the config) are static: a new value compiles a new
 program once.
 """
-from . import attention, blocks, diffmoe, flow, model, objective, primitives, routing, sample, token_choice  # noqa: F401
+from .xla_flags import apply_cpu_defaults
 
-# The twin's modules beyond the mirror: the jit helper, and the sharded (device-mesh) forms of the
-# expert-choice layer, whose specification is `routing.expert_choice_moe` itself
-HELPERS = ("jit", "expert_parallel")
+apply_cpu_defaults()                 # before JAX creates a backend: XLA_FLAGS is read once (xla_flags.py)
+
+from . import attention, blocks, diffmoe, flow, model, objective, primitives, routing, sample, token_choice  # noqa: E402,F401
+
+# The twin's modules beyond the mirror: the jit helper, the 2-D matmul helper, the XLA:CPU default,
+# and the sharded (device-mesh) forms of the expert-choice layer, whose specification is `routing.expert_choice_moe` itself
+HELPERS = ("jit", "dots", "xla_flags", "expert_parallel")
 MODULES = ("primitives", "flow", "attention", "routing", "token_choice", "diffmoe", "blocks", "model", "objective",
            "sample")

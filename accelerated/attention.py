@@ -9,6 +9,7 @@ K kv heads, H = D / N head dim.
 """
 import jax
 
+from .dots import dot_last
 from .jit import checked_jit
 from ecdit.core import contracts
 
@@ -20,11 +21,11 @@ def self_attention(x, params, num_heads, num_kv_heads):
     b, s, d = x.shape
     n, k = num_heads, num_kv_heads
     h = d // n
-    q = (x @ params["wq"]).reshape(b, s, n, h)                   # (B, S, N, H)
-    key = (x @ params["wk"]).reshape(b, s, k, h)                 # (B, S, K, H)
-    value = (x @ params["wv"]).reshape(b, s, k, h)               # (B, S, K, H)
+    q = dot_last(x, params["wq"]).reshape(b, s, n, h)                   # (B, S, N, H)
+    key = dot_last(x, params["wk"]).reshape(b, s, k, h)                 # (B, S, K, H)
+    value = dot_last(x, params["wv"]).reshape(b, s, k, h)               # (B, S, K, H)
     heads = jax.nn.dot_product_attention(q, key, value)          # (B, S, N, H)
-    return heads.reshape(b, s, d) @ params["wo"]                 # (B, S, D)
+    return dot_last(heads.reshape(b, s, d), params["wo"])                 # (B, S, D)
 
 
 @checked_jit(contracts.cross_attention, static_argnames=("num_heads",))
@@ -35,9 +36,9 @@ def cross_attention(x, y, params, num_heads, text_mask=None):
     l = y.shape[1]
     n = num_heads
     h = d // n
-    q = (x @ params["wq"]).reshape(b, s, n, h)                   # (B, S, N, H)   Eq. 2
-    key = (y @ params["wk"]).reshape(b, l, n, h)                 # (B, L, N, H)   Eq. 2
-    value = (y @ params["wv"]).reshape(b, l, n, h)               # (B, L, N, H)   Eq. 2
+    q = dot_last(x, params["wq"]).reshape(b, s, n, h)                   # (B, S, N, H)   Eq. 2
+    key = dot_last(y, params["wk"]).reshape(b, l, n, h)                 # (B, L, N, H)   Eq. 2
+    value = dot_last(y, params["wv"]).reshape(b, l, n, h)               # (B, L, N, H)   Eq. 2
     keep = None if text_mask is None else text_mask[:, None, None, :]  # (B, 1, 1, L)
     heads = jax.nn.dot_product_attention(q, key, value, mask=keep)     # (B, S, N, H)  Eq. 3
-    return heads.reshape(b, s, d) @ params["wo"]                 # (B, S, D)      concat + Wout
+    return dot_last(heads.reshape(b, s, d), params["wo"])                 # (B, S, D)      concat + Wout

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from ecdit.core import contracts
 
+from .dots import dot_last
 from .jit import checked_jit
 from .primitives import sigmoid, silu
 from .routing import combine, dispatch, expert_choice_gating, expert_choice_moe, expert_ffn, router_affinity
@@ -33,8 +34,8 @@ from .routing import combine, dispatch, expert_choice_gating, expert_choice_moe,
 @checked_jit(contracts.capacity_predictor)
 def capacity_predictor(x, predictor):
     """P = SiLU(x W1 + b1) W2 + b2, one logit per expert. (..., D) -> (..., E)."""
-    hidden = silu(x @ predictor["w1"] + predictor["b1"])         # (..., D)
-    return hidden @ predictor["w2"] + predictor["b2"]            # (..., E)
+    hidden = silu(dot_last(x, predictor["w1"]) + predictor["b1"])         # (..., D)
+    return dot_last(hidden, predictor["w2"]) + predictor["b2"]            # (..., E)
 
 
 @checked_jit(contracts.predictor_loss)

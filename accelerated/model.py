@@ -21,6 +21,7 @@ from ecdit.reference import model as _reference
 from .attention import cross_attention
 from .blocks import dit_block, modulate, sinusoidal_embedding, timestep_mlp
 from .flow import velocity_from_x0
+from .dots import dot_last
 from .jit import checked_jit
 from .primitives import feed_forward, layer_norm, silu
 
@@ -68,7 +69,7 @@ def positional_embedding(params, config):
 def embed_patches(x_t, params, config):
     """Linear patch embedding plus positions: (B, I, J, Ch) -> (B, S, D)."""
     patches = patchify(x_t, config.patch_size)                   # (B, S, P)
-    tokens = patches @ params["patch_embed"]["w"] + params["patch_embed"]["b"]  # (B, S, D)
+    tokens = dot_last(patches, params["patch_embed"]["w"]) + params["patch_embed"]["b"]  # (B, S, D)
     return tokens + positional_embedding(params, config)[None]   # (B, S, D)
 
 
@@ -144,7 +145,7 @@ def final_layer(x, c, params):
     mod = silu(c) @ params["adaln"]["w"] + params["adaln"]["b"]  # (B, 2 D)
     shift, scale = jnp.split(mod, 2, axis=-1)                    # 2 x (B, D)
     h = modulate(layer_norm(x), shift, scale)                    # (B, S, D)
-    return h @ params["linear"]["w"] + params["linear"]["b"]     # (B, S, P)
+    return dot_last(h, params["linear"]["w"]) + params["linear"]["b"]     # (B, S, P)
 
 
 @checked_jit(contracts.forward, static_argnames=("config", "group_size", "dynamic"))

@@ -6,6 +6,7 @@ Shapes: (..., D) means any leading axes and a last axis of width D; F is the FFN
 import jax
 import jax.numpy as jnp
 
+from .dots import dot_last
 from .jit import checked_jit
 from ecdit.core import contracts
 
@@ -33,8 +34,8 @@ def layer_norm(x, eps=1e-6):
 @checked_jit(contracts.feed_forward)
 def feed_forward(x, w1, w2):
     """Dense FFN, the layer an expert replicates (Sec. 2.3): GeLU(x W1) W2, no biases."""
-    hidden = gelu_tanh(x @ w1)                                   # (..., F)
-    return hidden @ w2                                           # (..., D)
+    hidden = gelu_tanh(dot_last(x, w1))                                   # (..., F)
+    return dot_last(hidden, w2)                                           # (..., D)
 
 
 @checked_jit(contracts.sigmoid)

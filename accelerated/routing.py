@@ -18,6 +18,7 @@ Ties in top-C break toward the lower token index (jax.lax.top_k's documented ord
 import jax
 import jax.numpy as jnp
 
+from .dots import dot_last
 from .jit import checked_jit
 from .primitives import gelu_tanh, softmax
 from ecdit.core import contracts
@@ -50,7 +51,7 @@ def ungroup_tokens(x_grouped, batch_size):
 @checked_jit(contracts.router_affinity)
 def router_affinity(x, w_router):
     """Eq. 5: token-expert affinity A = softmax over experts of x' W_r."""
-    logits = x @ w_router                                        # (G, S, E)
+    logits = dot_last(x, w_router)                                        # (G, S, E)
     return softmax(logits, axis=-1)                              # (G, S, E)
 
 

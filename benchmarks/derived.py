@@ -113,3 +113,80 @@ def memory_scaling(results: dict) -> list[MemoryFit]:
                               per_ECd_min=min(per), per_ECd_max=max(per)))
     return rows
 
+
+
+# ---------------------------------------------------------------------------------------------
+# The roofline (benchmarks/roofline.py): time against max(FLOPs / peak, bytes / bandwidth)
+# ---------------------------------------------------------------------------------------------
+
+def bandwidth(results: dict) -> float | None:
+    """The memory bandwidth of the run: the best of its start and end STREAM measurements (GB/s);
+    None for a dump written before the roofline existed."""
+    found = [results[k]["bandwidth"] for k in ("bandwidth_start", "bandwidth_end") if results.get(k)]
+    return max(found) if found else None
+
+
+def roofline_bound(results: dict, case: dict, kind: str, mode: str) -> tuple[float, str] | None:
+    """(bound seconds, 'compute' or 'memory') of one layer call of a cell: kind 'dense' or an
+    expert-choice kind, mode 'jit' / 'fwd' (one forward) or 'fwdbwd' (three times the FLOPs)."""
+    from . import roofline
+    bw = bandwidth(results)
+    if bw is None:
+        return None
+    dense = kind == "dense"
+    flops = (case["dense_flops"] if dense else case["flops"]) * (3 if mode == "fwdbwd" else 1)
+    nbytes = roofline.layer_bytes(case, "dense" if dense else "expert_choice", mode)
+    p = peak(results)
+    return roofline.bound_seconds(flops, nbytes, p, bw), roofline.limit(flops, nbytes, p, bw)
+
+
+def over_bound(results: dict, case: dict, cell: dict, kind_key: str, mode: str) -> float | None:
+    """time / roofline bound of variant `kind_key` ('dense' or an EC kind name of the cell) in `mode`."""
+    t = cell["median"].get(key(kind_key, mode))
+    b = roofline_bound(results, case, "dense" if kind_key == "dense" else EC, mode)
+    return None if t is None or b is None else t / b[0]
+
+
+def roofline_cells(results: dict, modes=("jit", "fwdbwd")) -> list[tuple[float, str, str]]:
+    """(time / bound, label, which roof) of every float32 EC and dense compiled call of the grid and
+    the E sweep, in `modes`."""
+    out = []
+    seen_dense = set()
+    for case, ec, cell in expert_choice_cells(results):
+        if case["dtype"] != "float32":
+            continue
+        for mode in modes:
+            for kind in (ec, "dense"):
+                dense_key = (id(cell), mode)
+                if kind == "dense":
+                    if dense_key in seen_dense:
+                        continue                                 # the E sweep times dense once per row
+                    seen_dense.add(dense_key)
+                    # the E sweep's dense baseline has the first E's case (every E shares H = f_c F)
+                    dcase = cell.get("base", case)
+                else:
+                    dcase = case
+                r = over_bound(results, dcase, cell, kind, mode)
+                if r is not None:
+                    b = roofline_bound(results, dcase, "dense" if kind == "dense" else EC, mode)
+                    name = "dense" if kind == "dense" else "EC"
+                    out.append((r, f"{name} {'fwd+bwd' if mode == 'fwdbwd' else 'fwd'} {dcase['label']}", b[1]))
+    return out
+
+
+def step_utilisation(results: dict) -> list[tuple[float, dict]]:
+    """(achieved FLOP rate / the run's matmul peak, row) of every train-step row of section K."""
+    p = peak(results)
+    return [(gflops(r["flops"], r["median"]) / p, r) for r in results.get("utilisation") or []]
+
+
+def overhead_rows(results: dict) -> list[dict]:
+    """Section L: per model shape, measured sampler overhead of EC-DiT over dense (median over rounds
+    of t_EC / t_dense - 1) and the theoretical one (activated parameters EC / dense - 1)."""
+    out = []
+    for row in results.get("overhead") or []:
+        s = row["samples"]
+        measured = timing.median_ratio(s["expert_choice"], s["dense"]) - 1.0
+        act = row["activated"]
+        out.append({**row, "measured": measured, "theoretical": act["expert_choice"] / act["dense"] - 1.0})
+    return out

@@ -13,7 +13,8 @@ import numpy as np
 
 from . import timing
 from . import workloads as W
-from .derived import gflops, memory_scaling, ratio
+from .derived import (gflops, memory_scaling, over_bound, overhead_rows, ratio, roofline_bound,
+                      step_utilisation)
 from .plans import DENSE, EC, ONEHOT, TC, Plan, expert_choice_at, key
 from .targets import TargetResult
 
@@ -85,6 +86,12 @@ def section_machine(results: dict) -> list[str]:
     rows = [[name, info[k]] for k, name in MACHINE_FIELDS if k in info]
     rows += [["matmul peak, start of run", _peak_cell(results["peak_start"])],
              ["matmul peak, end of run", _peak_cell(results["peak_end"])]]
+    for when in ("start", "end"):
+        bw = results.get(f"bandwidth_{when}")
+        if bw:
+            rows.append([f"memory bandwidth (STREAM copy / triad, {fmt_bytes(bw['n_floats'] * 4)} arrays), {when} of run",
+                         f"JAX {bw['jax']['copy']:.1f} / {bw['jax']['triad']:.1f} GB/s"
+                         + (f", NumPy {bw['numpy']['copy']:.1f} / {bw['numpy']['triad']:.1f} GB/s" if bw.get("numpy") else "")])
     out = ["## Machine\n", table(["", ""], rows), ""]
     load = info.get("load_average_start")
     if load and load[0] > 0.5 * info["cores"]:
@@ -114,6 +121,11 @@ def section_what_is_timed(results: dict, plan: Plan) -> list[str]:
         "- **FLOPs** counted: the two expert matmuls, 2 x 2 G E C D F (= the dense FFN's 2 x 2 G S D H). Router, "
         "softmax, top-C, GELU, gather and scatter are overhead, not counted. GFLOP/s are compared with the best square "
         "float32 matmul (JAX jit and NumPy, 1024-3072) measured at the start and at the end of this run.",
+        "- **Roofline**: each compiled call's bound is max(FLOPs / peak, bytes / bandwidth) with the best matmul peak "
+        "and the best STREAM bandwidth of this run; bytes = the weights read once (2 E D F floats for the experts, 2 D H "
+        "dense), x read and the output written once, and every activation XLA materialises between the matmuls written "
+        "and read once (EC: dispatched rows, hidden, expert outputs; dense: the hidden); fwd+bwd: 3x the FLOPs, plus the "
+        "weight and input gradients written (benchmarks/roofline.py). `time/bound` 1.0 = at the machine's limit.",
         f"- **Sizes**: tokens per batch G S = {', '.join(f'{t} at D={d}' for d, t in sorted(plan.tokens.items()) if d in plan.grid_D)}"
         " (G = that / S, at least 1), E = 8 and f_c = 2 in the S x D grid; capacity C = round(S f_c / E)."
         + "".join(f" S above {m} is not timed at D={d} (time budget of this sweep)." for d, m in plan.grid_max_S_by_D.items())
@@ -154,6 +166,21 @@ def section_targets(results: dict, targets: list[TargetResult]) -> list[str]:
     return out
 
 
+def _over(results: dict, case: dict, cell: dict, kind_key: str, mode: str) -> str:
+    r = over_bound(results, case, cell, kind_key, mode)
+    return "-" if r is None else f"{r:.2f}"
+
+
+def _roof(results: dict, case: dict, kind: str, mode: str) -> str:
+    b = roofline_bound(results, case, kind, mode)
+    return "-" if b is None else f"{ms(b[0])} ({b[1][:3]})"
+
+
+def _bound_cell(results: dict, case: dict, cell: dict, mode: str) -> str:
+    """'EC, dense' time / roofline bound of a grid cell ('-' where not measured)."""
+    return f"{_over(results, case, cell, EC, mode)}, {_over(results, case, cell, DENSE, mode)}"
+
+
 def section_grid(results: dict, plan: Plan, rel: dict) -> list[str]:
     grid = results["grid"]
     if not grid:
@@ -174,10 +201,12 @@ def section_grid(results: dict, plan: Plan, rel: dict) -> list[str]:
             r((TC, "fwd"), (EC, "fwd")), r((EC, "fwdbwd"), (EC, "jit")),
             f"{ms(m[key(EC, 'check')])}, {ms(m[key(DENSE, 'check')])}",
             f"{gflops(k['flops'], m[key(EC, 'jit')]):.0f}, {gflops(k['dense_flops'], m[key(DENSE, 'jit')]):.0f}",
-            f"{gflops(3 * k['flops'], m[key(EC, 'fwdbwd')]):.0f}, {gflops(3 * k['dense_flops'], m[key(DENSE, 'fwdbwd')]):.0f}"])
+            f"{gflops(3 * k['flops'], m[key(EC, 'fwdbwd')]):.0f}, {gflops(3 * k['dense_flops'], m[key(DENSE, 'fwdbwd')]):.0f}",
+            _bound_cell(results, k, c, "jit"), _bound_cell(results, k, c, "fwdbwd")])
     out.append(table(["D", "S", "G", "C", "EC fwd ms", "dense fwd ms", "EC/dense fwd", "EC/dense jit", "EC/dense fwd+bwd",
                       "one-hot/EC", "token choice/EC", "fwd+bwd / fwd (EC)", "check ms (EC, dense)",
-                      "GFLOP/s jit (EC, dense)", "GFLOP/s fwd+bwd (EC, dense)"], rows))
+                      "GFLOP/s jit (EC, dense)", "GFLOP/s fwd+bwd (EC, dense)", "time/bound jit (EC, dense)",
+                      "time/bound fwd+bwd (EC, dense)"], rows))
     out.append("\n`one-hot/EC`: how many times slower the literal Algorithm 1 is (it is timed only where its expected "
                f"cost 1 + S/(4D) stays below {plan.onehot_max_work:g}). GFLOP/s count the expert matmul FLOPs, three times "
                "those for fwd+bwd (input and weight gradients of both matmuls).\n")
@@ -204,9 +233,11 @@ def section_experts(results: dict, rel: dict) -> list[str]:
                          fmt_bytes(4 * 2 * k["E"] * k["D"] * k["F"]), ms(m[key(ec, "fwd")]),
                          r(ec, DENSE, "fwd"), r(ec, DENSE, "jit"), r(ec, DENSE, "fwdbwd"),
                          r(ec, ec8, "fwd") if has8 else "-", r(ec, ec8, "jit") if has8 else "-",
-                         f"{gflops(k['flops'], m[key(ec, 'jit')]):.0f}"])
+                         f"{gflops(k['flops'], m[key(ec, 'jit')]):.0f}", _roof(results, k, EC, "jit"),
+                         _over(results, k, cell, ec, "jit"), _over(results, k, cell, ec, "fwdbwd")])
     out.append(table(["S", "D", "fc", "G", "E", "C", "rows per expert G C", "expert weights", "EC fwd ms", "EC/dense fwd",
-                      "EC/dense jit", "EC/dense fwd+bwd", "t(E)/t(8) public", "t(E)/t(8) jit", "EC GFLOP/s jit"], rows))
+                      "EC/dense jit", "EC/dense fwd+bwd", "t(E)/t(8) public", "t(E)/t(8) jit", "EC GFLOP/s jit",
+                      "EC bound ms jit (roof)", "EC time/bound jit", "EC time/bound fwd+bwd"], rows))
     out.append("\nAt fixed f_c the FLOPs stay fixed but each expert's weight matrices serve fewer rows (G C), so the "
                "batched matmuls get smaller and the weights read (and packed by the matmul kernel) per call grow as E D F. "
                "The public API also scans every weight for NaN/inf on each call (`check` in section A and D).\n")
@@ -458,6 +489,74 @@ def section_dynamic(results: dict, rel: dict) -> list[str]:
     return out
 
 
+def section_utilisation(results: dict, plan: Plan) -> list[str]:
+    util = step_utilisation(results)
+    if not util:
+        return []
+    p = max(results["peak_start"]["peak"], results["peak_end"]["peak"])
+    out = ["## K. The train step against the machine: utilisation by batch size and width\n",
+           "One jit-compiled `ecdit.systems.train.train_step` (forward, backward, RMSProp, EMA) of each preset with its "
+           "own train config (`train_preset`: the tiny preset unmasked, the small one with half the tokens masked), "
+           "EC-DiT; `D=` rows change only the width (heads of 16). FLOPs are XLA's cost analysis of the compiled step "
+           "(every dot and elementwise op), utilisation = FLOP rate / the run's matmul peak "
+           f"({p:.0f} GFLOP/s). The rows of one preset are timed in the same interleaved rounds.\n"]
+    rows = [[r["label"], ms(r["median"]), f"{r['images'] / r['median']:.0f}", f"{r['flops'] / 1e9:.2f}",
+             f"{gflops(r['flops'], r['median']):.0f}", f"{100 * u:.0f} %"] for u, r in util]
+    out.append(table(["step", "ms per step", "images/s", "GFLOP per step", "GFLOP/s", "of matmul peak"], rows))
+    settings = results.get("step_settings")
+    if settings:
+        out.append(f"\n**The same step in fresh processes under process-level settings** ({settings['size']}, batch "
+                   f"{settings['batch']}; XLA_FLAGS is read once per process; settings alternate):\n")
+        srows, base = [], None
+        for name, runs in settings["runs"].items():
+            ok = [r for r in runs if "median_s" in r]
+            if not ok:
+                err = runs[0].get("error", "no output") if runs else "not run"
+                srows.append([name, f"failed: {err[-160:]!r}", "", ""])
+                continue
+            t = float(np.median([r["median_s"] for r in ok]))
+            base = base or t
+            srows.append([name, f"`{ok[0]['xla_flags'] or '(unset)'}`", ms(t), f"{t / base:.2f}"])
+        out.append(table(["setting", "XLA_FLAGS", "ms per step", "time / first row"], srows))
+    for _, r in util:
+        prof = r.get("profile")
+        if not prof:
+            continue
+        out.append(f"\n**Where the step's time goes** ({r['label']}; `jax.profiler.trace` of {plan.utilisation_profile_steps} "
+                   f"steps, XLA:CPU's per-op events summed by op kind, benchmarks/step_profile.py): {prof['ops_per_step']:.0f} "
+                   f"ops per step; their times sum to {ms(prof['op_seconds'])} ms of the {ms(prof['wall_s'])} ms step "
+                   "(under the profiler). `dot` / `ynn_fusion` are the matmuls (with fused neighbours), `*_fusion` the "
+                   "elementwise and copy kernels XLA emits.\n")
+        out.append(table(["op kind", "ops per step", "ms per step", "% of the step"],
+                         [[k["kind"], f"{k['ops']:.0f}", ms(k["seconds"]), f"{100 * k['seconds'] / prof['wall_s']:.1f}"]
+                          for k in prof["kinds"]]))
+    out.append("\nAt D = 64 each matmul of the tiny preset is (tokens, 64) x (64, <= 256), far too narrow for the "
+               "matmul kernels' peak, and most of the step's other ops (LayerNorm, AdaLN, softmax, GELU, the optimiser's "
+               "elementwise update) are small too; the width rows show how utilisation follows the matrix size.\n")
+    return out
+
+
+def section_overhead(results: dict) -> list[str]:
+    rows_in = overhead_rows(results)
+    if not rows_in:
+        return []
+    out = ["## L. Inference overhead: EC-DiT against its dense base model (the paper's Fig. 4)\n",
+           "The guided sampler (`accelerated.sample.sample`: Euler, classifier-free guidance 5, the config's inference "
+           "group size) of EC-DiT and of the dense model of the same shape whose every FFN has hidden F (the paper's "
+           "comparison, not activation-matched), timed in the same interleaved rounds. *Theoretical* = activated "
+           "parameters of EC-DiT / dense - 1 (`core.params.count_params`, text encoder excluded: the increment the "
+           "paper's Table 1 gives); *measured* = median over rounds of t(EC-DiT) / t(dense) - 1. The paper measured "
+           "20-28 % against 3-15 % theoretical (Fig. 4, Table 1).\n"]
+    rows = [[r["label"], ms(r["median"]["expert_choice"]), ms(r["median"]["dense"]),
+             f"{r['activated']['expert_choice'] / 1e6:.2f}M / {r['activated']['dense'] / 1e6:.2f}M",
+             f"{100 * r['theoretical']:+.1f} %", f"{100 * r['measured']:+.1f} %",
+             f"{100 * (r['measured'] - r['theoretical']):+.1f}"] for r in rows_in]
+    out.append(table(["model", "EC-DiT sampler ms", "dense sampler ms", "activated params (EC, dense)",
+                      "theoretical overhead", "measured overhead", "measured - theoretical (points)"], rows))
+    out.append("")
+    return out
+
+
 def section_reproduce() -> list[str]:
     return ["## Reproduce\n",
             "```bash\npython -m ecdit.benchmarks            # this report, quick sweep\npython -m ecdit.benchmarks --full     # every size\n"
@@ -475,5 +574,6 @@ def render(results: dict, plan: Plan, targets: list[TargetResult], plots: dict, 
              + section_gflops(results, rel) + section_memory(results, rel) + section_profile(results, rel)
              + section_reference(results, rel) + section_blocks(results) + section_model(results, rel)
              + section_allocator(results, plan) + section_dynamic(results, rel) + section_exchange(results)
+             + section_utilisation(results, plan) + section_overhead(results)
              + section_reproduce())
     return "\n".join(lines) + "\n"

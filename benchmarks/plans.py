@@ -87,6 +87,20 @@ class Plan:
     probe_reps: int = 1
     probe_rounds: int = 3
     dtypes: tuple = ("float32",)
+    # roofline: STREAM arrays of this many float32 (roofline.memory_bandwidth)
+    bandwidth_floats: int = 1 << 25
+    # K: train step utilisation (preset's train config) against batch and width
+    utilisation: tuple = ()
+    utilisation_rounds: int = 3
+    utilisation_profile_steps: int = 10      # K3: steps of the step_probe row run under the profiler
+    # K2: the step under process-level settings (fresh processes): (size, batch), how many settings
+    step_probe: tuple | None = None
+    step_settings: int = 3
+    step_probe_rounds: int = 5
+    step_probe_reps: int = 1
+    # L: inference overhead of EC-DiT over its dense base model (Fig. 4)
+    overhead: tuple = ()
+    overhead_rounds: int = 3
 
     def grid_case(self, s: int, d: int, e: int | None = None, fc: float | None = None, dtype="float32") -> W.Case:
         g = max(1, self.tokens.get(d, 8192) // s)
@@ -112,7 +126,10 @@ def make_plan(name: str, backend: str = "cpu") -> Plan:
             model_rounds=1,
             probe=W.Case(S=32, D=16, E=8, fc=2.0, G=2), probe_settings=(ALLOCATOR_SETTINGS[0],),
             probe_rounds=1, dtypes=("float32",),
-            dynamic=(W.DynamicCase(B=2, S=16, D=16, E=4, fractions=(1 / 8, 1 / 4)),), dynamic_rounds=1)
+            dynamic=(W.DynamicCase(B=2, S=16, D=16, E=4, fractions=(1 / 8, 1 / 4)),), dynamic_rounds=1,
+            bandwidth_floats=1 << 16, utilisation=(W.StepCase("micro", 4), W.StepCase("micro", 4, width=48)),
+            utilisation_rounds=1, step_probe=("micro", 4), step_settings=1, step_probe_rounds=1,
+            overhead=(W.OverheadCase("micro", 2, 2),), overhead_rounds=1)
     if name == "quick":
         return Plan(
             name="quick", peak_sizes=(1024, 2048), peak_repeats=5,
@@ -126,7 +143,10 @@ def make_plan(name: str, backend: str = "cpu") -> Plan:
             model=("tiny", 32, 8, 10), model_kinds=("expert_choice", "dense", "dense_matched"),
             model_train_kinds=("expert_choice", "dense_matched"),
             probe=W.Case(S=1024, D=512, E=8, fc=2.0, G=4), probe_reps=1, dtypes=dtypes,
-            dynamic=(W.DynamicCase(B=16, S=256, D=256),))
+            dynamic=(W.DynamicCase(B=16, S=256, D=256),),
+            utilisation=(W.StepCase("tiny", 16), W.StepCase("tiny", 64), W.StepCase("tiny", 16, width=256)),
+            step_probe=("tiny", 16), step_probe_rounds=3,
+            overhead=(W.OverheadCase("tiny", 8, 20),))
     if name == "full":
         return Plan(
             name="full", peak_sizes=(1024, 2048, 3072), peak_repeats=5,
@@ -143,5 +163,11 @@ def make_plan(name: str, backend: str = "cpu") -> Plan:
             blocks=(W.BlockCase(B=4, S=256, D=256), W.BlockCase(B=2, S=1024, D=512)),
             model=("tiny", 64, 16, 25), model_kinds=W.MODEL_KINDS, model_train_kinds=W.MODEL_KINDS,
             probe=W.Case(S=1024, D=512, E=8, fc=2.0, G=8), probe_reps=2, dtypes=dtypes,
-            dynamic=(W.DynamicCase(B=16, S=256, D=256), W.DynamicCase(B=16, S=256, D=512)))
+            dynamic=(W.DynamicCase(B=16, S=256, D=256), W.DynamicCase(B=16, S=256, D=512)),
+            utilisation=tuple(W.StepCase("tiny", b) for b in (16, 32, 64, 128))
+            + tuple(W.StepCase("tiny", b, width=w) for w in (128, 256) for b in (16, 64))
+            + (W.StepCase("small", 8), W.StepCase("small", 32)),
+            step_probe=("tiny", 16), step_probe_reps=2,
+            overhead=(W.OverheadCase("tiny", 16, 20), W.OverheadCase("small", 8, 20),
+                      W.OverheadCase("XL", 2, 4, depth=2)))
     raise ValueError(f"plan: expected 'smoke', 'quick' or 'full', got {name!r}")

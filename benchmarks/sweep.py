@@ -12,6 +12,10 @@ that the targets, the plots and the markdown read, and that `--json` dumps:
     blocks     [{case, label, samples, ...}]             F: the DiT block
     model      {size, ..., config, samples, ...}         G: sampler and train step
     probe      {case, settings, runs}                    H: allocator settings, fresh processes
+    bandwidth_start, bandwidth_end                       STREAM copy/triad GB/s (roofline.py)
+    utilisation [{label, size, batch, width, flops, median, samples}]   K: train step vs batch, width
+    step_settings {size, batch, runs}                    K2: the step under process-level settings
+    overhead   [{label, activated, samples, median}]     L: sampler EC-DiT vs dense (Fig. 4)
 
 Every sample is seconds per call; ratios are taken later, within rounds (timing.median_ratio).
 """
@@ -27,7 +31,7 @@ import time
 
 import numpy as np
 
-from . import exchange, machine, timing
+from . import exchange, machine, roofline, step_profile, timing
 from . import workloads as W
 from .derived import onehot_slowdown_bound
 from .plans import DENSE, EC, GRID_VARIANTS, ONEHOT, Plan, expert_choice_at, key
@@ -219,6 +223,83 @@ def measure_model(plan: Plan, log) -> dict | None:
                        "experts": cfg.num_experts, "fc": cfg.capacity_factor}, **res}
 
 
+def measure_utilisation(plan: Plan, log) -> list[dict]:
+    """K: the training step of a preset (its train config) against batch size and width: time per
+    step, XLA's FLOP count of the compiled step, images/s. One interleaved timing per preset size,
+    so the rows of one size are comparable."""
+    rows = []
+    by_size: dict = {}
+    for case in plan.utilisation:
+        by_size.setdefault(case.size, []).append(case)
+    for size, cases in by_size.items():
+        calls, info = {}, {}
+        for case in cases:
+            log(f"K train step {case.label} (compiling)")
+            call, flops, images = W.make_step_case_call(case)
+            calls[case.label] = call
+            info[case.label] = {"size": case.size, "batch": case.batch, "width": case.configs()[0].width,
+                                "flops": flops, "images": images}
+        res = summary(timing.time_interleaved(calls, plan.utilisation_rounds))
+        for label, meta in info.items():
+            rows.append({"label": label, **meta, "median": res["median"][label], "samples": res["samples"][label]})
+        for case in cases:
+            if (case.size, case.batch) == plan.step_probe and case.width is None:
+                log(f"K3 profile of the train step {case.label}")
+                row = next(r for r in rows if r["label"] == case.label)
+                row["profile"] = step_profile.profile_call(calls[case.label], plan.utilisation_profile_steps)
+    return rows
+
+
+def _without_ynn_flag(flags: str) -> str:
+    return " ".join(f for f in flags.split() if "xla_cpu_experimental_ynn_fusion_type" not in f)
+
+
+def step_settings(plan: Plan) -> list[tuple[str, dict, list[str]]]:
+    """K2: (name, environment, extra probe arguments) of each process-level setting of the step probe."""
+    base = dict(os.environ)
+    jaxlib_default = dict(base, ECDIT_XLA_DEFAULTS="0", XLA_FLAGS=_without_ynn_flag(base.get("XLA_FLAGS", "")))
+    two = dict(base, XLA_FLAGS=(base.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip())
+    return [("ecdit default (YNNPACK fusions off)", base, []),
+            ("jaxlib default (YNNPACK fusions on)", jaxlib_default, []),
+            ("2 CPU devices, mesh data=2", two, ["--mesh", "data=2"])][:plan.step_settings]
+
+
+def measure_step_settings(plan: Plan, log) -> dict | None:
+    """K2: the step of `plan.step_probe` (size, batch) in fresh processes under each setting (A B C, A B C)."""
+    if plan.step_probe is None or plan.step_settings == 0:
+        return None
+    size, batch = plan.step_probe
+    args = [sys.executable, "-m", "ecdit.benchmarks.step_probe", "--size", size, "--batch", str(batch),
+            "--rounds", str(plan.step_probe_rounds)]
+    settings = step_settings(plan)
+    runs: dict[str, list] = {name: [] for name, _, _ in settings}
+    for rep in range(plan.step_probe_reps):
+        for name, env, extra in settings:
+            log(f"K2 train step {size} batch {batch}: {name} (fresh process, rep {rep + 1}/{plan.step_probe_reps})")
+            try:
+                proc = subprocess.run(args + extra, env=env, capture_output=True, text=True, timeout=900)
+                line = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+                runs[name].append(json.loads(line[-1]) if proc.returncode == 0 and line
+                                  else {"error": (proc.stderr or proc.stdout)[-500:]})
+            except (OSError, subprocess.SubprocessError) as exc:
+                runs[name].append({"error": str(exc)})
+    return {"size": size, "batch": batch, "runs": runs}
+
+
+def measure_overhead(plan: Plan, log) -> list[dict]:
+    """L: the guided sampler of EC-DiT against its dense base model (Fig. 4), per model shape;
+    the two kinds of one shape timed in the same interleaved rounds."""
+    rows = []
+    for case in plan.overhead:
+        log(f"L sampler overhead {case.label} (compiling EC-DiT and dense)")
+        made = W.make_overhead_calls(case)
+        res = summary(timing.time_interleaved({k: c for k, (c, _) in made.items()}, plan.overhead_rounds))
+        rows.append({"label": case.label, "size": case.size, "batch": case.batch, "steps": case.steps,
+                     "depth": case.config("expert_choice").depth,
+                     "activated": {k: a for k, (_, a) in made.items()}, **res})
+    return rows
+
+
 def measure_dynamic(plan: Plan, log) -> list[dict]:
     """I: DiffMoE's dynamic layer (compiled body) with thresholds set so each expert takes a given
     share of the pool, beside the static training form: does the time follow the tokens?"""
@@ -270,6 +351,8 @@ def measure(plan: Plan, log) -> dict:
     results["info"] = machine.info()
     log(f"{plan.name} sweep on {machine.describe(results['info'])}")
     results["peak_start"] = timing.matmul_peak(plan.peak_sizes, plan.peak_repeats)
+    results["bandwidth_start"] = roofline.memory_bandwidth(plan.bandwidth_floats, plan.peak_repeats)
+    log(f"memory bandwidth (STREAM copy/triad): {results['bandwidth_start']['bandwidth']:.1f} GB/s")
     log(f"matmul peak: JAX {results['peak_start']['jax']:.0f}, NumPy {results['peak_start']['numpy'] or 0:.0f} GFLOP/s")
     results["dtype_skipped"] = {}
     results["grid"] = measure_grid(plan, log, results["dtype_skipped"])
@@ -280,10 +363,14 @@ def measure(plan: Plan, log) -> dict:
     results["blocks"] = measure_blocks(plan, log)
     results["model"] = measure_model(plan, log)
     results["dynamic"] = measure_dynamic(plan, log)
+    results["utilisation"] = measure_utilisation(plan, log)
+    results["step_settings"] = measure_step_settings(plan, log)
+    results["overhead"] = measure_overhead(plan, log)
     log("J expert-parallel exchange, mesh data=2 x expert=4 of simulated devices (subprocess)")
     results["exchange"] = exchange.measure_exchange_in_subprocess(2, 4, rounds=3 if plan.name == "smoke" else 15)
     results["probe"] = measure_allocator(plan, log)
     results["peak_end"] = timing.matmul_peak(plan.peak_sizes, plan.peak_repeats)
+    results["bandwidth_end"] = roofline.memory_bandwidth(plan.bandwidth_floats, plan.peak_repeats)
     results["info"]["load_average_end"] = machine.load_average()
     results["duration_s"] = time.perf_counter() - t0
     return results

@@ -503,6 +503,77 @@ def make_train_step_call(size: str, kind: str, batch_size: int):
     return lambda: jax.block_until_ready(T.run_step(state, batch, cfg, tcfg))
 
 
+@dataclass(frozen=True)
+class StepCase:
+    """The training step of a preset as `ecdit train` runs it (its train preset: masking, EMA,
+    frozen text encoder), at a batch size and optionally another width (heads of 16 wide)."""
+    size: str
+    batch: int
+    width: int | None = None
+
+    def configs(self):
+        from ecdit.core.config import train_preset
+        cfg = model_config(self.size, "expert_choice")
+        if self.width is not None and self.width != cfg.width:
+            heads = max(1, self.width // 16)
+            cfg = cfg.replace(width=self.width, num_heads=heads, num_kv_heads=max(1, heads // 2))
+        return cfg, train_preset(self.size if self.size != "micro" else "tiny").replace(batch_size=self.batch)
+
+    @property
+    def label(self) -> str:
+        cfg, _ = self.configs()
+        return f"{self.size} D={cfg.width} batch {self.batch}"
+
+
+def make_step_case_call(case: StepCase) -> tuple:
+    """(zero-argument callable running one step, XLA's FLOP count of that compiled step, images per
+    step). The FLOPs are `compiled.cost_analysis()`'s: every dot and elementwise op of forward,
+    backward and optimiser, as XLA counts them."""
+    cfg, tcfg = case.configs()
+    state = init_state(init_model(cfg, 0), tcfg)
+    batch = T.make_batch(0, 0, cfg, tcfg)
+    compiled = T.train_step.jitted.lower(state, batch, cfg, tcfg, cfg.train_group_size).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+    return (lambda: jax.block_until_ready(T.run_step(state, batch, cfg, tcfg))), flops, case.batch
+
+
+@dataclass(frozen=True)
+class OverheadCase:
+    """EC-DiT against its dense base model (FFN of hidden F in every layer: the paper's Fig. 4
+    comparison, not activation-matched) in the guided sampler. `depth` overrides the preset's (the
+    XL-shaped rows run at reduced depth); batch = images sampled (CFG doubles it)."""
+    size: str
+    batch: int
+    steps: int
+    depth: int | None = None
+
+    def config(self, kind: str):
+        cfg = model_config(self.size, kind)
+        return cfg if self.depth is None else cfg.replace(depth=self.depth)
+
+    @property
+    def label(self) -> str:
+        cfg = self.config("expert_choice")
+        return f"{self.size}" + (f" at depth {self.depth}" if self.depth is not None else "") + \
+            f" (D={cfg.width}, E={cfg.num_experts}, {cfg.num_tokens} tokens, batch {self.batch}, {self.steps} steps)"
+
+
+def make_overhead_calls(case: OverheadCase) -> dict:
+    """{kind: (sampler callable, activated parameters)} for 'expert_choice' and 'dense'."""
+    out = {}
+    for kind in ("expert_choice", "dense"):
+        cfg = case.config(kind)
+        params = jax.tree.map(jnp.asarray, randomize_zero_init(init_model(cfg, 0)))
+        ids, mask = text.tokenize_batch(["a red circle"] * case.batch, cfg.max_text_len)
+        noise = sample_noise(np.random.default_rng(0), case.batch, cfg)
+        call = (lambda params=params, noise=noise, ids=ids, mask=mask, cfg=cfg: jax.block_until_ready(
+            sample(params, noise, ids, mask, cfg, num_steps=case.steps)))
+        out[kind] = (call, P.count_params(cfg)["activated"])
+    return out
+
+
 def make_sampler_call(size: str, kind: str, batch_size: int, num_steps: int):
     """Zero-argument callable: Euler + classifier-free guidance sampling of a batch (the paper's
     Fig. 4 measures this: inference time)."""

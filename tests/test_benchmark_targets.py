@@ -215,3 +215,65 @@ def test_dynamic_halvings_pair_each_slot_count_with_its_double_from_the_minimum_
     halvings = T.dynamic_halvings({"dynamic": [row]})
     assert [label for _, label in halvings] == ["toy: 256 vs 512 slots", "toy: 512 vs 1024 slots"]   # 128 < the minimum
     assert [round(r, 3) for r, _ in halvings] == [round(2.0 / 4.2, 3), round(4.2 / 8.0, 3)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The roofline, the dense baseline, the train step and the inference overhead (performance issue)
+# ---------------------------------------------------------------------------------------------
+
+def test_roofline_target_edge_at_1_25_is_met_and_names_the_worst_call_and_its_roof():
+    assert T.within_roofline([(1.25, "EC fwd a", "compute"), (1.0, "dense fwd a", "memory")]).met
+    t = T.within_roofline([(1.26, "EC fwd b", "memory"), (1.0, "dense fwd b", "compute")])
+    assert not t.met
+    assert "worst 1.26x (EC fwd b, memory-bound)" in t.measured and "1/2 calls within 1.25x" in t.measured
+    assert "1 of 2 bound by memory" in t.measured
+    assert T.within_roofline([]) is None
+
+
+def test_dense_baseline_target_needs_every_cell_at_90_percent_of_its_forward_rate():
+    assert T.dense_baseline_fast([(0.90, "a"), (1.2, "b")]).met
+    t = T.dense_baseline_fast([(0.89, "a"), (1.0, "b")])
+    assert not t.met and "worst 89 % (a)" in t.measured and "1/2 cells" in t.measured
+    assert T.dense_baseline_fast([]) is None
+
+
+def _step_row(size, batch, width, flops, seconds):
+    return {"size": size, "batch": batch, "width": width, "flops": flops, "median": seconds, "images": batch,
+            "label": f"{size} D={width} batch {batch}"}
+
+
+def test_train_step_target_reads_the_demo_row_only():
+    rows = [(0.49, _step_row("tiny", 16, 64, 1e9, 0.1)), (0.9, _step_row("tiny", 16, 256, 1e9, 0.1)),
+            (0.8, _step_row("tiny", 64, 64, 1e9, 0.4))]
+    t = T.train_step_uses_the_machine(rows)
+    assert not t.met and t.measured.startswith("49 % (160 images/s)") and "best row 90 % (tiny D=256 batch 16)" in t.measured
+    assert T.train_step_uses_the_machine([(0.5, _step_row("tiny", 16, 64, 1e9, 0.1))]).met
+    assert T.train_step_uses_the_machine([(0.9, _step_row("small", 8, 256, 1e9, 0.1))]) is None
+
+
+def test_overhead_target_compares_measured_with_theoretical_per_shape():
+    rows = [{"label": "tiny (D=64)", "measured": 0.20, "theoretical": 0.17},
+            {"label": "XL at depth 2 (D=1152)", "measured": 0.10, "theoretical": 0.12}]
+    t = T.overhead_near_theory(rows)
+    assert t.met and "tiny: measured +20 %, theoretical +17 %" in t.measured and "worst gap +3 points" in t.measured
+    rows[1]["measured"] = 0.16
+    assert not T.overhead_near_theory(rows).met
+    assert T.overhead_near_theory([]) is None
+
+
+def test_roofline_bound_is_the_larger_of_compute_and_memory_time():
+    from ecdit.benchmarks import roofline as RL
+    assert RL.bound_seconds(2e9, 1e9, 100.0, 10.0) == 0.1          # memory: 1 GB at 10 GB/s
+    assert RL.bound_seconds(2e10, 1e9, 100.0, 10.0) == 0.2         # compute: 20 GFLOP at 100 GFLOP/s
+    assert RL.limit(2e9, 1e9, 100.0, 10.0) == "memory" and RL.limit(2e10, 1e9, 100.0, 10.0) == "compute"
+
+
+def test_layer_bytes_count_weights_activations_and_the_gradients():
+    from ecdit.benchmarks import roofline as RL
+    case = {"G": 2, "S": 8, "D": 4, "E": 2, "C": 8, "F": 16, "H": 32}
+    weights = 2 * 2 * 4 * 16 + 4 * 2
+    ec = weights + 2 * 2 * 8 * 4 + 2 * (2 * 2 * 2 * 8 * 4 + 2 * 2 * 8 * 16)
+    assert RL.layer_bytes(case, "expert_choice") == 4 * ec
+    assert RL.layer_bytes(case, "expert_choice", "fwdbwd") == 4 * (ec + weights + 2 * 8 * 4)
+    dense = 2 * 4 * 32 + 2 * 2 * 8 * 4 + 2 * 2 * 8 * 32
+    assert RL.layer_bytes(case, "dense") == 4 * dense
