@@ -101,6 +101,7 @@ class Plan:
     # L: inference overhead of EC-DiT over its dense base model (Fig. 4)
     overhead: tuple = ()
     overhead_rounds: int = 3
+    overhead_profile_calls: int = 3          # L: sampler calls of each kind run under the profiler
 
     def grid_case(self, s: int, d: int, e: int | None = None, fc: float | None = None, dtype="float32") -> W.Case:
         g = max(1, self.tokens.get(d, 8192) // s)
@@ -129,7 +130,7 @@ def make_plan(name: str, backend: str = "cpu") -> Plan:
             dynamic=(W.DynamicCase(B=2, S=16, D=16, E=4, fractions=(1 / 8, 1 / 4)),), dynamic_rounds=1,
             bandwidth_floats=1 << 16, utilisation=(W.StepCase("micro", 4), W.StepCase("micro", 4, width=48)),
             utilisation_rounds=1, step_probe=("micro", 4), step_settings=1, step_probe_rounds=1,
-            overhead=(W.OverheadCase("micro", 2, 2),), overhead_rounds=1)
+            overhead=(W.OverheadCase("micro", 2, 2),), overhead_rounds=1, overhead_profile_calls=1)
     if name == "quick":
         return Plan(
             name="quick", peak_sizes=(1024, 2048), peak_repeats=5,

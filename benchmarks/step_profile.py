@@ -30,7 +30,7 @@ def op_kind(name: str) -> str:
     return re.sub(r"(\.\d+)+$", "", name)
 
 
-def profile_call(call, repeats: int = 10, top: int = 12) -> dict | None:
+def profile_call(call, repeats: int = 10, top: int = 40) -> dict | None:
     """Run `call` (already compiled) `repeats` times under the profiler; per step: wall seconds,
     number of op events, summed op seconds, and the `top` op kinds by time
     [{kind, ops, seconds}]. None where the profiler wrote no trace (a backend without one)."""

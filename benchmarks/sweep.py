@@ -294,8 +294,10 @@ def measure_overhead(plan: Plan, log) -> list[dict]:
         log(f"L sampler overhead {case.label} (compiling EC-DiT and dense)")
         made = W.make_overhead_calls(case)
         res = summary(timing.time_interleaved({k: c for k, (c, _) in made.items()}, plan.overhead_rounds))
+        log(f"L profile of both samplers {case.label}")
+        profiles = {k: step_profile.profile_call(c, plan.overhead_profile_calls) for k, (c, _) in made.items()}
         rows.append({"label": case.label, "size": case.size, "batch": case.batch, "steps": case.steps,
-                     "depth": case.config("expert_choice").depth,
+                     "depth": case.config("expert_choice").depth, "profile": profiles,
                      "activated": {k: a for k, (_, a) in made.items()}, **res})
     return rows
 
