@@ -573,7 +573,10 @@ def section_overhead(results: dict) -> list[str]:
             return ms(d) if abs(d) >= 0.01 else f"{1e3 * d:.2f}"
         out.append(f"**Where EC-DiT's extra sampler time goes: {r['label']}** (`jax.profiler.trace` of each sampler, "
                    f"per call: ms summed by XLA op kind (ops per call); the op kinds whose time differs most; "
-                   f"EC-DiT - dense = {ms(extra)} ms per call under the profiler)\n")
+                   f"EC-DiT - dense = {ms(extra)} ms per call under the profiler; the op events' sum is "
+                   f"{ms(ec['op_seconds'])} / {ms(dn['op_seconds'])} ms of {ms(ec['wall_s'])} / {ms(dn['wall_s'])} ms: where it falls well "
+                   f"short of the wall time the trace is incomplete (the profiler keeps a bounded number of events) and the "
+                   f"table is a sample, not a total)\n")
         out.append(table(["op kind", "EC-DiT ms (ops)", "dense ms (ops)", "EC-DiT - dense ms"],
                          [[k, cell(t_ec, k), cell(t_dn, k), diff(k)]
                           for k in kinds]) + "\n")
