@@ -77,7 +77,7 @@ class Plan:
     model: tuple | None = ("tiny", 32, 8, 10)
     model_kinds: tuple = W.MODEL_KINDS
     model_train_kinds: tuple = W.MODEL_KINDS
-    model_rounds: int = 3
+    model_rounds: int = 5          # G: its samplers are noisy at 3 (2026-12-04: EC-DiT 0.49-0.70 s)
     # I: DiffMoE's dynamic-capacity layer at chosen token counts
     dynamic: tuple = ()
     dynamic_rounds: int = 3
