@@ -1,5 +1,6 @@
 """Checkpoints: resume equality, atomic commits, the fingerprint, restores across meshes, clear
 errors for bad checkpoints, and old .npz files still read."""
+import asyncio
 import glob
 import json
 import os
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from dataclasses import asdict, replace
 
 import jax
@@ -225,6 +227,49 @@ def test_a_truncated_or_missing_array_file_is_a_clear_error(saved):
     one_line_error(C.load_train_state, path, "corrupt")
     os.remove(target)
     one_line_error(C.load_train_state, path, "corrupt")
+
+
+def _unraisable_report(exc: BaseException, obj=None):
+    """The record Python hands sys.unraisablehook for `exc` (raised, so it has a traceback)."""
+    try:
+        raise exc
+    except BaseException as e:                                   # noqa: BLE001
+        return types.SimpleNamespace(exc_type=type(e), exc_value=e, exc_traceback=e.__traceback__,
+                                     err_msg=None, object=obj)
+
+
+def _closed_loop_report():
+    """What tensorstore's late completions produce: call_soon_threadsafe on a closed event loop."""
+    loop = asyncio.new_event_loop()
+    loop.close()
+    try:
+        loop.call_soon_threadsafe(print)
+    except RuntimeError as e:
+        return types.SimpleNamespace(exc_type=RuntimeError, exc_value=e, exc_traceback=e.__traceback__,
+                                     err_msg=None, object=None)
+    raise AssertionError("a closed loop accepted a callback")
+
+
+def test_only_closed_loop_reports_are_dropped_around_a_failed_read(monkeypatch):
+    """The read guard drops exactly asyncio's "Event loop is closed" reports (what tensorstore's
+    abandoned reads produce after a failed restore), passes every other report to the hook it
+    wrapped, puts that hook back after a good read and keeps the guard after a failed one."""
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    monkeypatch.setattr(C, "_SHUTDOWN_SILENCED", True)         # no atexit handler in the pytest process
+    stray, other = _closed_loop_report(), _unraisable_report(RuntimeError("Event loop is closed"))
+    assert C._is_closed_loop_report(stray) and not C._is_closed_loop_report(other)
+    with C._quiet_abandoned_reads():
+        sys.unraisablehook(stray)
+        sys.unraisablehook(other)
+    assert seen == [other] and sys.unraisablehook == seen.append   # a good read: the old hook is back
+    with pytest.raises(OSError):
+        with C._quiet_abandoned_reads():
+            raise OSError("a failed read")
+    assert sys.unraisablehook != seen.append                        # a failed read: the guard stays
+    sys.unraisablehook(stray)
+    sys.unraisablehook(_closed_loop_report())
+    assert seen == [other]
 
 
 def test_garbled_metadata_is_a_clear_error(saved):
