@@ -1,5 +1,7 @@
 """The argument-contract language of ecdit.core.checks: names bind across arguments, the argument
 that disagrees is the one named, and both halves run one contract with one message."""
+import gc
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -103,6 +105,32 @@ def test_value_checks_name_nan_entries_and_indices_out_of_range():
     assert message(c, x=zeros(1, 3, 2), index=np.full((1, 2, 1), 3, np.int32)) == (
         "index: entries must lie in [0, S = 3), got range [3, 3]")
     assert message(c, x=jnp.asarray(bad), index=np.zeros((1, 2, 1), np.int32)) == "x: contains NaN or infinity"
+
+
+def test_a_jax_array_is_scanned_once_and_every_new_array_again(monkeypatch):
+    """A JAX array is immutable, so the finiteness scan runs once per array object: the same
+    weights on every call cost one scan; a changed copy, a NaN array (never remembered) and an
+    array made after the first one was freed are all scanned."""
+    from ecdit.core import checks
+    scanned = []
+    real = checks._jax_all_finite
+    monkeypatch.setattr(checks, "_jax_all_finite", lambda a: scanned.append(a.shape) or real(a))
+    c = Contract(x="B D")
+    good = jnp.ones((2, 3))
+    for _ in range(3):
+        c.check({"x": good})
+    assert len(scanned) == 1
+    bad = good.at[0, 1].set(jnp.nan)
+    for _ in range(2):
+        assert message(c, x=bad) == "x: contains NaN or infinity"
+    assert len(scanned) == 3
+    key = id(good)
+    assert key in checks._KNOWN_FINITE
+    del good
+    gc.collect()
+    assert key not in checks._KNOWN_FINITE                      # freed: its id may be reused by another array
+    assert message(c, x=jnp.full((2, 3), jnp.inf)) == "x: contains NaN or infinity"
+    assert len(scanned) == 4
 
 
 def test_value_checks_are_skipped_on_tracers_but_shapes_are_not():

@@ -3,6 +3,7 @@ import os
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from ecdit.accelerated.objective import training_loss
@@ -15,9 +16,11 @@ from tests.tolerances import (ARITHMETIC, FLOAT32_LOSS, FLOAT32_MEAN, OPTIMIZER_
                               assert_close)
 
 
-def test_a_few_steps_lower_the_loss():
-    """30 steps on one repeated batch of captioned shapes: the loss must fall clearly."""
-    cfg, tc = small_config(), small_train()
+@pytest.mark.parametrize("optimizer", ["rmsprop", "adamw"])
+def test_a_few_steps_lower_the_loss(optimizer):
+    """30 steps on one repeated batch of captioned shapes: the loss must fall clearly, with the
+    paper's RMSProp and with AdamW."""
+    cfg, tc = small_config(), small_train().replace(optimizer=optimizer)
     state = optim.init_state(init_model(cfg, 0), tc)
     batch = T.make_batch(0, 0, cfg, tc)
     losses = []
@@ -26,6 +29,22 @@ def test_a_few_steps_lower_the_loss():
         losses.append(float(m["loss"]))
     assert np.isfinite(losses).all()
     assert np.mean(losses[-5:]) < 0.8 * losses[0]
+
+
+def test_adamw_is_optax_adamw_after_the_clip():
+    """optimizer="adamw": the update is optax's AdamW (b1, b2, eps, weight decay from the config)
+    applied to the globally clipped gradient, at the warmed-up learning rate."""
+    tc = TrainConfig(optimizer="adamw", learning_rate=1e-2, warmup_steps=0, grad_clip=1.0, adam_b1=0.8,
+                     adam_b2=0.95, weight_decay=0.1)
+    params = {"w": np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)}
+    grads = {"w": np.full((2, 3), 3.0, np.float32)}
+    want = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-2, b1=0.8, b2=0.95, eps=tc.eps,
+                                                                  weight_decay=0.1))
+    opt = optim.make_optimizer(tc)
+    got_u, _ = opt.update(grads, opt.init(params), params)
+    want_u, _ = want.update(grads, want.init(params), params)
+    assert_close(got_u["w"], want_u["w"], tol=ARITHMETIC)
+    assert float(np.abs(np.asarray(got_u["w"])).max()) > 1e-3        # a real step, not a no-op
 
 
 def test_learning_rate_warms_up_linearly_then_holds_or_decays_linearly_to_zero():

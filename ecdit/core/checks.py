@@ -39,6 +39,7 @@ import math
 import numbers
 import operator
 import sys
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -130,12 +131,28 @@ def _jax_all_finite(a) -> bool:
     return bool(_JAX_FINITE(a))
 
 
+# JAX arrays already checked finite, by id (a weak reference: an entry leaves when its array is
+# freed). A jax.Array is immutable, so one that was finite stays finite: the same weights passed on
+# every call are scanned once, not once per call (at E = 64, D = 1024 the scan of 2 E D F expert
+# weights cost as much as a large part of the layer; docs/performance.md). A donated array is
+# deleted, not changed, so it cannot come back with other values under the same object.
+_KNOWN_FINITE: "weakref.WeakValueDictionary[int, object]" = weakref.WeakValueDictionary()
+
+
 def finite(name: str, a) -> None:
-    """Reject NaN and infinity (skipped on tracers: values are unknown while tracing)."""
+    """Reject NaN and infinity (skipped on tracers: values are unknown while tracing). A JAX array
+    is scanned once: later calls with the same (immutable) array object pass at once."""
     if is_traced(a):
         return
     if is_jax_array(a):
+        if _KNOWN_FINITE.get(id(a)) is a:
+            return
         ok = _jax_all_finite(a)
+        if ok:
+            try:
+                _KNOWN_FINITE[id(a)] = a
+            except TypeError:                                    # an array type without weak references
+                pass
     else:
         arr = np.asarray(a)
         ok = (not np.issubdtype(arr.dtype, np.inexact)) or bool(np.isfinite(arr).all())

@@ -40,6 +40,8 @@ POS_EMBEDDINGS = ("sincos", "learned")
 # What the final layer predicts: the velocity noise - x0 (the paper, Eq. 1), or the clean image x0,
 # turned into the velocity it implies before the loss and the sampler (x-prediction, Li & He 2025)
 PREDICTIONS = ("velocity", "x0")
+# The optimiser: the paper's RMSProp with momentum, or AdamW (a deviation for short CPU runs)
+OPTIMIZERS = ("rmsprop", "adamw")
 
 # The model's two reserved text-token ids; the tokenizer (ecdit.systems.text) follows them. The
 # null caption "" of classifier-free guidance is <null> then padding, so the model, its training
@@ -275,6 +277,12 @@ class TrainConfig:
     warmup_steps: int = 20_000         # paper: 20K linear warmup
     decay_steps: int = 0               # > 0: decay linearly to 0 at this step (short runs); 0 = the
                                        # paper's constant rate after warmup
+    optimizer: str = "rmsprop"         # paper: "rmsprop" (RMSProp with momentum, Sec. 3.1). "adamw"
+                                       # (deviation, for short CPU runs): AdamW with adam_b1 / adam_b2,
+                                       # bias-corrected, decoupled weight_decay (docs/model.md)
+    adam_b1: float = 0.9
+    adam_b2: float = 0.99
+    weight_decay: float = 0.0          # AdamW only
     rmsprop_decay: float = 0.9         # paper: not given; Hinton's / TensorFlow's default. optax's
                                        # RMSProp has no bias correction: 0.999 makes the first
                                        # hundred updates ~30x too large and diverges (measured)
@@ -301,6 +309,10 @@ class TrainConfig:
             raise ValueError(f"decay_steps: {self.decay_steps} must exceed warmup_steps = {self.warmup_steps}")
         positive_int("seed", self.seed, minimum=0)
         real_number("learning_rate", self.learning_rate, lo=0.0, lo_open=True)
+        one_of("optimizer", self.optimizer, OPTIMIZERS)
+        real_number("adam_b1", self.adam_b1, lo=0.0, hi=1.0, hi_open=True)
+        real_number("adam_b2", self.adam_b2, lo=0.0, hi=1.0, hi_open=True)
+        real_number("weight_decay", self.weight_decay, lo=0.0)
         real_number("rmsprop_decay", self.rmsprop_decay, lo=0.0, hi=1.0, hi_open=True)
         real_number("momentum", self.momentum, lo=0.0, hi=1.0, hi_open=True)
         real_number("eps", self.eps, lo=0.0, lo_open=True)

@@ -1,4 +1,4 @@
-"""The optimiser and the training state (Sec. 3.1): RMSProp with momentum after a linear warmup,
+"""The optimiser and the training state (Sec. 3.1): RMSProp with momentum (or AdamW) after a linear warmup,
 an optional EMA of the parameters, and the state dict a checkpoint holds.
 
     state = {"params", "opt_state", "step"} (+ "ema" when TrainConfig.ema_decay > 0)
@@ -28,12 +28,17 @@ def learning_rate_schedule(train_cfg: TrainConfig):
 
 
 def make_optimizer(train_cfg: TrainConfig) -> optax.GradientTransformation:
-    """RMSProp with momentum (Hinton 2012; Sec. 3.1) and linear warmup; optional global-norm clip."""
-    rmsprop = optax.rmsprop(learning_rate_schedule(train_cfg), decay=train_cfg.rmsprop_decay,
-                            eps=train_cfg.eps, momentum=train_cfg.momentum)
+    """RMSProp with momentum (Hinton 2012; Sec. 3.1), or AdamW (Loshchilov & Hutter 2019; a
+    deviation for short runs, `optimizer="adamw"`), after a linear warmup; optional global-norm clip."""
+    lr = learning_rate_schedule(train_cfg)
+    if train_cfg.optimizer == "adamw":
+        opt = optax.adamw(lr, b1=train_cfg.adam_b1, b2=train_cfg.adam_b2, eps=train_cfg.eps,
+                          weight_decay=train_cfg.weight_decay)
+    else:
+        opt = optax.rmsprop(lr, decay=train_cfg.rmsprop_decay, eps=train_cfg.eps, momentum=train_cfg.momentum)
     if train_cfg.grad_clip > 0:
-        return optax.chain(optax.clip_by_global_norm(train_cfg.grad_clip), rmsprop)
-    return rmsprop
+        return optax.chain(optax.clip_by_global_norm(train_cfg.grad_clip), opt)
+    return opt
 
 
 def init_state(params, train_cfg: TrainConfig) -> dict:
