@@ -81,11 +81,14 @@ def test_train_then_sample_heatmap_and_eval_write_their_outputs(checkpoint, tmp_
     assert main(["eval", "--checkpoint", str(checkpoint), "--per-category", "1", "--steps", "2", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "Single obj." in out and "heldout" in out
+    assert "edge pixels" in out and "layer 2: r = " in out          # the small model's one sparse layer
     scores = tmp_path / "v.json"
     assert main(["eval", "--checkpoint", str(checkpoint), "--split", "validation", "--per-category", "1",
                  "--steps", "2", "--guidance", "2", "--out", str(scores), "--quiet"]) == 0
     assert "validation" in capsys.readouterr().out
-    assert set(json.loads(scores.read_text())) == {"overall", *CATEGORIES}
+    written = json.loads(scores.read_text())
+    assert set(written) == {"overall", *CATEGORIES, "allocation_detail_r"}
+    assert set(written["allocation_detail_r"]) == {"2"}
 
 
 def test_a_new_user_trains_and_samples_a_diffmoe_model_with_the_cli(tmp_path, capsys):
@@ -172,6 +175,10 @@ def test_compare_writes_the_seed_tables_seven_rows_with_losses_and_experts_per_s
         assert by_key[key]["experts_per_step"] == pytest.approx([1.0, 1.0])   # f_c = 1: k = S / E per pool
     for key in ("ec_dynamic", "diffmoe_dynamic"):
         assert len(by_key[key]["experts_per_step"]) == 2 and by_key[key]["dynamic"]
+    for key in ("tc", "ec_static", "ec_dynamic", "diffmoe_static", "diffmoe_dynamic"):
+        r_layers = by_key[key]["allocation_detail_r"]           # one r per sparse layer; NaN: nothing varied
+        assert len(r_layers) == 1 and all(math.isnan(v) or -1 <= v <= 1 for v in r_layers)
+    assert by_key["dense"]["allocation_detail_r"] == []
     assert by_key["dense"]["experts_per_step"] == [] and by_key["dense_xl"]["activated"] > by_key["dense"]["activated"]
     assert by_key["ec_static"]["train_seconds"] == by_key["ec_dynamic"]["train_seconds"]  # one training, two rows
     md = (tmp_path / "compare.md").read_text()

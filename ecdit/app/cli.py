@@ -184,17 +184,27 @@ def cmd_eval(a):
     from ecdit.systems.checkpoint import load_params
     params, cfg, meta = load_params(_checkpoint_path(a.checkpoint))
     items = (shapes.validation_items if a.split == "validation" else shapes.heldout_items)(a.per_category)
-    res, _, experts, secs = evaluate_model(params, cfg, items, num_steps=a.steps, guidance_scale=a.guidance,
-                                           seed=a.seed, progress=not a.quiet, dynamic=a.inference == "dynamic",
-                                           step=meta.get("step"), mesh=_mesh(a))
+    res, images, experts, secs = evaluate_model(params, cfg, items, num_steps=a.steps, guidance_scale=a.guidance,
+                                                seed=a.seed, progress=not a.quiet,
+                                                dynamic=a.inference == "dynamic", step=meta.get("step"),
+                                                mesh=_mesh(a))
     print(scores_table([(f"{cfg.name} @ step {meta.get('step')}, {a.split}, {a.inference}", res)]))
+    out = dict(res)
     if cfg.sparse_layers:
+        from ecdit.app.allocation import allocation_detail_correlation, correlation_lines, patch_detail
+        from ecdit.app.heatmap import step_times
         per_step = experts.mean(axis=(1, 2, 3))                  # (T,) experts per token at each step
         print(f"experts per token, mean {per_step.mean():.2f}; per denoising step (t = 1 -> 0): "
               + " ".join(f"{v:.2f}" for v in per_step))
+        corr = allocation_detail_correlation(experts, patch_detail(images, cfg.patch_size))
+        print("experts per token vs the token's edge pixels in the final image (Pearson r over an image's "
+              "tokens, mean over images; ecdit.app.allocation):")
+        for line in correlation_lines(corr, cfg.sparse_layers, step_times(a.steps)):
+            print("  " + line)
+        out["allocation_detail_r"] = {str(l + 1): float(v) for l, v in zip(cfg.sparse_layers, corr["r_mean"])}
     if a.out:
         with open(a.out, "w") as f:
-            json.dump(res, f, indent=2)
+            json.dump(out, f, indent=2)
     return 0
 
 

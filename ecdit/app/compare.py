@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ecdit.app.allocation import allocation_detail_correlation, patch_detail
 from ecdit.app.heatmap import plot_allocation, step_times
 from ecdit.app.plots import plot_compare, plot_experts_per_step
 from ecdit.app.reports import evaluate_model, final_loss, fmt_params
@@ -144,10 +145,13 @@ def run_compare(out_dir="compare", *, steps=600, per_category=30, sample_steps=D
         val = validation_loss(params, cfg, items, seed=seed, batch_size=tc.batch_size, dynamic=row.dynamic)
         per_step = experts.mean(axis=(1, 2, 3)).tolist() if cfg.sparse_layers else []   # (T,)
         per_layer = experts.mean(axis=(0, 2, 3)).tolist() if cfg.sparse_layers else []  # (n,)
+        detail_r = (allocation_detail_correlation(experts, patch_detail(images, cfg.patch_size))["r_mean"].tolist()
+                    if cfg.sparse_layers else [])                # (n,) r(experts per token, edge pixels)
         c = count_params(cfg, experts_per_token=per_layer if row.dynamic else None)
         out_rows.append({**asdict(row), "config": cfg.name, "total": c["total"], "activated": c["activated"],
                          "final_loss": final_loss(history, key="flow_loss"), "val_loss": val["mean"], "val_loss_per_t": val["per_t"],
                          "train_seconds": train_s, "experts_per_step": per_step, "experts_per_layer": per_layer,
+                         "allocation_detail_r": detail_r,
                          "results": res})
         if cfg.ffn_kind == "diffmoe":                            # Fig. 6 for DiffMoE, first held-out item
             plot_allocation(images[0], experts[:, :, 0], os.path.join(out_dir, f"heatmap_{row.key}.png"),
@@ -190,9 +194,10 @@ def compare_markdown(rows, steps, tc, per_category, sample_steps, guidance_scale
         cells += [f"{100 * r['results'][k]:.1f}" if k in r["results"] else "-" for k, _ in TABLE_COLUMNS]
         cells += ["-" if ept is None else f"{ept:.2f}", fmt_params(r["total"]), f"{r['final_loss']:.4f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    steps_lines = ["| model | inference | experts per token, t = 1 → 0 (sampler steps, conditional half) |",
-                   "|:---|:---|:---|"]
-    steps_lines += [f"| {r['label']} | {r['inference']} | {_per_step_cells(r['experts_per_step'])} |"
+    steps_lines = ["| model | inference | experts per token, t = 1 → 0 (sampler steps, conditional half) "
+                   "| r(experts, edge pixels) per sparse layer |", "|:---|:---|:---|:---|"]
+    steps_lines += [f"| {r['label']} | {r['inference']} | {_per_step_cells(r['experts_per_step'])} | "
+                    + " / ".join(f"{v:+.2f}" for v in r.get("allocation_detail_r", [])) + " |"
                     for r in rows if r["experts_per_step"]]
     return (f"{steps} steps of {tc.batch_size} images each, same data stream (seed {tc.seed}); every MoE at f_c = 1 "
             f"(token choice top-1), so its activated parameters equal the dense model's; a dynamic row's activated "
@@ -200,7 +205,9 @@ def compare_markdown(rows, steps, tc, per_category, sample_steps, guidance_scale
             f"held-out items' own scenes at t = {', '.join(f'{t:g}' for t in VALIDATION_TIMESTEPS)} with fixed noise "
             f"(the same for every model), routed with the row's inference rule; shapes-GenEval on {per_category} "
             f"held-out items per category, {sample_steps} Euler steps, CFG {guidance_scale}, sampled in batches of "
-            f"{tc.batch_size} (a DiffMoE pool holds as many images as in training). One seed.\n\n"
+            f"{tc.batch_size} (a DiffMoE pool holds as many images as in training). r(experts, edge pixels): the "
+            f"Pearson correlation, over an image's tokens, of experts per token with the fraction of the token's "
+            f"pixels on an edge of the final image, mean over images and steps (ecdit.app.allocation). One seed.\n\n"
             + "\n".join(lines) + "\n\n" + "\n".join(steps_lines) + "\n")
 
 
