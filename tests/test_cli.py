@@ -181,6 +181,7 @@ def test_compare_writes_the_seed_tables_seven_rows_with_losses_and_experts_per_s
     assert by_key["dense"]["allocation_detail_r"] == []
     assert by_key["dense"]["experts_per_step"] == [] and by_key["dense_xl"]["activated"] > by_key["dense"]["activated"]
     assert by_key["ec_static"]["train_seconds"] == by_key["ec_dynamic"]["train_seconds"]  # one training, two rows
+    assert by_key["dense"]["steps_to_dense_final"] == 3                   # its own final loss, at its last step
     md = (tmp_path / "compare.md").read_text()
     assert "held-out loss" in md and "pool in training" in md
     table = md.split("\n\n")[1].splitlines()
@@ -237,6 +238,28 @@ def test_seed_summary_gives_mean_spread_and_the_paired_t_test_against_dense():
     md = seeds_markdown(summary, [0, 1, 2], 10)
     assert "| ec | - | -0.0200 ± 0.0058 | -3.46 | 0.074 | 3 of 3 |" in md
     assert "0.3500 ± 0.0500" in md
+
+
+def test_a_row_that_learns_twice_as_fast_reaches_the_dense_final_loss_in_about_half_the_steps():
+    """steps_to_reach on loss curves 1/x (dense) and 1/(2x): dense reaches its own final loss (the
+    mean over its last fifth) at its last step, the faster row at 560 of 1000 steps (the trailing
+    window adds a little to the exact half), and a row that never gets there gives None."""
+    from ecdit.app.compare import steps_to_reach
+    from ecdit.app.reports import final_loss
+    dense = [{"step": 10 * (i + 1), "flow_loss": 1.0 / (i + 1)} for i in range(100)]
+    fast = [{"step": 10 * (i + 1), "flow_loss": 0.5 / (i + 1)} for i in range(100)]
+    slow = [{"step": 10 * (i + 1), "flow_loss": 2.0 / (i + 1)} for i in range(100)]
+    target = final_loss(dense, key="flow_loss")
+    assert steps_to_reach(dense, target) == 1000
+    assert steps_to_reach(fast, target) == 560
+    assert steps_to_reach(slow, target) is None
+    md_row = {**_fake_row("ec", 0.3, 0.5), "steps_to_dense_final": [560, None]}
+    from ecdit.app.compare import seeds_markdown
+    assert "| 560 / never |" in seeds_markdown([{**md_row, "metrics": {m: {"mean": 0.1, "std": 0.0} for m in
+                                                                       ("val_loss", "overall", "single_object",
+                                                                        "two_objects", "counting", "colours",
+                                                                        "position", "colour_attribution")}}],
+                                               [0, 1], 10)
 
 
 def test_seed_summary_refuses_runs_with_different_rows():

@@ -157,6 +157,10 @@ def run_compare(out_dir="compare", *, steps=600, per_category=30, sample_steps=D
             plot_allocation(images[0], experts[:, :, 0], os.path.join(out_dir, f"heatmap_{row.key}.png"),
                             sparse_layers=cfg.sparse_layers, num_experts=cfg.num_experts,
                             prompt=f"{row.label}, {row.inference}: {items[0].text}")
+    if "dense" in histories:                                     # Fig. 8's "the dense final loss in half the steps"
+        target = final_loss(histories["dense"], key="flow_loss")
+        for r in out_rows:
+            r["steps_to_dense_final"] = steps_to_reach(histories[r["model"]], target)
     plot_compare(histories, {r.model: r.label for r in picked}, os.path.join(out_dir, "compare_loss.png"))
     moe_rows = [r for r in out_rows if r["experts_per_step"]]
     if moe_rows:
@@ -168,6 +172,21 @@ def run_compare(out_dir="compare", *, steps=600, per_category=30, sample_steps=D
     with open(os.path.join(out_dir, "compare.json"), "w") as f:
         json.dump(out_rows, f, indent=2)
     return {"rows": out_rows, "markdown": md}
+
+
+def steps_to_reach(history, target: float, frac: float = 0.2, key: str = "flow_loss") -> int | None:
+    """The first logged step at which the mean of `key` over a trailing window of `frac` x the run's
+    logged records (the window `final_loss` averages) is at or below `target`; None when it never
+    is. With `target` the dense model's `final_loss`, the dense row reaches it at its last step,
+    and a row that learns twice as fast reaches it at about half its steps (Fig. 8)."""
+    records = [(r["step"], r[key]) for r in history if r.get(key) is not None]
+    if not records:
+        return None
+    k = max(1, int(len(records) * frac))
+    losses = np.array([v for _, v in records], np.float64)       # (R,)
+    trailing = np.convolve(losses, np.ones(k) / k, mode="valid")  # (R - k + 1,) mean of records i-k+1 .. i
+    hit = np.nonzero(trailing <= target * (1 + 1e-12))[0]
+    return int(records[hit[0] + k - 1][0]) if len(hit) else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,17 +201,23 @@ def _per_step_cells(values, columns=5):
     return " → ".join(f"{values[i]:.2f}" for i in idx)
 
 
+def _steps_cell(v) -> str:
+    return "never" if v is None else str(v)
+
+
 def compare_markdown(rows, steps, tc, per_category, sample_steps, guidance_scale) -> str:
     """The seed table's shape (model, activated params, training pool, inference rule, scores), then
     the losses, and the experts per token along the denoising steps."""
     heads = (["model", "activated params", "pool in training", "inference", "held-out loss"]
-             + [h for _, h in TABLE_COLUMNS] + ["experts / token", "total params", "final train loss (Eq. 1)"])
+             + [h for _, h in TABLE_COLUMNS] + ["experts / token", "total params", "final train loss (Eq. 1)",
+                                                 "steps to dense's final loss"])
     lines = ["| " + " | ".join(heads) + " |", "|:---|---:|:---|:---|" + "---:|" * (len(heads) - 4)]
     for r in rows:
         ept = np.mean(r["experts_per_step"]) if r["experts_per_step"] else None
         cells = [r["label"], fmt_params(r["activated"]), r["pool"], r["inference"], f"{r['val_loss']:.4f}"]
         cells += [f"{100 * r['results'][k]:.1f}" if k in r["results"] else "-" for k, _ in TABLE_COLUMNS]
-        cells += ["-" if ept is None else f"{ept:.2f}", fmt_params(r["total"]), f"{r['final_loss']:.4f}"]
+        cells += ["-" if ept is None else f"{ept:.2f}", fmt_params(r["total"]), f"{r['final_loss']:.4f}",
+                  _steps_cell(r.get("steps_to_dense_final", "-"))]
         lines.append("| " + " | ".join(cells) + " |")
     steps_lines = ["| model | inference | experts per token, t = 1 → 0 (sampler steps, conditional half) "
                    "| r(experts, edge pixels) per sparse layer |", "|:---|:---|:---|:---|"]
@@ -203,7 +228,9 @@ def compare_markdown(rows, steps, tc, per_category, sample_steps, guidance_scale
             f"(token choice top-1), so its activated parameters equal the dense model's; a dynamic row's activated "
             f"parameters use its measured experts per token (and count the predictor). Held-out loss = Eq. 1 on the "
             f"held-out items' own scenes at t = {', '.join(f'{t:g}' for t in VALIDATION_TIMESTEPS)} with fixed noise "
-            f"(the same for every model), routed with the row's inference rule; shapes-GenEval on {per_category} "
+            f"(the same for every model), routed with the row's inference rule. Steps to dense's final loss: the first "
+            f"step at which the row's training loss (Eq. 1, trailing mean over a fifth of the run) is at or below "
+            f"the dense model's final one (Fig. 8). Shapes-GenEval on {per_category} "
             f"held-out items per category, {sample_steps} Euler steps, CFG {guidance_scale}, sampled in batches of "
             f"{tc.batch_size} (a DiffMoE pool holds as many images as in training). r(experts, edge pixels): the "
             f"Pearson correlation, over an image's tokens, of experts per token with the fraction of the token's "
@@ -261,6 +288,8 @@ def summarize_seeds(runs: list[list[dict]]) -> list[dict]:
         first = by_seed[0][key]
         summary = {k: first[k] for k in ("key", "label", "model", "pool", "inference", "activated", "total")}
         summary["metrics"] = {m: _spread([value(s[key], m) for s in by_seed]) for m, _ in SEED_METRICS}
+        summary["steps_to_dense_final"] = [s[key].get("steps_to_dense_final") for s in by_seed]
+        summary["allocation_detail_r"] = [s[key].get("allocation_detail_r", []) for s in by_seed]
         if PAIRED_BASELINE in by_seed[0] and key != PAIRED_BASELINE:
             summary["paired"] = {m: _paired([value(s[key], m) - value(s[PAIRED_BASELINE], m) for s in by_seed])
                                  for m, _ in SEED_METRICS}
@@ -271,14 +300,16 @@ def summarize_seeds(runs: list[list[dict]]) -> list[dict]:
 def seeds_markdown(summary: list[dict], seeds: list[int], steps: int) -> str:
     """The multi-seed table (mean ± standard deviation over seeds) and the paired differences of the
     held-out loss against the dense row."""
-    heads = ["model", "activated params", "pool in training", "inference"] + [h for _, h in SEED_METRICS]
-    lines = ["| " + " | ".join(heads) + " |", "|:---|---:|:---|:---|" + "---:|" * (len(heads) - 4)]
+    heads = (["model", "activated params", "pool in training", "inference"] + [h for _, h in SEED_METRICS]
+             + ["steps to dense's final loss, per seed"])
+    lines = ["| " + " | ".join(heads) + " |", "|:---|---:|:---|:---|" + "---:|" * (len(heads) - 5) + ":---|"]
     for r in summary:
         cells = [r["label"], fmt_params(r["activated"]), r["pool"], r["inference"]]
         for m, _ in SEED_METRICS:
             s = r["metrics"][m]
             scale, digits = (1.0, 4) if m == "val_loss" else (100.0, 1)
             cells.append(f"{scale * s['mean']:.{digits}f} ± {scale * s['std']:.{digits}f}")
+        cells.append(" / ".join(_steps_cell(v) for v in r.get("steps_to_dense_final", [])) or "-")
         lines.append("| " + " | ".join(cells) + " |")
     paired = ["| model | inference | held-out loss - dense (mean ± s.e.) | t | p (two-sided) | seeds below dense |",
               "|:---|:---|---:|---:|---:|---:|"]
