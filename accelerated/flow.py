@@ -46,10 +46,22 @@ def velocity_from_x0(x0_hat, x_t, t, min_t):
 
 
 @checked_jit(contracts.rectified_flow_loss)
-def rectified_flow_loss(velocity, x0, noise):
-    """Eq. 1: mean over samples and elements of ((noise - x0) - v_theta(x_t, t))^2."""
+def rectified_flow_loss(velocity, x0, noise, weight=None):
+    """Eq. 1: mean over samples and elements of ((noise - x0) - v_theta(x_t, t))^2; with `weight`
+    (B,), each sample's mean squared error times its weight."""
     error = velocity_target(x0, noise) - velocity                # (B, ...)
-    return jnp.mean(error ** 2)                                  # ()
+    if weight is None:
+        return jnp.mean(error ** 2)                              # ()
+    per_sample = jnp.mean((error ** 2).reshape(error.shape[0], -1), axis=1)  # (B,)
+    return jnp.mean(weight * per_sample)                         # ()
+
+
+@checked_jit(contracts.loss_weights, static_argnames=("weighting", "min_t"))
+def loss_weights(t, weighting, min_t):
+    """Per-sample weights of Eq. 1: None for "velocity", max(t, min_t)^2 for "x0"."""
+    if weighting == "velocity":
+        return None
+    return jnp.maximum(t, min_t) ** 2                            # (B,)
 
 
 @checked_jit(contracts.euler_sample, static_argnames=("velocity_fn", "num_steps", "has_aux"))

@@ -16,7 +16,7 @@ from ecdit.core import contracts
 from ecdit.core.params import predictor_kind
 
 from .diffmoe import predictor_loss, update_threshold
-from .flow import interpolate, logit_normal_timesteps, rectified_flow_loss
+from .flow import interpolate, logit_normal_timesteps, loss_weights, rectified_flow_loss
 from .jit import checked_jit
 from .model import forward, null_caption, patchify
 
@@ -31,7 +31,7 @@ def caption_dropout(text_ids, text_mask, drop):
 
 @checked_jit(contracts.flow_matching_loss, static_argnames=("config", "group_size", "dynamic"))
 def flow_matching_loss(params, x0, noise, t, text_ids, text_mask, config, keep_index=None, group_size=None,
-                       dynamic=False):
+                       dynamic=False, weight=None):
     """Eq. 1 at the given t on the kept tokens: (loss (), routing of `forward`)."""
     x_t = interpolate(x0, noise, t)                              # (B, I, I, Ch)
     v, routing = forward(params, x_t, t, text_ids, text_mask, config, keep_index, group_size, dynamic)  # (B, S', P)
@@ -41,7 +41,7 @@ def flow_matching_loss(params, x0, noise, t, text_ids, text_mask, config, keep_i
         keep = keep_index[..., None]                             # (B, S', 1)
         x0_p = jnp.take_along_axis(x0_p, keep, axis=1)           # (B, S', P)
         noise_p = jnp.take_along_axis(noise_p, keep, axis=1)     # (B, S', P)
-    return rectified_flow_loss(v, x0_p, noise_p), routing        # (), list
+    return rectified_flow_loss(v, x0_p, noise_p, weight), routing  # (), list
 
 
 @checked_jit(contracts.routing_stats)
@@ -72,8 +72,9 @@ def training_loss(params, batch, model_cfg, train_cfg, group_size=None):
     group_size = model_cfg.train_group_size if group_size is None else group_size
     t = logit_normal_timesteps(batch["z"], train_cfg.t_mu, train_cfg.t_sigma)  # (B,)
     ids, mask = caption_dropout(batch["text_ids"], batch["text_mask"], batch["drop"])  # (B, L) x2
+    weight = loss_weights(t, train_cfg.loss_weighting, model_cfg.prediction_min_t)  # (B,) or None
     flow, routing = flow_matching_loss(params, batch["x0"], batch["noise"], t, ids, mask, model_cfg,
-                                       batch["keep_index"], group_size)
+                                       batch["keep_index"], group_size, weight=weight)
     stats = routing_stats(routing)
     aux = jnp.sum(stats["aux"]) if stats else jnp.zeros(())  # one balancing loss per layer
     loss = flow + (model_cfg.aux_loss_weight * aux if model_cfg.ffn_kind == "token_choice" else 0.0)

@@ -60,13 +60,30 @@ def velocity_from_x0(x0_hat, x_t, t, min_t):
 
 
 @checked(contracts.rectified_flow_loss)
-def rectified_flow_loss(velocity, x0, noise):
+def rectified_flow_loss(velocity, x0, noise, weight=None):
     """Eq. 1: mean over samples and elements of ((noise - x0) - v_theta(x_t, t))^2.
 
     The paper writes a squared norm; we average over elements as well, so the loss does not grow
-    with image size or width (a constant factor: same minimiser, same gradient direction)."""
+    with image size or width (a constant factor: same minimiser, same gradient direction).
+    `weight` (B,), optional (a deviation, `TrainConfig.loss_weighting`): each sample's mean squared
+    error is multiplied by its weight before the mean over samples; None is Eq. 1 as written."""
     error = velocity_target(x0, noise) - velocity                # (B, ...)
-    return np.mean(error ** 2)                                   # ()
+    if weight is None:
+        return np.mean(error ** 2)                               # ()
+    per_sample = np.mean((error ** 2).reshape(len(error), -1), axis=1)  # (B,)
+    return np.mean(weight * per_sample)                          # ()
+
+
+@checked(contracts.loss_weights)
+def loss_weights(t, weighting, min_t):
+    """Per-sample weights of Eq. 1 (`TrainConfig.loss_weighting`): "velocity" is Eq. 1 as written
+    (None: no weights); "x0" is max(t, min_t)^2, which makes Eq. 1 on the velocity of an
+    x-prediction model, |(x_t - x0_hat) / max(t, min_t) - (noise - x0)|^2 = |x0 - x0_hat|^2 /
+    max(t, min_t)^2 for t >= min_t, the plain squared error of the predicted clean image: the
+    1 / t^2 weight that the velocity puts on the nearly clean end is taken off."""
+    if weighting == "velocity":
+        return None
+    return np.maximum(t, min_t) ** 2                             # (B,)
 
 
 @checked(contracts.euler_sample)

@@ -5,7 +5,8 @@ token-choice auxiliary loss.
     x_t  = (1 - t) x0 + t noise                      data at t = 0 (project convention)
     y    = null caption where drop, else caption     caption dropout, for classifier-free guidance
     v    = v_theta(x_t, t, y)[keep]                  masked tokens dropped before the blocks (MaskDiT)
-    loss = mean (patchify(noise - x0)[keep] - v)^2   Eq. 1, on the kept tokens only
+    loss = mean (patchify(noise - x0)[keep] - v)^2   Eq. 1, on the kept tokens only (each image's
+                                                     error times max(t, min_t)^2 with loss_weighting "x0")
            + aux_loss_weight * sum_l aux_l           token choice only: GShard's balancing loss, per layer
            + predictor_loss_weight * sum_l L_pred,l  a capacity predictor only (DiffMoE, docs/diffmoe.md)
     tau_l <- d tau_l + (1 - d) q_l               after the optimiser's step: `update_thresholds`
@@ -26,7 +27,7 @@ from ecdit.core.checks import checked
 from ecdit.core.params import predictor_kind
 
 from .diffmoe import predictor_loss, update_threshold
-from .flow import interpolate, logit_normal_timesteps, rectified_flow_loss
+from .flow import interpolate, logit_normal_timesteps, loss_weights, rectified_flow_loss
 from .model import forward, null_caption, patchify
 
 
@@ -40,10 +41,11 @@ def caption_dropout(text_ids, text_mask, drop):
 
 @checked(contracts.flow_matching_loss)
 def flow_matching_loss(params, x0, noise, t, text_ids, text_mask, config, keep_index=None, group_size=None,
-                       dynamic=False):
+                       dynamic=False, weight=None):
     """Eq. 1 at the given t for each image, on the kept tokens: mean ((noise - x0) - v)^2 over
     kept patches and values. Returns (loss (), routing of `forward`). `dynamic`: routed with
-    DiffMoE's dynamic capacity, as at inference (evaluation; training uses the static rule)."""
+    DiffMoE's dynamic capacity, as at inference (evaluation; training uses the static rule).
+    `weight` (B,): each image's error times its weight (`loss_weights`); None: Eq. 1 as written."""
     x_t = interpolate(x0, noise, t)                              # (B, I, I, Ch)
     v, routing = forward(params, x_t, t, text_ids, text_mask, config, keep_index, group_size, dynamic)  # (B, S', P)
     x0_p = patchify(x0, config.patch_size)                       # (B, S, P)
@@ -52,7 +54,7 @@ def flow_matching_loss(params, x0, noise, t, text_ids, text_mask, config, keep_i
         keep = keep_index[..., None]                             # (B, S', 1)
         x0_p = np.take_along_axis(x0_p, keep, axis=1)            # (B, S', P)
         noise_p = np.take_along_axis(noise_p, keep, axis=1)      # (B, S', P)
-    return rectified_flow_loss(v, x0_p, noise_p), routing        # (), list
+    return rectified_flow_loss(v, x0_p, noise_p, weight), routing  # (), list
 
 
 @checked(contracts.routing_stats)
@@ -84,8 +86,9 @@ def training_loss(params, batch, model_cfg, train_cfg, group_size=None):
     group_size = model_cfg.train_group_size if group_size is None else group_size
     t = logit_normal_timesteps(batch["z"], train_cfg.t_mu, train_cfg.t_sigma)  # (B,)
     ids, mask = caption_dropout(batch["text_ids"], batch["text_mask"], batch["drop"])  # (B, L) x2
+    weight = loss_weights(t, train_cfg.loss_weighting, model_cfg.prediction_min_t)  # (B,) or None
     flow, routing = flow_matching_loss(params, batch["x0"], batch["noise"], t, ids, mask, model_cfg,
-                                       batch["keep_index"], group_size)
+                                       batch["keep_index"], group_size, weight=weight)
     stats = routing_stats(routing)
     aux = np.sum(stats["aux"]) if stats else np.zeros((), np.float32)  # one balancing loss per layer
     loss = flow + (model_cfg.aux_loss_weight * aux if model_cfg.ffn_kind == "token_choice" else 0.0)

@@ -112,6 +112,36 @@ def test_euler_integrates_from_t1_down_to_t0(half):
     assert len(calls) == (4 if half.flow is ref else 1)          # the twin traces one step of its scan
 
 
+@given(shape=shapes, seed=seeds)
+def test_weighted_loss_matches_reference_and_weighs_each_samples_mean_error(shape, seed):
+    """With per-sample weights the loss is mean_b w_b mean(error_b^2): reference == accelerated,
+    unit weights give Eq. 1 as written, and a weight of 0 removes a sample."""
+    rng = np.random.default_rng(seed)
+    x0, noise, v = normal(rng, shape), normal(rng, shape), normal(rng, shape)
+    w = rng.random(shape[0]).astype(np.float32)
+    assert_close(acc.rectified_flow_loss(v, x0, noise, w), ref.rectified_flow_loss(v, x0, noise, w))
+    assert_close(ref.rectified_flow_loss(v, x0, noise, np.ones(shape[0], np.float32)),
+                 ref.rectified_flow_loss(v, x0, noise), tol=FLOAT32_MEAN)
+    per_sample = [ref.rectified_flow_loss(v[i:i + 1], x0[i:i + 1], noise[i:i + 1]) for i in range(shape[0])]
+    assert_close(ref.rectified_flow_loss(v, x0, noise, w), np.mean(w * np.array(per_sample)), tol=FLOAT32_MEAN)
+
+
+@given(shape=shapes, min_t=st.floats(0.01, 0.2), seed=seeds)
+def test_x0_weighting_makes_the_velocity_loss_of_x_prediction_the_clean_image_error(shape, min_t, seed):
+    """loss_weights "x0" = max(t, min_t)^2: for t >= min_t, Eq. 1 on the velocity that x0_hat
+    implies, so weighted, is the mean squared error of x0_hat itself; "velocity" gives no weights."""
+    rng = np.random.default_rng(seed)
+    x0, noise, x0_hat = (rng.standard_normal(shape) for _ in range(3))       # float64
+    t = rng.uniform(min_t, 1.0, shape[0])
+    v = ref.velocity_from_x0(x0_hat, ref.interpolate(x0, noise, t), t, min_t)
+    w = ref.loss_weights(t, "x0", min_t)
+    assert_close(ref.rectified_flow_loss(v, x0, noise, w), np.mean((x0_hat - x0) ** 2), tol=FLOAT64_LINEAR_DERIVATIVE)
+    assert_close(acc.loss_weights(t.astype(np.float32), "x0", min_t), w.astype(np.float32))
+    assert ref.loss_weights(t, "velocity", min_t) is None and acc.loss_weights(t, "velocity", min_t) is None
+    with pytest.raises(ValueError, match="^weighting"):
+        ref.loss_weights(t, "epsilon", min_t)
+
+
 # ---------------------------------------------------------------------------------------------
 # x-prediction: the velocity a predicted clean image implies
 # ---------------------------------------------------------------------------------------------

@@ -23,9 +23,9 @@ def _setup(kind="expert_choice", step=3, **train_changes):
     return cfg, tc, params, make_batch(0, step, cfg, tc)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_accelerated_training_loss_matches_reference(kind):
-    cfg, tc, params, batch = _setup(kind)
+@pytest.mark.parametrize("kind,weighting", [(k, "velocity") for k in KINDS] + [("expert_choice", "x0")])
+def test_accelerated_training_loss_matches_reference(kind, weighting):
+    cfg, tc, params, batch = _setup(kind, loss_weighting=weighting)
     loss_r, m_r = R.training_loss(params, batch, cfg, tc)
     loss_a, m_a = A.training_loss(params, batch, cfg, tc)
     assert_close(loss_a, loss_r, tol=FLOAT32_LOSS)
@@ -119,6 +119,19 @@ def test_flow_matching_loss_without_masking_matches_reference_at_fixed_t():
         assert (r is None) == (a is None)
         if r is not None:
             np.testing.assert_array_equal(np.asarray(a["experts_per_token"]), r["experts_per_token"])
+
+
+def test_x0_weighting_weighs_each_images_eq1_by_its_clamped_t_squared():
+    """loss_weighting "x0": the flow loss equals Eq. 1 image by image at the batch's timesteps,
+    each times max(t, prediction_min_t)^2, averaged (written out from flow_matching_loss)."""
+    cfg, tc, params, batch = _setup(mask_ratio=0.0, caption_dropout=0.0, loss_weighting="x0")
+    _, m = R.training_loss(params, batch, cfg, tc)
+    t = RF.logit_normal_timesteps(batch["z"], tc.t_mu, tc.t_sigma)
+    per_image = [R.flow_matching_loss(params, batch["x0"][i:i + 1], batch["noise"][i:i + 1], t[i:i + 1],
+                                      batch["text_ids"][i:i + 1], batch["text_mask"][i:i + 1], cfg)[0]
+                 for i in range(len(t))]
+    want = np.mean(np.maximum(t, cfg.prediction_min_t) ** 2 * np.array(per_image))
+    assert_close(m["flow_loss"], want, tol=FLOAT32_MEAN)
 
 
 def test_training_loss_rejects_a_batch_that_does_not_fit_the_model():

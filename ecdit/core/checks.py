@@ -407,6 +407,15 @@ FINITE = Float()
 
 
 @dataclass(frozen=True)
+class OneOf(_Scalar):
+    """One of a fixed set of words (a mode argument)."""
+    choices: tuple
+
+    def check_shape(self, name, v, b):
+        one_of(name, v, self.choices)
+
+
+@dataclass(frozen=True)
 class Instance(_Scalar):
     """An argument of a given type (a config, a callable)."""
     kind: type | str

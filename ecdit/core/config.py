@@ -42,6 +42,9 @@ POS_EMBEDDINGS = ("sincos", "learned")
 PREDICTIONS = ("velocity", "x0")
 # The optimiser: the paper's RMSProp with momentum, or AdamW (a deviation for short CPU runs)
 OPTIMIZERS = ("rmsprop", "adamw")
+# Per-sample weights of Eq. 1: none (the paper), or max(t, min_t)^2, which turns Eq. 1 on an
+# x-prediction model's velocity into the plain squared error of its clean-image prediction
+LOSS_WEIGHTINGS = ("velocity", "x0")
 
 # The model's two reserved text-token ids; the tokenizer (ecdit.systems.text) follows them. The
 # null caption "" of classifier-free guidance is <null> then padding, so the model, its training
@@ -296,6 +299,9 @@ class TrainConfig:
                                        # is warmed up as min(ema_decay, (1 + step) / (10 + step))
     mask_ratio: float = 0.5            # paper: 0.5 (MaskDiT token dropping; docs/model.md)
     caption_dropout: float = 0.1       # probability of the null caption, for CFG
+    loss_weighting: str = "velocity"   # "velocity": Eq. 1 as written; "x0" (deviation): each image's
+                                       # error times max(t, prediction_min_t)^2, the clean-image error
+                                       # of an x-prediction model (flow.loss_weights, docs/model.md)
     t_mu: float = 0.0                  # logit-normal timesteps, t = sigmoid(N(mu, sigma))
     t_sigma: float = 1.0
     seed: int = 0
@@ -310,6 +316,7 @@ class TrainConfig:
         positive_int("seed", self.seed, minimum=0)
         real_number("learning_rate", self.learning_rate, lo=0.0, lo_open=True)
         one_of("optimizer", self.optimizer, OPTIMIZERS)
+        one_of("loss_weighting", self.loss_weighting, LOSS_WEIGHTINGS)
         real_number("adam_b1", self.adam_b1, lo=0.0, hi=1.0, hi_open=True)
         real_number("adam_b2", self.adam_b2, lo=0.0, hi=1.0, hi_open=True)
         real_number("weight_decay", self.weight_decay, lo=0.0)

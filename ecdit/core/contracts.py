@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ecdit.core.checks import (BOOL, CALLABLE, FINITE, POSITIVE, Array, Contract, Float, Instance, Int, Params,
-                               is_traced, shape_of)
-from ecdit.core.config import FFN_KINDS, ModelConfig, TrainConfig, expert_capacity
+from ecdit.core.checks import (BOOL, CALLABLE, FINITE, POSITIVE, Array, Contract, Float, Instance, Int, OneOf,
+                               Params, is_traced, shape_of)
+from ecdit.core.config import FFN_KINDS, LOSS_WEIGHTINGS, ModelConfig, TrainConfig, expert_capacity
 from ecdit.core.params import predictor_kind
 
 # ---------------------------------------------------------------------------------------------
@@ -73,7 +73,8 @@ logit_normal_timesteps = Contract(z="B", mu=FINITE, sigma=POSITIVE)
 interpolate = Contract(x0="B *rest", noise="B *rest", t="B")
 velocity_target = Contract(x0="B *rest", noise="B *rest")
 velocity_from_x0 = Contract(x0_hat="B *rest", x_t="B *rest", t="B", min_t=POSITIVE)
-rectified_flow_loss = Contract(x0="B *rest", noise="B *rest", velocity="B *rest")
+rectified_flow_loss = Contract(x0="B *rest", noise="B *rest", velocity="B *rest", weight=Array("B", optional=True))
+loss_weights = Contract(t="B", weighting=OneOf(LOSS_WEIGHTINGS), min_t=Float(lo=0.0, lo_open=True))
 euler_sample = Contract(velocity_fn=CALLABLE, noise="B ...", num_steps=Int())
 
 
@@ -320,7 +321,7 @@ BATCH = Params(x0=IMAGES, noise=IMAGES, z="B", drop=Array("B", dtype="bool"), te
 caption_dropout = Contract(text_ids=Array("B L", dtype="int"), text_mask=TEXT_MASK, drop=Array("B", dtype="bool"))
 flow_matching_loss = Contract(params=MODEL_PARAMS, x0=IMAGES, noise=IMAGES, t="B", text_ids=Array("B L", dtype="int"),
                               text_mask=TEXT_MASK, config=CONFIG,
-                              keep_index=KEEP_INDEX,
+                              keep_index=KEEP_INDEX, weight=Array("B", optional=True),
                               group_size=Int(optional=True), dynamic=BOOL, where=_fits_config)
 training_loss = Contract(params=MODEL_PARAMS, batch=BATCH, model_cfg=CONFIG,
                          train_cfg=Instance(TrainConfig, "a TrainConfig"), group_size=Int(optional=True),
