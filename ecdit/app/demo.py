@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from ecdit.app.allocation import allocation_detail_correlation, patch_detail
 from ecdit.app.heatmap import plot_allocation, plot_allocation_overview, save_image_grid
 from ecdit.app.plots import plot_loss
 from ecdit.app.reports import binomial_se, evaluate_model, final_loss, first_per_category, fmt_params, scores_table
@@ -67,6 +68,7 @@ def run_demo(out_dir="report", *, steps=20000, minutes=10.0, per_category=DEFAUL
     if history:
         plot_loss(history, os.path.join(out_dir, "loss.png"))
         shutil.copyfile(os.path.join(out_dir, "loss.png"), os.path.join(run_dir, "loss.png"))
+    detail_r = allocation_detail_correlation(experts, patch_detail(images, cfg.patch_size))["r_mean"]  # (n,)
     total_s = time.perf_counter() - t_start
     counts = count_params(cfg)
     summary = {
@@ -76,6 +78,7 @@ def run_demo(out_dir="report", *, steps=20000, minutes=10.0, per_category=DEFAUL
         "trained": trained, "untrained": untrained, "per_category": per_category,
         "sample_steps": sample_steps, "guidance_scale": guidance_scale, "params": counts,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+        "allocation_detail_r": {str(layer + 1): float(r) for layer, r in zip(cfg.sparse_layers, detail_r)},
     }
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
@@ -92,6 +95,13 @@ def _ema_text(tc: TrainConfig) -> str:
     elif tc.text_lr_scale != 1:
         parts.append(f", the text encoder's updates scaled by {tc.text_lr_scale:g}")
     return "".join(parts)
+
+
+def _optimizer_text(tc: TrainConfig) -> str:
+    if tc.optimizer == "adamw":
+        wd = f", weight decay {tc.weight_decay:g}" if tc.weight_decay else ""
+        return f"AdamW (b1 {tc.adam_b1:g}, b2 {tc.adam_b2:g}{wd}; the paper: RMSProp, docs/model.md)"
+    return "RMSProp with momentum"
 
 
 def _untrained_text(cfg: ModelConfig) -> str:
@@ -129,7 +139,7 @@ layers {', '.join(str(i + 1) for i in cfg.sparse_layers)} (capacity factor {cfg.
 {fmt_params(s['params']['text_encoder'])} word-level text encoder.{_prediction_text(cfg)}
 
 ## Training
-{s['steps']} steps of {tc.batch_size} images (RMSProp with momentum, lr {tc.learning_rate:g}, {tc.warmup_steps} warmup steps,
+{s['steps']} steps of {tc.batch_size} images ({_optimizer_text(tc)}, lr {tc.learning_rate:g}, {tc.warmup_steps} warmup steps,
 caption dropout {tc.caption_dropout}, mask ratio {tc.mask_ratio}, logit-normal timesteps with mu {tc.t_mu:g}, sigma {tc.t_sigma:g}{_ema_text(tc)}); loss {s['first_loss']:.3f} at the first log, {s['final_loss']:.3f}
 at the end (mean of the last 20% of logs); {s['images_per_s']:.0f} images/s.
 
@@ -161,6 +171,15 @@ over all steps, for one held-out prompt per category:
 Per denoising step for the first prompt:
 
 ![heatmap per step](heatmap_steps.png)
+
+As a number (`ecdit.app.allocation`): the Pearson correlation, over an image's tokens, of the
+experts per token with the share of the token's pixels on an edge of the final image, averaged
+over the {s['per_category'] * len(shapes.CATEGORIES)} held-out samples and the denoising steps (positive: more compute on
+object boundaries, as Fig. 6 shows for EC-DiT; negative: more on flat regions):
+
+| sparse layer | r(experts per token, edge pixels) |
+|---:|---:|
+{chr(10).join(f"| {layer} | {r:+.3f} |" for layer, r in s.get('allocation_detail_r', {}).items())}
 """
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write(md)
