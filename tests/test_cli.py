@@ -282,3 +282,27 @@ def test_compare_over_two_seeds_writes_each_seeds_table_and_the_summary(tmp_path
     summary = json.loads((tmp_path / "compare.json").read_text())
     assert summary["seeds"] == [0, 1] and summary["summary"][1]["paired"]["val_loss"]["n"] == 2
     assert "2 seeds (0, 1)" in (tmp_path / "compare.md").read_text()
+
+
+def test_compare_seeds_reads_finished_seeds_and_reruns_only_what_changed(tmp_path, monkeypatch):
+    """A seed folder with a finished comparison of the same settings is read, not trained again
+    (seeds run side by side as separate processes, or an interrupted run, are summarised); another
+    setting, or an unfinished folder (no settings.json), trains again."""
+    import ecdit.app.compare as C
+    kw = dict(steps=2, per_category=1, sample_steps=2, rows=("dense", "tc"), model_changes=_small_model(),
+              progress=False)
+    C.run_compare(str(tmp_path / "seed1"), seed=1, **kw)                  # seed 1 ran on its own
+    calls = []
+    real = C.run_compare
+    monkeypatch.setattr(C, "run_compare", lambda out, **k: calls.append((out, k["seed"])) or real(out, **k))
+    first = C.run_compare_seeds(str(tmp_path), seeds=2, **kw)
+    assert [seed for _, seed in calls] == [0]                              # only seed 0 was trained
+    calls.clear()
+    again = C.run_compare_seeds(str(tmp_path), seeds=2, **kw)
+    assert calls == [] and json.dumps(again["summary"]) == json.dumps(first["summary"])   # NaN-safe
+    C.run_compare_seeds(str(tmp_path), seeds=2, **{**kw, "sample_steps": 3})
+    assert [seed for _, seed in calls] == [0, 1]                           # another setting: both again
+    calls.clear()
+    os.remove(tmp_path / "seed0" / C.SETTINGS)                             # as if seed 0 was cut off
+    C.run_compare_seeds(str(tmp_path), seeds=2, **{**kw, "sample_steps": 3})
+    assert [seed for _, seed in calls] == [0]

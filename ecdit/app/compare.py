@@ -120,6 +120,11 @@ def run_compare(out_dir="compare", *, steps=600, per_category=30, sample_steps=D
     held-out loss runs on one device)."""
     picked = pick_rows(rows)
     os.makedirs(out_dir, exist_ok=True)
+    settings = _settings(steps=steps, per_category=per_category, sample_steps=sample_steps,
+                         guidance_scale=guidance_scale, seed=seed, rows=rows, model_changes=model_changes,
+                         train_changes=train_changes, mesh=mesh)
+    if os.path.exists(os.path.join(out_dir, SETTINGS)):
+        os.remove(os.path.join(out_dir, SETTINGS))               # written again only when this run finishes
     base = train_preset("tiny")
     decay = steps if base.decay_steps and steps > base.warmup_steps else 0
     tc = base.replace(**{"seed": seed, "decay_steps": decay, **(train_changes or {})})
@@ -171,7 +176,36 @@ def run_compare(out_dir="compare", *, steps=600, per_category=30, sample_steps=D
         f.write(md)
     with open(os.path.join(out_dir, "compare.json"), "w") as f:
         json.dump(out_rows, f, indent=2)
+    with open(os.path.join(out_dir, SETTINGS), "w") as f:          # last: the mark of a finished run
+        json.dump(settings, f, indent=2)
     return {"rows": out_rows, "markdown": md}
+
+
+SETTINGS = "settings.json"
+
+
+def _settings(*, steps=600, per_category=30, sample_steps=DEFAULT_SAMPLE_STEPS, guidance_scale=DEFAULT_GUIDANCE,
+              seed=0, rows=tuple(r.key for r in SEED_ROWS), model_changes=None, train_changes=None, mesh=None,
+              **_ignored) -> dict:
+    """What decides a comparison's numbers, as JSON (the mesh does not: the same run on any mesh)."""
+    return json.loads(json.dumps({"steps": steps, "per_category": per_category, "sample_steps": sample_steps,
+                                  "guidance_scale": guidance_scale, "seed": seed, "rows": list(rows),
+                                  "model_changes": model_changes or {}, "train_changes": train_changes or {},
+                                  "model": asdict(preset("tiny", **(model_changes or {}))),
+                                  "train": asdict(train_preset("tiny"))}))
+
+
+def finished_run(out_dir: str, settings: dict) -> list[dict] | None:
+    """The rows of a comparison already finished in `out_dir` with exactly these settings (its
+    settings.json, written last, equal to them), else None."""
+    path = os.path.join(out_dir, SETTINGS)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        if json.load(f) != settings:
+            return None
+    with open(os.path.join(out_dir, "compare.json")) as f:
+        return json.load(f)
 
 
 def steps_to_reach(history, target: float, frac: float = 0.2, key: str = "flow_loss") -> int | None:
@@ -333,12 +367,19 @@ def seeds_markdown(summary: list[dict], seeds: list[int], steps: int) -> str:
 def run_compare_seeds(out_dir="compare", *, seeds=3, seed=0, **kwargs) -> dict:
     """run_compare for seeds seed, seed + 1, ..., each in out_dir/seed{S}/ (its own table and
     figures), then the summary over seeds in out_dir/compare.md and compare.json. Returns
-    {"runs", "summary", "markdown"}."""
+    {"runs", "summary", "markdown"}. A seed whose folder already holds a finished comparison with
+    the same settings (`finished_run`) is read, not trained again: an interrupted run resumes at
+    the next seed, and seeds run side by side as separate processes (`ecdit compare --seed S --out
+    OUT/seedS`) are summarised by `--seeds N --out OUT`."""
     positive = isinstance(seeds, int) and not isinstance(seeds, bool) and seeds >= 1
     if not positive:
         raise ValueError(f"seeds: expected a positive number of seeds, got {seeds!r}")
     chosen = [seed + i for i in range(seeds)]
-    runs = [run_compare(os.path.join(out_dir, f"seed{s}"), seed=s, **kwargs)["rows"] for s in chosen]
+    runs = []
+    for s in chosen:
+        seed_dir = os.path.join(out_dir, f"seed{s}")
+        done = finished_run(seed_dir, _settings(seed=s, **kwargs))
+        runs.append(done if done is not None else run_compare(seed_dir, seed=s, **kwargs)["rows"])
     summary = summarize_seeds(runs)
     md = seeds_markdown(summary, chosen, kwargs.get("steps", 600))
     with open(os.path.join(out_dir, "compare.md"), "w") as f:
