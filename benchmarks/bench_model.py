@@ -1,4 +1,4 @@
-"""pytest-benchmark: the whole model — one training step (forward, backward, RMSProp) and the
+"""pytest-benchmark: the whole model — one training step (forward, backward, the optimiser update) and the
 Euler + CFG sampler — for EC-DiT, the dense DiT, the FLOP-equal dense DiT and token-choice
 top-2. JAX only (the reference has no optimiser or jit-compiled sampler)."""
 import pytest

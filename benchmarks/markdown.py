@@ -110,7 +110,8 @@ def section_what_is_timed(results: dict, plan: Plan) -> list[str]:
         "with top-2; *dense* = `accelerated.primitives.feed_forward` with hidden width H = E C F / S = f_c F, i.e. "
         "exactly the expert matmul FLOPs of the EC layer and no routing (the fair baseline). Expert hidden F = 4 D.",
         "- **Modes**: *public API* (`fwd`) = the function users call: the shared argument contract of `ecdit/core/contracts.py` "
-        "(shapes, plus a finite-value scan of every input array, weights included) and then the compiled body; "
+        "(shapes, plus a finite-value scan of every input array; a JAX array is scanned once and remembered, so the same "
+        "weights on every call are scanned on the first call only) and then the compiled body; "
         "*compiled body* (`jit`) = `fn.jitted`, no check; *fwd+bwd* = `jax.jit(jax.value_and_grad(sum(layer * cotangent)))` "
         "with respect to x and every weight (inside the trace the check sees tracers and checks shapes only). "
         "The check's own cost is timed separately (`check`).",
@@ -240,7 +241,8 @@ def section_experts(results: dict, rel: dict) -> list[str]:
                       "EC bound ms jit (roof)", "EC time/bound jit", "EC time/bound fwd+bwd"], rows))
     out.append("\nAt fixed f_c the FLOPs stay fixed but each expert's weight matrices serve fewer rows (G C), so the "
                "batched matmuls get smaller and the weights read (and packed by the matmul kernel) per call grow as E D F. "
-               "The public API also scans every weight for NaN/inf on each call (`check` in section A and D).\n")
+               "The public API scans a weight array for NaN/inf on its first call only (immutable JAX arrays are remembered; "
+               "`check` in sections A and D times the check as a repeated call pays it).\n")
     return out
 
 
@@ -495,7 +497,7 @@ def section_utilisation(results: dict, plan: Plan) -> list[str]:
         return []
     p = max(results["peak_start"]["peak"], results["peak_end"]["peak"])
     out = ["## K. The train step against the machine: utilisation by batch size and width\n",
-           "One jit-compiled `ecdit.systems.train.train_step` (forward, backward, RMSProp, EMA) of each preset with its "
+           "One jit-compiled `ecdit.systems.train.train_step` (forward, backward, the preset's optimiser: AdamW for tiny, RMSProp for small; EMA) of each preset with its "
            "own train config (`train_preset`: the tiny preset unmasked, the small one with half the tokens masked), "
            "EC-DiT; `D=` rows change only the width (heads of 16). FLOPs are XLA's cost analysis of the compiled step "
            "(every dot and elementwise op), utilisation = FLOP rate / the run's matmul peak "

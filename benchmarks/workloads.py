@@ -15,7 +15,7 @@ are everywhere in ecdit (config values, CLI, parameter keys), the one-hot form b
 Implementations: `acc` (JAX, accelerated/) and `ref` (NumPy, reference/).
 Modes:
   fwd     the public function: its shared argument check (shapes, and a finite-value scan of
-          every input array on the host side) and then its jit-compiled body
+          every input array, once per JAX array object) and then its jit-compiled body
   jit     the compiled body alone (`fn.jitted`), no argument check
   fwdbwd  jax.jit(jax.value_and_grad(sum(layer(x, W) * cotangent))) w.r.t. x and every weight;
           inside the trace the check sees tracers and only checks shapes
@@ -495,7 +495,7 @@ def model_config(size: str, kind: str):
 
 
 def make_train_step_call(size: str, kind: str, batch_size: int):
-    """Zero-argument callable: one jit-compiled optimisation step (forward + backward + RMSProp)."""
+    """Zero-argument callable: one jit-compiled optimisation step (forward + backward + the optimiser update)."""
     cfg = model_config(size, kind)
     tcfg = TrainConfig(batch_size=batch_size, warmup_steps=0, mask_ratio=0.0)
     state = init_state(init_model(cfg, 0), tcfg)
