@@ -241,6 +241,38 @@ def test_seed_summary_gives_mean_spread_and_the_paired_t_test_against_dense():
     assert "0.3500 ± 0.0500" in md
 
 
+def test_claim_contrasts_pair_two_non_dense_rows_by_seed():
+    """ec_static - tc = -0.02, -0.01, -0.03 over three seeds (the hand-checked numbers above: t =
+    -3.464, p = 0.0742); a contrast whose rows are not both run is left out."""
+    from ecdit.app.compare import contrasts, seeds_markdown, summarize_seeds
+    runs = [[_fake_row("tc", d, 0.5), _fake_row("ec_static", d + diff, 0.6)]
+            for d, diff in ((0.30, -0.02), (0.40, -0.01), (0.35, -0.03))]
+    pairs = contrasts(runs)
+    assert [(c["key"], c["against"]) for c in pairs] == [("ec_static", "tc")]
+    p = pairs[0]["paired"]["val_loss"]
+    assert p["mean"] == pytest.approx(-0.02) and p["below_zero"] == 3
+    assert p["t"] == pytest.approx(-2 * math.sqrt(3), rel=1e-9) and p["p"] == pytest.approx(0.0742, abs=5e-4)
+    md = seeds_markdown(summarize_seeds(runs), [0, 1, 2], 10, pairs)
+    assert "| ec_static - tc | -0.0200 ± 0.0058 | -3.46 | 0.074 | 3 of 3 | +10.0 |" in md
+    assert "claims between other rows" not in seeds_markdown(summarize_seeds(runs), [0, 1, 2], 10)
+    with pytest.raises(ValueError, match="^runs: every seed"):
+        contrasts([runs[0], runs[1][:1]])
+
+
+def test_seed_summary_gives_the_held_out_loss_at_each_t_against_dense():
+    """Per-t held-out losses averaged over seeds, and each row's mean against dense's in percent:
+    ec at t = 0.1 is 0.8 and 0.6 against dense's 1.0 twice (-30 %), at t = 0.9 0.22 against 0.2."""
+    from ecdit.app.compare import seeds_markdown, summarize_seeds
+    runs = [[{**_fake_row("dense", 0.6, 0.5), "val_loss_per_t": {"0.1": 1.0, "0.9": 0.2}},
+             {**_fake_row("ec", 0.5, 0.5), "val_loss_per_t": {"0.1": ec, "0.9": 0.22}}] for ec in (0.8, 0.6)]
+    summary = summarize_seeds(runs)
+    assert summary[1]["val_loss_per_t"]["0.1"]["mean"] == pytest.approx(0.7)
+    md = seeds_markdown(summary, [0, 1], 10)
+    assert "| dense | - | 1.0000 | 0.2000 |" in md
+    assert "| ec | - | 0.7000 (-30.0 %) | 0.2200 (+10.0 %) |" in md
+    assert "at each t" not in seeds_markdown(summarize_seeds([[_fake_row("dense", 0.6, 0.5)]]), [0], 10)
+
+
 def test_a_row_that_learns_twice_as_fast_reaches_the_dense_final_loss_in_about_half_the_steps():
     """steps_to_reach on loss curves 1/x (dense) and 1/(2x): dense reaches its own final loss (the
     mean over its last fifth) at its last step, the faster row at 560 of 1000 steps (the trailing

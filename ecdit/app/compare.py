@@ -278,6 +278,15 @@ def compare_markdown(rows, steps, tc, per_category, sample_steps, guidance_scale
 
 SEED_METRICS = (("val_loss", "held-out loss"),) + tuple(TABLE_COLUMNS)
 PAIRED_BASELINE = "dense"                                        # the row every other row is paired with
+# The papers' claims that are a difference between two rows other than dense, as (row, against, claim):
+# each is paired by seed like the rows against dense.
+CONTRASTS = (
+    ("ec_static", "tc", "expert choice below token choice (EC-DiT Fig. 5, Table 4)"),
+    ("diffmoe_static", "ec_static", "global (batch) pool below local (per image), static (seed table)"),
+    ("diffmoe_dynamic", "ec_dynamic", "global pool below local, dynamic (seed table)"),
+    ("diffmoe_dynamic", "diffmoe_static", "dynamic inference below static, global pool (seed table)"),
+    ("ec_dynamic", "ec_static", "dynamic inference against static, local pool (seed table: worse)"),
+)
 
 
 def _spread(values) -> dict:
@@ -303,6 +312,11 @@ def _paired(diffs) -> dict:
     return out
 
 
+def _seed_value(row: dict, metric: str) -> float:
+    """One of SEED_METRICS of one row of one seed (nan for a score the row lacks)."""
+    return row["val_loss"] if metric == "val_loss" else row["results"].get(metric, np.nan)
+
+
 def summarize_seeds(runs: list[list[dict]]) -> list[dict]:
     """Per row (in the first run's order): the spread over seeds of each of SEED_METRICS, and, for
     every row but the baseline, the paired difference from the baseline row of the same seed.
@@ -313,25 +327,42 @@ def summarize_seeds(runs: list[list[dict]]) -> list[dict]:
     if any([r["key"] for r in run] != keys for run in runs):
         raise ValueError("runs: every seed must hold the same rows in the same order")
 
-    def value(row, metric):
-        return row["val_loss"] if metric == "val_loss" else row["results"].get(metric, np.nan)
-
     by_seed = [{r["key"]: r for r in run} for run in runs]
     out = []
     for key in keys:
         first = by_seed[0][key]
         summary = {k: first[k] for k in ("key", "label", "model", "pool", "inference", "activated", "total")}
-        summary["metrics"] = {m: _spread([value(s[key], m) for s in by_seed]) for m, _ in SEED_METRICS}
+        summary["metrics"] = {m: _spread([_seed_value(s[key], m) for s in by_seed]) for m, _ in SEED_METRICS}
         summary["steps_to_dense_final"] = [s[key].get("steps_to_dense_final") for s in by_seed]
         summary["allocation_detail_r"] = [s[key].get("allocation_detail_r", []) for s in by_seed]
+        per_t = [s[key].get("val_loss_per_t") for s in by_seed]     # Eq. 1 at each held-out t, per seed
+        if all(per_t):
+            summary["val_loss_per_t"] = {t: _spread([p[t] for p in per_t]) for t in per_t[0]}
         if PAIRED_BASELINE in by_seed[0] and key != PAIRED_BASELINE:
-            summary["paired"] = {m: _paired([value(s[key], m) - value(s[PAIRED_BASELINE], m) for s in by_seed])
+            summary["paired"] = {m: _paired([_seed_value(s[key], m) - _seed_value(s[PAIRED_BASELINE], m)
+                                             for s in by_seed])
                                  for m, _ in SEED_METRICS}
         out.append(summary)
     return out
 
 
-def seeds_markdown(summary: list[dict], seeds: list[int], steps: int) -> str:
+def contrasts(runs: list[list[dict]], pairs=CONTRASTS) -> list[dict]:
+    """For each (row, against, claim) of `pairs` whose two rows every seed holds: the paired
+    comparison (`_paired`) of row - against over seeds, for each of SEED_METRICS. `runs` as for
+    `summarize_seeds`."""
+    summarize_seeds(runs)                                        # the same checks on `runs`
+    by_seed = [{r["key"]: r for r in run} for run in runs]
+
+    out = []
+    for key, against, claim in pairs:
+        if key in by_seed[0] and against in by_seed[0]:
+            diffs = {m: [_seed_value(s[key], m) - _seed_value(s[against], m) for s in by_seed] for m, _ in SEED_METRICS}
+            out.append({"key": key, "against": against, "claim": claim,
+                        "paired": {m: _paired(d) for m, d in diffs.items()}})
+    return out
+
+
+def seeds_markdown(summary: list[dict], seeds: list[int], steps: int, pairs: list[dict] = ()) -> str:
     """The multi-seed table (mean ± standard deviation over seeds) and the paired differences of the
     held-out loss against the dense row."""
     heads = (["model", "activated params", "pool in training", "inference"] + [h for _, h in SEED_METRICS]
@@ -356,12 +387,42 @@ def seeds_markdown(summary: list[dict], seeds: list[int], steps: int) -> str:
         pv = "-" if p["p"] is None else f"{p['p']:.3f}"
         paired.append(f"| {r['label']} | {r['inference']} | {p['mean']:+.4f} ± {se} | {t} | {pv} | "
                       f"{p['below_zero']} of {p['n']} |")
+    by_t = [r for r in summary if "val_loss_per_t" in r]
+    base = next((r for r in by_t if r["key"] == PAIRED_BASELINE), None)
+    t_lines = []
+    if by_t:
+        ts = list(by_t[0]["val_loss_per_t"])
+        t_lines = ["| model | inference | " + " | ".join(f"t = {t}" for t in ts) + " |",
+                   "|:---|:---|" + "---:|" * len(ts)]
+        for r in by_t:
+            cells = []
+            for t in ts:
+                cell = f"{r['val_loss_per_t'][t]['mean']:.4f}"
+                if base is not None and r is not base:
+                    rel = r["val_loss_per_t"][t]["mean"] / base["val_loss_per_t"][t]["mean"] - 1
+                    cell += f" ({100 * rel:+.1f} %)"
+                cells.append(cell)
+            t_lines.append(f"| {r['label']} | {r['inference']} | " + " | ".join(cells) + " |")
+    t_text = ("\nThe held-out loss at each t (mean over seeds; in brackets, against Dense-DiT's mean). The "
+              "mean over t in the tables above weighs every t alike:\n\n"
+              + "\n".join(t_lines) + "\n" if t_lines else "")
+    others = ["| claim | row - against | held-out loss difference (mean ± s.e.) | t | p (two-sided) | "
+              "seeds below 0 | single obj. difference (points) |", "|:---|:---|---:|---:|---:|---:|---:|"]
+    for c in pairs:
+        p, single = c["paired"]["val_loss"], c["paired"].get("single_object", {"mean": np.nan})
+        se = "-" if p["stderr"] is None else f"{p['stderr']:.4f}"
+        t = "-" if p["t"] is None else f"{p['t']:.2f}"
+        pv = "-" if p["p"] is None else f"{p['p']:.3f}"
+        others.append(f"| {c['claim']} | {c['key']} - {c['against']} | {p['mean']:+.4f} ± {se} | {t} | {pv} | "
+                      f"{p['below_zero']} of {p['n']} | {100 * single['mean']:+.1f} |")
+    tail = ("\nThe claims between other rows, paired the same way:\n\n" + "\n".join(others) + "\n"
+            if len(others) > 2 else "")
     return (f"{len(seeds)} seeds ({', '.join(map(str, seeds))}), {steps} steps each; within a seed every row "
             f"trains on the same data stream, so differences are paired by seed. Mean ± sample standard "
             f"deviation over seeds; GenEval columns in %.\n\n" + "\n".join(lines) + "\n\n"
             + (("Paired against Dense-DiT (same seed, same data): a negative difference is a lower held-out "
                 "loss than dense; p from the paired t-test over seeds (scipy.stats).\n\n" + "\n".join(paired) + "\n")
-               if len(paired) > 2 else ""))
+               if len(paired) > 2 else "") + t_text + tail)
 
 
 def run_compare_seeds(out_dir="compare", *, seeds=3, seed=0, **kwargs) -> dict:
@@ -380,10 +441,10 @@ def run_compare_seeds(out_dir="compare", *, seeds=3, seed=0, **kwargs) -> dict:
         seed_dir = os.path.join(out_dir, f"seed{s}")
         done = finished_run(seed_dir, _settings(seed=s, **kwargs))
         runs.append(done if done is not None else run_compare(seed_dir, seed=s, **kwargs)["rows"])
-    summary = summarize_seeds(runs)
-    md = seeds_markdown(summary, chosen, kwargs.get("steps", 600))
+    summary, pairs = summarize_seeds(runs), contrasts(runs)
+    md = seeds_markdown(summary, chosen, kwargs.get("steps", 600), pairs)
     with open(os.path.join(out_dir, "compare.md"), "w") as f:
         f.write(md)
     with open(os.path.join(out_dir, "compare.json"), "w") as f:
-        json.dump({"seeds": chosen, "summary": summary, "runs": runs}, f, indent=2)
-    return {"runs": runs, "summary": summary, "markdown": md}
+        json.dump({"seeds": chosen, "summary": summary, "contrasts": pairs, "runs": runs}, f, indent=2)
+    return {"runs": runs, "summary": summary, "contrasts": pairs, "markdown": md}
