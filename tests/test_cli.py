@@ -241,6 +241,24 @@ def test_seed_summary_gives_mean_spread_and_the_paired_t_test_against_dense():
     assert "0.3500 ± 0.0500" in md
 
 
+def test_compare_builds_every_row_from_the_preset_it_is_given(tmp_path):
+    """--preset small (for a GPU): the rows' models and the training run come from `small` (its
+    masking ratio 0.5), shrunk here to a toy size; the settings record it, so a tiny run's folder is
+    not mistaken for it."""
+    from ecdit.app.compare import _settings, run_compare
+    shrink = {"image_size": 16, "width": 32, "depth": 2, "num_heads": 2, "num_kv_heads": 1, "text_width": 16,
+              "text_depth": 1, "text_heads": 2, "num_experts": 4, "freq_dim": 32, "train_group_size": 32,
+              "inference_group_size": 16}
+    r = run_compare(str(tmp_path), steps=2, per_category=1, sample_steps=2, rows=("dense", "ec_static"),
+                    model_changes=shrink, train_changes={"batch_size": 8}, progress=False, base="small")
+    assert [row["config"] for row in r["rows"]] == ["small-dense", "small-ec"]
+    settings = json.loads((tmp_path / "settings.json").read_text())
+    assert settings["model"]["name"] == "small" and settings["train"]["mask_ratio"] == 0.5
+    assert _settings(base="tiny") != _settings(base="small")
+    out = run_cli("compare", "--preset", "XL", "--steps", "1")
+    assert out.returncode == 2 and "--preset: invalid choice: 'XL'" in out.stderr
+
+
 def test_claim_contrasts_pair_two_non_dense_rows_by_seed():
     """ec_static - tc = -0.02, -0.01, -0.03 over three seeds (the hand-checked numbers above: t =
     -3.464, p = 0.0742); a contrast whose rows are not both run is left out."""

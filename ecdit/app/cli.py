@@ -230,7 +230,8 @@ def cmd_compare(a):
     rows = tuple(k.strip() for k in a.rows.split(",") if k.strip())
     kw = dict(steps=a.steps, per_category=a.per_category, sample_steps=a.sample_steps, guidance_scale=a.guidance,
               seed=a.seed, rows=rows, model_changes=_overrides(a.set, "set"),
-              train_changes=_overrides(a.train_set, "train-set"), progress=not a.quiet, mesh=parse_mesh(a.mesh))
+              train_changes=_overrides(a.train_set, "train-set"), progress=not a.quiet, mesh=parse_mesh(a.mesh),
+              base=a.preset)
     r = run_compare(a.out, **kw) if a.seeds == 1 else run_compare_seeds(a.out, seeds=a.seeds, **kw)
     print(r["markdown"])
     print(f"table: {os.path.join(a.out, 'compare.md')}")
@@ -329,12 +330,15 @@ def build_parser() -> argparse.ArgumentParser:
     h.set_defaults(fn=cmd_heatmap)
 
     c = sub.add_parser("compare", help="the DiffMoE seed table at toy scale: TC, dense, EC-DiT, DiffMoE, Dense-XL",
-                       description="Train tiny token-choice, dense, EC-DiT (with a capacity predictor), DiffMoE and "
+                       description="Train token-choice, dense, EC-DiT (with a capacity predictor), DiffMoE and "
                                    "Dense-XL models on the same data for the same steps, at equal activated parameters "
                                    "(Dense-XL: 1.5x); evaluate the seed table's rows (static and dynamic inference); "
                                    "print and write one table of held-out loss, shapes-GenEval scores and experts per "
                                    "token, with figures.")
     c.add_argument("--out", default="compare", help="output folder (default %(default)s)")
+    c.add_argument("--preset", default="tiny", choices=("tiny", "small"),
+                   help="the model and training preset every row is made from (default %(default)s; small: "
+                        "64x64 images, D = 256, 8 layers, for a GPU)")
     c.add_argument("--steps", type=_positive_int, default=600, help="training steps per model (default %(default)s)")
     c.add_argument("--per-category", type=_positive_int, default=30, help="held-out items per category (default %(default)s)")
     c.add_argument("--rows", default="tc,dense,ec_static,ec_dynamic,diffmoe_static,diffmoe_dynamic,dense_xl",

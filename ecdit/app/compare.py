@@ -113,22 +113,23 @@ def pick_rows(keys) -> tuple[Row, ...]:
 
 def run_compare(out_dir="compare", *, steps=600, per_category=30, sample_steps=DEFAULT_SAMPLE_STEPS,
                 guidance_scale=DEFAULT_GUIDANCE, seed=0, rows=tuple(r.key for r in SEED_ROWS),
-                model_changes=None, train_changes=None, progress=True, mesh=None) -> dict:
+                model_changes=None, train_changes=None, progress=True, mesh=None, base="tiny") -> dict:
     """Train each model of `rows` once for `steps` on the same data stream (same seed), evaluate
     each row, write compare.md, compare.json and the figures. Returns {"rows", "markdown"}.
+    `base`: the model and training preset every row is made from ("tiny"; "small" for a GPU).
     `mesh` ({"data": n, "expert": m}): train and sample every model on that device mesh (the
     held-out loss runs on one device)."""
     picked = pick_rows(rows)
     os.makedirs(out_dir, exist_ok=True)
     settings = _settings(steps=steps, per_category=per_category, sample_steps=sample_steps,
                          guidance_scale=guidance_scale, seed=seed, rows=rows, model_changes=model_changes,
-                         train_changes=train_changes, mesh=mesh)
+                         train_changes=train_changes, mesh=mesh, base=base)
     if os.path.exists(os.path.join(out_dir, SETTINGS)):
         os.remove(os.path.join(out_dir, SETTINGS))               # written again only when this run finishes
-    base = train_preset("tiny")
-    decay = steps if base.decay_steps and steps > base.warmup_steps else 0
-    tc = base.replace(**{"seed": seed, "decay_steps": decay, **(train_changes or {})})
-    configs = model_configs("tiny", model_changes)
+    base_tc = train_preset(base)
+    decay = steps if base_tc.decay_steps and steps > base_tc.warmup_steps else 0
+    tc = base_tc.replace(**{"seed": seed, "decay_steps": decay, **(train_changes or {})})
+    configs = model_configs(base, model_changes)
     items = shapes.heldout_items(per_category)
     trained, histories, out_rows = {}, {}, []
     for row in picked:
@@ -186,13 +187,14 @@ SETTINGS = "settings.json"
 
 def _settings(*, steps=600, per_category=30, sample_steps=DEFAULT_SAMPLE_STEPS, guidance_scale=DEFAULT_GUIDANCE,
               seed=0, rows=tuple(r.key for r in SEED_ROWS), model_changes=None, train_changes=None, mesh=None,
-              **_ignored) -> dict:
-    """What decides a comparison's numbers, as JSON (the mesh does not: the same run on any mesh)."""
+              base="tiny", **_ignored) -> dict:
+    """What decides a comparison's numbers, as JSON (the mesh does not: the same run on any mesh; the
+    preset `base` is in the model's and the training run's fields)."""
     return json.loads(json.dumps({"steps": steps, "per_category": per_category, "sample_steps": sample_steps,
                                   "guidance_scale": guidance_scale, "seed": seed, "rows": list(rows),
                                   "model_changes": model_changes or {}, "train_changes": train_changes or {},
-                                  "model": asdict(preset("tiny", **(model_changes or {}))),
-                                  "train": asdict(train_preset("tiny"))}))
+                                  "model": asdict(preset(base, **(model_changes or {}))),
+                                  "train": asdict(train_preset(base))}))
 
 
 def finished_run(out_dir: str, settings: dict) -> list[dict] | None:
