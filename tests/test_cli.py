@@ -283,6 +283,8 @@ def test_seed_summary_gives_the_held_out_loss_at_each_t_against_dense():
     from ecdit.app.compare import seeds_markdown, summarize_seeds
     runs = [[{**_fake_row("dense", 0.6, 0.5), "val_loss_per_t": {"0.1": 1.0, "0.9": 0.2}},
              {**_fake_row("ec", 0.5, 0.5), "val_loss_per_t": {"0.1": ec, "0.9": 0.22}}] for ec in (0.8, 0.6)]
+    for row in runs[0]:                                  # a seed run in this process: float keys, as validation_loss
+        row["val_loss_per_t"] = {float(t): v for t, v in row["val_loss_per_t"].items()}   # gives them
     summary = summarize_seeds(runs)
     assert summary[1]["val_loss_per_t"]["0.1"]["mean"] == pytest.approx(0.7)
     md = seeds_markdown(summary, [0, 1], 10)

@@ -337,7 +337,8 @@ def summarize_seeds(runs: list[list[dict]]) -> list[dict]:
         summary["metrics"] = {m: _spread([_seed_value(s[key], m) for s in by_seed]) for m, _ in SEED_METRICS}
         summary["steps_to_dense_final"] = [s[key].get("steps_to_dense_final") for s in by_seed]
         summary["allocation_detail_r"] = [s[key].get("allocation_detail_r", []) for s in by_seed]
-        per_t = [s[key].get("val_loss_per_t") for s in by_seed]     # Eq. 1 at each held-out t, per seed
+        per_t = [{str(t): v for t, v in (s[key].get("val_loss_per_t") or {}).items()}   # Eq. 1 at each t,
+                 for s in by_seed]                               # keyed as in compare.json (a run in memory: floats)
         if all(per_t):
             summary["val_loss_per_t"] = {t: _spread([p[t] for p in per_t]) for t in per_t[0]}
         if PAIRED_BASELINE in by_seed[0] and key != PAIRED_BASELINE:
