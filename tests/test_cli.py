@@ -259,6 +259,15 @@ def test_compare_builds_every_row_from_the_preset_it_is_given(tmp_path):
     assert out.returncode == 2 and "--preset: invalid choice: 'XL'" in out.stderr
 
 
+@pytest.mark.parametrize("field, value", [("capacity_factor", 2.0), ("ffn_kind", "dense"), ("num_selected", 2)])
+def test_compare_refuses_a_change_that_its_rows_would_overwrite(field, value):
+    """--set capacity_factor=2 used to be overwritten by every MoE row's f_c = 1: a silent no-op."""
+    from ecdit.app.compare import model_configs
+    with pytest.raises(ValueError, match=f"^set: {field} is set by each row"):
+        model_configs("tiny", {field: value})
+    assert model_configs("tiny", {"num_experts": 4})["ec"].num_experts == 4      # other fields apply
+
+
 def test_claim_contrasts_pair_two_non_dense_rows_by_seed():
     """ec_static - tc = -0.02, -0.01, -0.03 over three seeds (the hand-checked numbers above: t =
     -3.464, p = 0.0742); a contrast whose rows are not both run is left out."""

@@ -79,10 +79,19 @@ ROWS = {r.key: r for r in SEED_ROWS + EXTRA_ROWS}
 GROUP_IMAGES = 4                                                 # images per routing group of "ec_group"
 
 
+ROW_FIELDS = ("ffn_kind", "capacity_factor", "num_selected", "capacity_predictor", "dense_matched")
+
+
 def model_configs(base: str = "tiny", model_changes=None) -> dict[str, ModelConfig]:
     """The models behind the rows, all from one preset (plus `model_changes`), f_c = 1 for every MoE
     (activated parameters equal the dense model's), token choice top-1 with GShard's buffer of twice
-    the fair share, and Dense-XL 1.5x as deep (1.46x the activated parameters of tiny)."""
+    the fair share, and Dense-XL 1.5x as deep (1.46x the activated parameters of tiny). A change
+    to a field the rows set themselves (ROW_FIELDS) is refused with a ValueError naming it: it would
+    be overwritten, not applied."""
+    fixed = sorted(set(model_changes or {}) & set(ROW_FIELDS))
+    if fixed:
+        raise ValueError(f"set: {', '.join(fixed)} is set by each row of the comparison (f_c = 1 for every MoE, "
+                         f"top-1 token choice, the predictor on EC-DiT), so a change to it would not apply")
     base_cfg = preset(base, **(model_changes or {}))
     moe = {"capacity_factor": 1.0}
     s = base_cfg.num_tokens
