@@ -328,17 +328,28 @@ def _seed_value(row: dict, metric: str) -> float:
     return row["val_loss"] if metric == "val_loss" else row["results"].get(metric, np.nan)
 
 
-def summarize_seeds(runs: list[list[dict]]) -> list[dict]:
-    """Per row (in the first run's order): the spread over seeds of each of SEED_METRICS, and, for
-    every row but the baseline, the paired difference from the baseline row of the same seed.
-    `runs[i]` is run_compare(...)["rows"] of seed i; every run must hold the same rows."""
+def _rows_by_seed(runs: list[list[dict]]) -> tuple[list[str], list[dict]]:
+    """The row keys (the first run's order) and, per seed, {key: row}; ValueError naming `runs` when
+    there is no seed or the seeds hold different rows."""
     if not runs:
         raise ValueError("runs: expected the rows of at least one seed")
     keys = [r["key"] for r in runs[0]]
     if any([r["key"] for r in run] != keys for run in runs):
         raise ValueError("runs: every seed must hold the same rows in the same order")
+    return keys, [{r["key"]: r for r in run} for run in runs]
 
-    by_seed = [{r["key"]: r for r in run} for run in runs]
+
+def _paired_rows(by_seed: list[dict], key: str, against: str) -> dict:
+    """For each of SEED_METRICS, `_paired` over seeds of row `key` minus row `against`."""
+    return {m: _paired([_seed_value(s[key], m) - _seed_value(s[against], m) for s in by_seed])
+            for m, _ in SEED_METRICS}
+
+
+def summarize_seeds(runs: list[list[dict]]) -> list[dict]:
+    """Per row (in the first run's order): the spread over seeds of each of SEED_METRICS, and, for
+    every row but the baseline, the paired difference from the baseline row of the same seed.
+    `runs[i]` is run_compare(...)["rows"] of seed i; every run must hold the same rows."""
+    keys, by_seed = _rows_by_seed(runs)
     out = []
     for key in keys:
         first = by_seed[0][key]
@@ -351,9 +362,7 @@ def summarize_seeds(runs: list[list[dict]]) -> list[dict]:
         if all(per_t):
             summary["val_loss_per_t"] = {t: _spread([p[t] for p in per_t]) for t in per_t[0]}
         if PAIRED_BASELINE in by_seed[0] and key != PAIRED_BASELINE:
-            summary["paired"] = {m: _paired([_seed_value(s[key], m) - _seed_value(s[PAIRED_BASELINE], m)
-                                             for s in by_seed])
-                                 for m, _ in SEED_METRICS}
+            summary["paired"] = _paired_rows(by_seed, key, PAIRED_BASELINE)
         out.append(summary)
     return out
 
@@ -362,16 +371,17 @@ def contrasts(runs: list[list[dict]], pairs=CONTRASTS) -> list[dict]:
     """For each (row, against, claim) of `pairs` whose two rows every seed holds: the paired
     comparison (`_paired`) of row - against over seeds, for each of SEED_METRICS. `runs` as for
     `summarize_seeds`."""
-    summarize_seeds(runs)                                        # the same checks on `runs`
-    by_seed = [{r["key"]: r for r in run} for run in runs]
+    _, by_seed = _rows_by_seed(runs)
+    return [{"key": key, "against": against, "claim": claim, "paired": _paired_rows(by_seed, key, against)}
+            for key, against, claim in pairs if key in by_seed[0] and against in by_seed[0]]
 
-    out = []
-    for key, against, claim in pairs:
-        if key in by_seed[0] and against in by_seed[0]:
-            diffs = {m: [_seed_value(s[key], m) - _seed_value(s[against], m) for s in by_seed] for m, _ in SEED_METRICS}
-            out.append({"key": key, "against": against, "claim": claim,
-                        "paired": {m: _paired(d) for m, d in diffs.items()}})
-    return out
+
+def _paired_cells(p: dict) -> str:
+    """A paired test's table cells: difference ± s.e. | t | p | seeds below 0."""
+    se = "-" if p["stderr"] is None else f"{p['stderr']:.4f}"
+    t = "-" if p["t"] is None else f"{p['t']:.2f}"
+    pv = "-" if p["p"] is None else f"{p['p']:.3f}"
+    return f"{p['mean']:+.4f} ± {se} | {t} | {pv} | {p['below_zero']} of {p['n']}"
 
 
 def seeds_markdown(summary: list[dict], seeds: list[int], steps: int, pairs: list[dict] = ()) -> str:
@@ -394,11 +404,7 @@ def seeds_markdown(summary: list[dict], seeds: list[int], steps: int, pairs: lis
         p = r.get("paired", {}).get("val_loss")
         if p is None:
             continue
-        se = "-" if p["stderr"] is None else f"{p['stderr']:.4f}"
-        t = "-" if p["t"] is None else f"{p['t']:.2f}"
-        pv = "-" if p["p"] is None else f"{p['p']:.3f}"
-        paired.append(f"| {r['label']} | {r['inference']} | {p['mean']:+.4f} ± {se} | {t} | {pv} | "
-                      f"{p['below_zero']} of {p['n']} |")
+        paired.append(f"| {r['label']} | {r['inference']} | {_paired_cells(p)} |")
     by_t = [r for r in summary if "val_loss_per_t" in r]
     base = next((r for r in by_t if r["key"] == PAIRED_BASELINE), None)
     t_lines = []
@@ -422,11 +428,8 @@ def seeds_markdown(summary: list[dict], seeds: list[int], steps: int, pairs: lis
               "seeds below 0 | single obj. difference (points) |", "|:---|:---|---:|---:|---:|---:|---:|"]
     for c in pairs:
         p, single = c["paired"]["val_loss"], c["paired"].get("single_object", {"mean": np.nan})
-        se = "-" if p["stderr"] is None else f"{p['stderr']:.4f}"
-        t = "-" if p["t"] is None else f"{p['t']:.2f}"
-        pv = "-" if p["p"] is None else f"{p['p']:.3f}"
-        others.append(f"| {c['claim']} | {c['key']} - {c['against']} | {p['mean']:+.4f} ± {se} | {t} | {pv} | "
-                      f"{p['below_zero']} of {p['n']} | {100 * single['mean']:+.1f} |")
+        others.append(f"| {c['claim']} | {c['key']} - {c['against']} | {_paired_cells(p)} | "
+                      f"{100 * single['mean']:+.1f} |")
     tail = ("\nThe claims between other rows, paired the same way:\n\n" + "\n".join(others) + "\n"
             if len(others) > 2 else "")
     return (f"{len(seeds)} seeds ({', '.join(map(str, seeds))}), {steps} steps each; within a seed every row "
