@@ -195,10 +195,18 @@ def test_bad_config_value_names_the_field(field, value):
 
 @pytest.mark.parametrize("field,value", [("mask_ratio", 1.0), ("learning_rate", 0.0), ("caption_dropout", 2.0),
                                          ("optimizer", "sgd"), ("adam_b2", 1.0), ("weight_decay", -0.1),
-                                         ("loss_weighting", "snr")])
+                                         ("loss_weighting", "snr"), ("category_weights", "mixed"),
+                                         ("category_weights", (1, 1, 1, 1, 1, -1)), ("category_weights", (0, 0))])
 def test_bad_train_config_value_names_the_field(field, value):
     with pytest.raises(ValueError, match=f"^{field}"):
         TrainConfig(**{field: value})
+
+
+def test_category_weights_read_back_from_json_stay_a_hashable_tuple():
+    tc = TrainConfig(category_weights=[1, 2, 0.5, 1, 2, 0.5])       # a list, as a checkpoint's JSON holds it
+    assert tc.category_weights == (1.0, 2.0, 0.5, 1.0, 2.0, 0.5)
+    hash(tc)
+    assert tc == TrainConfig(category_weights=(1, 2, 0.5, 1, 2, 0.5))
 
 
 def test_config_is_hashable_and_sparse_layers_interleave():

@@ -273,6 +273,28 @@ def test_sample_batch_is_seeded_in_range_and_rejects_bad_input():
         S.sample_batch(0, 2)
 
 
+def test_category_weights_set_the_mix_and_zero_weights_never_draw():
+    w = (0.0, 3.0, 0.0, 1.0, 0.0, 0.0)                     # two_objects 3 : colours 1
+    _, caps = S.sample_batch(np.random.default_rng(3), 800, image_size=16, category_weights=w)
+    cats = [parse_prompt(t).category for t in caps]
+    assert set(cats) == {"two_objects", "colours"}
+    assert 0.70 < cats.count("two_objects") / len(cats) < 0.80, cats.count("two_objects")
+
+
+def test_category_weights_none_keeps_the_uniform_data_stream():
+    a = S.sample_batch(np.random.default_rng(5), 6, image_size=16)
+    b = S.sample_batch(np.random.default_rng(5), 6, image_size=16, category_weights=None)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert a[1] == b[1]
+
+
+@pytest.mark.parametrize("bad", [(1.0, 2.0), (1, 1, 1, 1, 1, -1), (0, 0, 0, 0, 0, 0),
+                                 (1, 1, 1, 1, 1, float("nan"))])
+def test_category_weights_reject_a_wrong_length_negative_zero_or_nan(bad):
+    with pytest.raises(ValueError, match="category_weights"):
+        S.sample_batch(np.random.default_rng(0), 2, image_size=16, category_weights=bad)
+
+
 # --------------------------------------------------------------------------- scenes
 
 def _check_scene(spec, objs, image_size):

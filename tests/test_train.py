@@ -70,6 +70,19 @@ def test_batches_depend_only_on_seed_and_step():
     assert not np.array_equal(a["noise"], T.make_batch(7, 12, cfg, tc)["noise"])
 
 
+def test_batches_follow_the_category_weights():
+    cfg = small_config()
+    tc = small_train(batch_size=32, category_weights=(0, 0, 0, 1, 0, 0))      # colours only
+    captions = [text.detokenize(row) for row in T.make_batch(0, 3, cfg, tc)["text_ids"]]
+    assert {shapes.parse_prompt(c).category for c in captions} == {"colours"}
+
+
+def test_category_weights_of_the_wrong_length_are_refused_before_training(tmp_path):
+    with pytest.raises(ValueError, match="^category_weights"):
+        T.train(small_config(), small_train(category_weights=(1, 1)), 2, str(tmp_path), progress=False)
+    assert not os.listdir(tmp_path)                                        # nothing written
+
+
 def test_train_step_does_not_retrace_for_the_next_batch():
     cfg, tc = small_config(), small_train()
     state = optim.init_state(init_model(cfg, 0), tc)

@@ -272,6 +272,17 @@ class ModelConfig:
 # Training
 # ---------------------------------------------------------------------------------------------
 
+def category_weights(weights) -> tuple[float, ...]:
+    """`weights` as a tuple of finite, non-negative floats with a positive sum, or ValueError naming
+    category_weights. (Their number is checked against the categories where batches are drawn.)"""
+    if isinstance(weights, (str, bytes, dict)) or not hasattr(weights, "__len__"):
+        raise ValueError(f"category_weights: expected a sequence of numbers, got {weights!r}")
+    out = tuple(real_number(f"category_weights[{i}]", w, lo=0.0) for i, w in enumerate(weights))
+    if not out or sum(out) <= 0:
+        raise ValueError(f"category_weights: expected some positive weight, got {weights!r}")
+    return out
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimiser, flow and data settings (Sec. 3.1). Frozen, so also a static jit argument."""
@@ -299,6 +310,9 @@ class TrainConfig:
                                        # is warmed up as min(ema_decay, (1 + step) / (10 + step))
     mask_ratio: float = 0.5            # paper: 0.5 (MaskDiT token dropping; docs/model.md)
     caption_dropout: float = 0.1       # probability of the null caption, for CFG
+    category_weights: tuple | None = None  # deviation (data mix): relative frequency of each caption
+                                       # category in training batches, in ecdit.systems.shapes.CATEGORIES
+                                       # order; None = uniform (docs/data.md)
     loss_weighting: str = "velocity"   # "velocity": Eq. 1 as written; "x0" (deviation): each image's
                                        # error times max(t, prediction_min_t)^2, the clean-image error
                                        # of an x-prediction model (flow.loss_weights, docs/model.md)
@@ -328,6 +342,8 @@ class TrainConfig:
         real_number("text_lr_scale", self.text_lr_scale, lo=0.0)
         real_number("mask_ratio", self.mask_ratio, lo=0.0, hi=1.0, hi_open=True)
         real_number("caption_dropout", self.caption_dropout, lo=0.0, hi=1.0)
+        if self.category_weights is not None:      # a list read back from a checkpoint's JSON: a tuple
+            object.__setattr__(self, "category_weights", category_weights(self.category_weights))
         real_number("t_mu", self.t_mu)
         real_number("t_sigma", self.t_sigma, lo=0.0, lo_open=True)
 

@@ -690,21 +690,31 @@ def render_items(items, image_size: int = 32) -> np.ndarray:
                      for it in items])                                        # (M, I, J, 3)
 
 
-def sample_batch(rng: np.random.Generator, batch_size: int, image_size: int = 32):
+def sample_batch(rng: np.random.Generator, batch_size: int, image_size: int = 32, category_weights=None):
     """A training batch: (images (B, I, J, 3) float32 in [0, 1], captions list[str]).
 
-    Each example draws a category uniformly, then a training caption of that category uniformly
-    (never a held-out combination), then a random scene for it.
+    Each example draws a category (uniformly, or in proportion to `category_weights`: one
+    non-negative number per entry of CATEGORIES), then a training caption of that category
+    uniformly (never a held-out combination), then a random scene for it.
     """
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"rng: expected a numpy.random.Generator, got {type(rng).__name__}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
     image_size = _check_image_size(image_size)
+    p = None
+    if category_weights is not None:
+        w = np.asarray(category_weights, dtype=np.float64)                   # (6,)
+        if w.shape != (len(CATEGORIES),) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+            raise ValueError(f"category_weights: expected {len(CATEGORIES)} finite non-negative numbers with a "
+                             f"positive sum, one per category of {CATEGORIES}, got {category_weights!r}")
+        p = w / w.sum()                                                      # (6,)
     images = np.empty((int(batch_size), image_size, image_size, 3), dtype=np.float32)  # (B, I, J, 3)
     captions: list[str] = []
     for i in range(int(batch_size)):
-        prompts = training_prompts(CATEGORIES[int(rng.integers(len(CATEGORIES)))])
+        # The uniform draw stays rng.integers, so a run without weights keeps its data stream.
+        k = int(rng.integers(len(CATEGORIES))) if p is None else int(rng.choice(len(CATEGORIES), p=p))
+        prompts = training_prompts(CATEGORIES[k])
         spec = prompts[int(rng.integers(len(prompts)))]
         images[i] = render(scene_for_prompt(spec, rng, image_size), image_size)
         captions.append(spec.text)

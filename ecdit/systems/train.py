@@ -78,7 +78,8 @@ def sample_step_inputs(rng: np.random.Generator, images, captions, model_cfg: Mo
 def make_batch(seed: int, step: int, model_cfg: ModelConfig, train_cfg: TrainConfig) -> dict:
     """The data and randomness of training step `step` (captioned shapes)."""
     rng = step_rng(seed, step)
-    images, captions = shapes.sample_batch(rng, train_cfg.batch_size, model_cfg.image_size)
+    images, captions = shapes.sample_batch(rng, train_cfg.batch_size, model_cfg.image_size,
+                                           train_cfg.category_weights)
     return sample_step_inputs(rng, images, captions, model_cfg, train_cfg)
 
 
@@ -272,6 +273,9 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, steps: int, run_dir=No
     toward the limit."""
     positive_int("steps", steps, minimum=0)
     text.check_config(model_cfg)
+    if train_cfg.category_weights is not None and len(train_cfg.category_weights) != len(shapes.CATEGORIES):
+        raise ValueError(f"category_weights: expected {len(shapes.CATEGORIES)} weights, one per category of "
+                         f"{shapes.CATEGORIES}, got {len(train_cfg.category_weights)}")
     axes = mesh_lib.check_mesh(mesh or {}, model_cfg, train_cfg)
     model_cfg.pool_tokens(train_cfg.batch_size, 1)               # DiffMoE pools that do not divide the batch: now
     multi = jax.process_count() > 1
