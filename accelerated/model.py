@@ -148,10 +148,12 @@ def final_layer(x, c, params):
     return dot_last(h, params["linear"]["w"]) + params["linear"]["b"]     # (B, S, P)
 
 
-@checked_jit(contracts.forward, static_argnames=("config", "group_size", "dynamic"))
-def forward(params, x_t, t, text_ids, text_mask, config, keep_index=None, group_size=None, dynamic=False):
+@checked_jit(contracts.forward, static_argnames=("config", "group_size", "dynamic", "hidden_layer"))
+def forward(params, x_t, t, text_ids, text_mask, config, keep_index=None, group_size=None, dynamic=False,
+            hidden_layer=None):
     """v_theta(x_t, t, y) in patch space: (velocity (B, S', P), per-layer routing list); compiles
-    once per (config, group_size, input shapes)."""
+    once per (config, group_size, input shapes). hidden_layer k: also return block k's output,
+    as (velocity, routing, hidden)."""
     tokens = embed_patches(x_t, params, config)                  # (B, S, D)
     if keep_index is not None:
         tokens = keep_tokens(tokens, keep_index)                 # (B, S', D)
@@ -159,16 +161,23 @@ def forward(params, x_t, t, text_ids, text_mask, config, keep_index=None, group_
     y = text_encoder(text_ids, text_mask, params["text"], config.text_heads)  # (B, L, Dy)
     if config.pooled_text:
         c = c + pooled_text(y, text_mask, params["text_pool"])  # (B, D)  deviation: pooled caption in AdaLN
-    routing = []
-    for block in params["blocks"]:
+    if hidden_layer is not None and not 1 <= hidden_layer <= len(params["blocks"]):
+        raise ValueError(f"hidden_layer: block {hidden_layer} does not exist (the model has "
+                         f"{len(params['blocks'])} blocks, numbered from 1)")
+    routing, hidden = [], None
+    for i, block in enumerate(params["blocks"]):
         tokens, r = model_block(tokens, c, y, block, config, group_size, text_mask, dynamic)  # (B, S', D)
         routing.append(r)
+        if i + 1 == hidden_layer:
+            hidden = tokens                                      # (B, S', D)  block k's output
     out = final_layer(tokens, c, params["final"])                # (B, S', P)
     if config.prediction == "x0":                                # deviation: x-prediction (docs/model.md)
         x_t_p = patchify(x_t, config.patch_size)                 # (B, S, P)
         if keep_index is not None:
             x_t_p = keep_tokens(x_t_p, keep_index)               # (B, S', P)
         out = velocity_from_x0(out, x_t_p, t, config.prediction_min_t)  # (B, S', P)
+    if hidden_layer is not None:
+        return out, routing, hidden                              # (B, S', P), list, (B, S', D)
     return out, routing                                          # (B, S', P)
 
 

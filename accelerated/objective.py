@@ -2,7 +2,8 @@
 
     t = sigmoid(mu + sigma z);  x_t = (1 - t) x0 + t noise;  y = null caption where drop;
     loss = mean (patchify(noise - x0)[keep] - v_theta(x_t, t, y)[keep])^2 + aux_weight * sum_l aux_l
-           + predictor_weight * sum_l L_pred,l;   tau_l <- d tau_l + (1 - d) q_l  (update_thresholds)
+           + predictor_weight * sum_l L_pred,l + shape_weight * CE(LN(h_k) W + b, shape_labels);
+    tau_l <- d tau_l + (1 - d) q_l  (update_thresholds)
 
 Same functions, arguments and shape comments as the reference; the training step of
 ecdit.systems.train differentiates `training_loss`.
@@ -10,6 +11,7 @@ ecdit.systems.train differentiates `training_loss`.
 Shapes: B batch, I x I x Ch images, S tokens, S' kept tokens, P patch values, L text tokens,
 n sparse layers.
 """
+import jax
 import jax.numpy as jnp
 
 from ecdit.core import contracts
@@ -19,6 +21,7 @@ from .diffmoe import predictor_loss, update_threshold
 from .flow import interpolate, logit_normal_timesteps, loss_weights, rectified_flow_loss
 from .jit import checked_jit
 from .model import forward, null_caption, patchify
+from .primitives import layer_norm
 
 
 @checked_jit(contracts.caption_dropout)
@@ -29,19 +32,43 @@ def caption_dropout(text_ids, text_mask, drop):
     return jnp.where(keep, text_ids, null_ids), jnp.where(keep, text_mask, null_mask)
 
 
-@checked_jit(contracts.flow_matching_loss, static_argnames=("config", "group_size", "dynamic"))
+@checked_jit(contracts.flow_matching_loss, static_argnames=("config", "group_size", "dynamic", "hidden_layer"))
 def flow_matching_loss(params, x0, noise, t, text_ids, text_mask, config, keep_index=None, group_size=None,
-                       dynamic=False, weight=None):
+                       dynamic=False, weight=None, hidden_layer=None):
     """Eq. 1 at the given t on the kept tokens: (loss (), routing of `forward`)."""
     x_t = interpolate(x0, noise, t)                              # (B, I, I, Ch)
-    v, routing = forward(params, x_t, t, text_ids, text_mask, config, keep_index, group_size, dynamic)  # (B, S', P)
+    v, routing, *hidden = forward(params, x_t, t, text_ids, text_mask, config, keep_index, group_size, dynamic,
+                                  hidden_layer)                  # (B, S', P), list, [(B, S', D)] if hidden_layer
     x0_p = patchify(x0, config.patch_size)                       # (B, S, P)
     noise_p = patchify(noise, config.patch_size)                 # (B, S, P)
     if keep_index is not None:                                   # the loss is on kept tokens only
         keep = keep_index[..., None]                             # (B, S', 1)
         x0_p = jnp.take_along_axis(x0_p, keep, axis=1)           # (B, S', P)
         noise_p = jnp.take_along_axis(noise_p, keep, axis=1)     # (B, S', P)
-    return rectified_flow_loss(v, x0_p, noise_p, weight), routing  # (), list
+    return (rectified_flow_loss(v, x0_p, noise_p, weight), routing, *hidden)  # (), list[, (B, S', D)]
+
+
+def _kept_shape_labels(batch, config):
+    """batch["shape_labels"] (B, S) at the kept tokens (B, S'); a model with a shape head needs them."""
+    labels = batch.get("shape_labels")
+    if labels is None:
+        raise ValueError(f"batch: a model with a shape head (shape_head_layer = {config.shape_head_layer}) "
+                         "needs batch['shape_labels'] (B, S), the token labels of ecdit.systems.shapes")
+    if batch["keep_index"] is not None:
+        labels = jnp.take_along_axis(labels, batch["keep_index"], axis=1)  # (B, S')
+    return labels                                                # (B, S')
+
+
+@checked_jit(contracts.shape_label_loss)
+def shape_label_loss(hidden, labels, params):
+    """The shape head's loss (a deviation; docs/model.md, "The shape head"): the mean over tokens
+    of -log softmax(LN(h) W + b)[label], where h is the output of block config.shape_head_layer and
+    the label the shape covering most of the token's patch (or background; ecdit.systems.shapes.
+    token_labels). hidden (B, S', D), labels (B, S') int in [0, K), params {w (D, K), b (K,)}."""
+    logits = layer_norm(hidden) @ params["w"] + params["b"]      # (B, S', K)
+    log_p = jax.nn.log_softmax(logits, axis=-1)                  # (B, S', K)
+    picked = jnp.take_along_axis(log_p, labels[..., None], axis=-1)[..., 0]  # (B, S')
+    return -jnp.mean(picked)                                     # ()
 
 
 @checked_jit(contracts.routing_stats)
@@ -73,12 +100,18 @@ def training_loss(params, batch, model_cfg, train_cfg, group_size=None):
     t = logit_normal_timesteps(batch["z"], train_cfg.t_mu, train_cfg.t_sigma)  # (B,)
     ids, mask = caption_dropout(batch["text_ids"], batch["text_mask"], batch["drop"])  # (B, L) x2
     weight = loss_weights(t, train_cfg.loss_weighting, model_cfg.prediction_min_t)  # (B,) or None
-    flow, routing = flow_matching_loss(params, batch["x0"], batch["noise"], t, ids, mask, model_cfg,
-                                       batch["keep_index"], group_size, weight=weight)
+    layer = model_cfg.shape_head_layer
+    flow, routing, *hidden = flow_matching_loss(params, batch["x0"], batch["noise"], t, ids, mask, model_cfg,
+                                                batch["keep_index"], group_size, weight=weight, hidden_layer=layer)
     stats = routing_stats(routing)
     aux = jnp.sum(stats["aux"]) if stats else jnp.zeros(())  # one balancing loss per layer
     loss = flow + (model_cfg.aux_loss_weight * aux if model_cfg.ffn_kind == "token_choice" else 0.0)
     metrics = {"flow_loss": flow, "aux_loss": aux, **stats}
+    if layer is not None:                                        # deviation: the shape head's loss
+        labels = _kept_shape_labels(batch, model_cfg)               # (B, S')
+        shape = shape_label_loss(hidden[0], labels, params["shape_head"])  # ()
+        loss = loss + model_cfg.shape_loss_weight * shape
+        metrics["shape_loss"] = shape
     predicted = [r for r in routing if r is not None and "predictor_logits" in r]
     if predicted:                                                # DiffMoE: L_pred, and q for the thresholds
         pred = sum(predictor_loss(r["predictor_logits"], r["assignment"]) for r in predicted)  # ()

@@ -180,7 +180,8 @@ def final_layer(x, c, params):
 
 
 @checked(contracts.forward)
-def forward(params, x_t, t, text_ids, text_mask, config, keep_index=None, group_size=None, dynamic=False):
+def forward(params, x_t, t, text_ids, text_mask, config, keep_index=None, group_size=None, dynamic=False,
+            hidden_layer=None):
     """v_theta(x_t, t, y) of Eq. 1 in patch space.
 
     x_t (B, I, J, Ch) noisy images, t (B,) in [0, 1], text_ids / text_mask (B, L) from
@@ -194,7 +195,9 @@ def forward(params, x_t, t, text_ids, text_mask, config, keep_index=None, group_
     list over layers of None (dense) or the layer's routing dict (experts_per_token (B, S'),
     aux_loss for token choice, the predictor's records for a layer with one). With
     config.prediction "x0" the final layer predicts the clean patches x0_hat and the velocity is
-    the one they imply, (x_t - x0_hat) / max(t, config.prediction_min_t) (`flow.velocity_from_x0`)."""
+    the one they imply, (x_t - x0_hat) / max(t, config.prediction_min_t) (`flow.velocity_from_x0`).
+    hidden_layer k (1-based, or None): also return block k's output (B, S', D), as (velocity,
+    routing, hidden); the shape head reads it (`objective.shape_label_loss`)."""
     tokens = embed_patches(x_t, params, config)                  # (B, S, D)
     if keep_index is not None:
         tokens = keep_tokens(tokens, keep_index)                 # (B, S', D)
@@ -202,16 +205,23 @@ def forward(params, x_t, t, text_ids, text_mask, config, keep_index=None, group_
     y = text_encoder(text_ids, text_mask, params["text"], config.text_heads)  # (B, L, Dy)
     if config.pooled_text:
         c = c + pooled_text(y, text_mask, params["text_pool"])  # (B, D)  deviation: pooled caption in AdaLN
-    routing = []
-    for block in params["blocks"]:
+    if hidden_layer is not None and not 1 <= hidden_layer <= len(params["blocks"]):
+        raise ValueError(f"hidden_layer: block {hidden_layer} does not exist (the model has "
+                         f"{len(params['blocks'])} blocks, numbered from 1)")
+    routing, hidden = [], None
+    for i, block in enumerate(params["blocks"]):
         tokens, r = model_block(tokens, c, y, block, config, group_size, text_mask, dynamic)  # (B, S', D)
         routing.append(r)
+        if i + 1 == hidden_layer:
+            hidden = tokens                                      # (B, S', D)  block k's output
     out = final_layer(tokens, c, params["final"])                # (B, S', P)
     if config.prediction == "x0":                                # deviation: x-prediction (docs/model.md)
         x_t_p = patchify(x_t, config.patch_size)                 # (B, S, P)
         if keep_index is not None:
             x_t_p = keep_tokens(x_t_p, keep_index)               # (B, S', P)
         out = velocity_from_x0(out, x_t_p, t, config.prediction_min_t)  # (B, S', P)
+    if hidden_layer is not None:
+        return out, routing, hidden                              # (B, S', P), list, (B, S', D)
     return out, routing                                          # (B, S', P)
 
 

@@ -82,17 +82,24 @@ GROUP_IMAGES = 4                                                 # images per ro
 ROW_FIELDS = ("ffn_kind", "capacity_factor", "num_selected", "capacity_predictor", "dense_matched")
 
 
+def _base_config(base: str, model_changes) -> ModelConfig:
+    """The preset every row starts from: `base` with the shape head off, then `model_changes`."""
+    return preset(base, **{"shape_head_layer": None, **(model_changes or {})})
+
+
 def model_configs(base: str = "tiny", model_changes=None) -> dict[str, ModelConfig]:
     """The models behind the rows, all from one preset (plus `model_changes`), f_c = 1 for every MoE
     (activated parameters equal the dense model's), token choice top-1 with GShard's buffer of twice
     the fair share, and Dense-XL 1.5x as deep (1.46x the activated parameters of tiny). A change
     to a field the rows set themselves (ROW_FIELDS) is refused with a ValueError naming it: it would
-    be overwritten, not applied."""
+    be overwritten, not applied. The shape head of the tiny preset (a deviation that helps the demo
+    learn shapes; docs/model.md) stays off, so the rows measure the papers' models as before;
+    `shape_head_layer` in `model_changes` turns it on for every row."""
     fixed = sorted(set(model_changes or {}) & set(ROW_FIELDS))
     if fixed:
         raise ValueError(f"set: {', '.join(fixed)} is set by each row of the comparison (f_c = 1 for every MoE, "
                          f"top-1 token choice, the predictor on EC-DiT), so a change to it would not apply")
-    base_cfg = preset(base, **(model_changes or {}))
+    base_cfg = _base_config(base, model_changes)
     moe = {"capacity_factor": 1.0}
     s = base_cfg.num_tokens
     return {
@@ -202,7 +209,7 @@ def _settings(*, steps=600, per_category=30, sample_steps=DEFAULT_SAMPLE_STEPS, 
     return json.loads(json.dumps({"steps": steps, "per_category": per_category, "sample_steps": sample_steps,
                                   "guidance_scale": guidance_scale, "seed": seed, "rows": list(rows),
                                   "model_changes": model_changes or {}, "train_changes": train_changes or {},
-                                  "model": asdict(preset(base, **(model_changes or {}))),
+                                  "model": asdict(_base_config(base, model_changes)),
                                   "train": asdict(train_preset(base))}))
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from ecdit.core.checks import (BOOL, CALLABLE, FINITE, POSITIVE, Array, Contract, Float, Instance, Int, OneOf,
                                Params, is_traced, shape_of)
-from ecdit.core.config import FFN_KINDS, LOSS_WEIGHTINGS, ModelConfig, TrainConfig, expert_capacity
+from ecdit.core.config import FFN_KINDS, LOSS_WEIGHTINGS, NUM_SHAPE_LABELS, ModelConfig, TrainConfig, expert_capacity
 from ecdit.core.params import predictor_kind
 
 # ---------------------------------------------------------------------------------------------
@@ -268,7 +268,7 @@ KEEP_INDEX = Array("B Sk", dtype="int", optional=True)
 IMAGES = "B I J Ch"
 forward = Contract(params=MODEL_PARAMS, x_t=IMAGES, t="B", text_ids=Array("B L", dtype="int"), text_mask=TEXT_MASK,
                    config=CONFIG, keep_index=KEEP_INDEX,
-                   group_size=Int(optional=True), dynamic=BOOL, where=_fits_config)
+                   group_size=Int(optional=True), dynamic=BOOL, hidden_layer=Int(optional=True), where=_fits_config)
 velocity = Contract(params=MODEL_PARAMS, x_t=IMAGES, t="B", text_ids=Array("B L", dtype="int"), text_mask=TEXT_MASK,
                     config=CONFIG, group_size=Int(optional=True), dynamic=BOOL, where=_fits_config)
 
@@ -314,15 +314,31 @@ final_layer = Contract(x="B S D", c="B D", params=Params(adaln=Params(w="D 2*D",
 def _batch_fits_config(args, dims):
     _fits_config({"config": args["model_cfg"], "params": args["params"], "group_size": args.get("group_size"),
                   "keep_index": args["batch"].get("keep_index")}, dims, image="batch['x0']")
+    labels = args["batch"].get("shape_labels")
+    if labels is not None and shape_of("batch['shape_labels']", labels)[1] != args["model_cfg"].num_tokens:
+        raise ValueError(f"batch['shape_labels']: expected one label per image token ({args['model_cfg'].num_tokens}"
+                         f" per image), got shape {shape_of('batch', labels)}")
+
+
+def _shape_labels(name, labels):
+    """Shape-head labels: class indices 0 .. NUM_SHAPE_LABELS - 1 (the last one the background)."""
+    a = np.asarray(labels)
+    if a.size and (a.min() < 0 or a.max() >= NUM_SHAPE_LABELS):
+        raise ValueError(f"{name}: expected labels in 0 .. {NUM_SHAPE_LABELS - 1} (six shapes, then the "
+                         f"background), got values from {a.min()} to {a.max()}")
 
 
 BATCH = Params(x0=IMAGES, noise=IMAGES, z="B", drop=Array("B", dtype="bool"), text_ids=Array("B L", dtype="int"),
-               text_mask=TEXT_MASK, keep_index=KEEP_INDEX)
+               text_mask=TEXT_MASK, keep_index=KEEP_INDEX,
+               shape_labels=Array("B S", dtype="int", optional=True, values=_shape_labels))
+shape_label_loss = Contract(hidden="B Sk D", labels=Array("B Sk", dtype="int", values=_shape_labels),
+                            params=Params(w=f"D {NUM_SHAPE_LABELS}", b=f"{NUM_SHAPE_LABELS}"))
 caption_dropout = Contract(text_ids=Array("B L", dtype="int"), text_mask=TEXT_MASK, drop=Array("B", dtype="bool"))
 flow_matching_loss = Contract(params=MODEL_PARAMS, x0=IMAGES, noise=IMAGES, t="B", text_ids=Array("B L", dtype="int"),
                               text_mask=TEXT_MASK, config=CONFIG,
                               keep_index=KEEP_INDEX, weight=Array("B", optional=True),
-                              group_size=Int(optional=True), dynamic=BOOL, where=_fits_config)
+                              group_size=Int(optional=True), dynamic=BOOL, hidden_layer=Int(optional=True),
+                              where=_fits_config)
 training_loss = Contract(params=MODEL_PARAMS, batch=BATCH, model_cfg=CONFIG,
                          train_cfg=Instance(TrainConfig, "a TrainConfig"), group_size=Int(optional=True),
                          where=_batch_fits_config)

@@ -3,7 +3,8 @@
     {"patch_embed": {w (P, D), b (D,)},  "pos_embed": (S, D) only if learned,
      "t_mlp": {w1, b1, w2, b2},          "text": {embed (V, Dy), pos (L, Dy), layers: [...]},
      "text_pool": {w (Dy, D), b} only if pooled_text,
-     "blocks": [block_0, ..., block_{depth-1}],  "final": {adaln: {w (D, 2D), b}, linear: {w (D, P), b}}}
+     "blocks": [block_0, ..., block_{depth-1}],  "final": {adaln: {w (D, 2D), b}, linear: {w (D, P), b}},
+     "shape_head": {w (D, 7), b (7,)} only if shape_head_layer (zero-initialised; training only)}
 
 A block holds "adaln", "self_attn", "cross_attn" and its FFN under the key of its kind: "dense"
 {w1, w2}, or "expert_choice" / "token_choice" / "diffmoe" {w_router, w1, w2} (the same shapes:
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ecdit.core.config import POOL_KINDS, ModelConfig
+from ecdit.core.config import NUM_SHAPE_LABELS, POOL_KINDS, ModelConfig
 
 DTYPE = np.float32
 
@@ -173,6 +174,9 @@ def init_model(config: ModelConfig, seed: int = 0) -> dict:
         "adaln": {"w": np.zeros((d, 2 * d), DTYPE), "b": np.zeros((2 * d,), DTYPE)},
         "linear": {"w": np.zeros((d, pdim), DTYPE), "b": np.zeros((pdim,), DTYPE)},
     }
+    if config.shape_head_layer is not None:                      # deviation: the shape head (training only)
+        params["shape_head"] = {"w": np.zeros((d, NUM_SHAPE_LABELS), DTYPE),
+                                "b": np.zeros((NUM_SHAPE_LABELS,), DTYPE)}
     return params
 
 
@@ -183,7 +187,7 @@ def randomize_zero_init(params: dict, seed: int = 0, scale: float = 0.05) -> dic
 
     def fill(node, zero_path):
         if isinstance(node, dict):
-            return {k: fill(v, zero_path or k in ("adaln", "final")) for k, v in node.items()}
+            return {k: fill(v, zero_path or k in ("adaln", "final", "shape_head")) for k, v in node.items()}
         if isinstance(node, list):
             return [fill(v, zero_path) for v in node]
         if zero_path and not np.any(node):
@@ -215,7 +219,8 @@ def count_params(config: ModelConfig, experts_per_token=None) -> dict[str, int]:
     `experts_per_token` (a number, or one per sparse layer) replaces f_c by a measured average, and
     then the capacity predictor counts as activated too: dynamic-capacity inference runs it for
     every token. Total counts every stored number of `init_model(config)`, the predictor and its E
-    thresholds (a buffer) included, and matches `count(init_model(config))` exactly (tests/test_model.py)."""
+    thresholds (a buffer) included, and matches `count(init_model(config))` exactly (tests/test_model.py);
+    the shape head (config.shape_head_layer) counts in total, never as activated: sampling skips it."""
     d, f, n, k = config.width, config.ffn_hidden, config.num_heads, config.num_kv_heads
     h = config.head_dim
     dy = config.text_width
@@ -248,6 +253,8 @@ def count_params(config: ModelConfig, experts_per_token=None) -> dict[str, int]:
     t_mlp = config.freq_dim * d + d + d * d + d + ((dy * d + d) if config.pooled_text else 0)
     final = d * 2 * d + 2 * d + d * config.patch_dim + config.patch_dim
     rest = embed + t_mlp + final
+    if config.shape_head_layer is not None:                      # trained, never run at inference
+        total += (d + 1) * NUM_SHAPE_LABELS
     dy_ffn = 4 * dy
     text = (config.vocab_size * dy + config.max_text_len * dy
             + config.text_depth * (4 * dy * dy + 2 * dy * dy_ffn))

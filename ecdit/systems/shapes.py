@@ -61,6 +61,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from ecdit.core.config import BACKGROUND_LABEL as _BACKGROUND_LABEL, NUM_SHAPE_LABELS
+
 # ---------------------------------------------------------------------------------------------
 # Vocabulary of the world
 # ---------------------------------------------------------------------------------------------
@@ -257,17 +259,54 @@ def render(objects, image_size: int = 32) -> np.ndarray:
     object covers an earlier one where they would overlap (scenes from `scene_for_prompt` never
     overlap). Returns (I, J, 3) float32 in [0, 1] with I = J = image_size.
     """
+    return _render_with_coverage(objects, image_size)[0]
+
+
+def _render_with_coverage(objects, image_size: int):
+    """`render`'s image (I, J, 3) and each object's pixel coverage [(shape, (I, J)), ...]."""
     n = _check_image_size(image_size)
     bg = np.asarray(BACKGROUND, dtype=np.float32)                            # (3,)
     img = np.broadcast_to(bg, (n, n, 3)).copy()                              # (I, J, 3)
+    coverage = []
     for obj in objects:
         if not isinstance(obj, SceneObject):
             raise ValueError(f"objects: expected SceneObject items, got {type(obj).__name__}")
         _check_object(obj)
-        a = shape_coverage(obj.shape, obj.cx * n, obj.cy * n, obj.size * n, n, n)[..., None]  # (I, J, 1)
+        a = shape_coverage(obj.shape, obj.cx * n, obj.cy * n, obj.size * n, n, n)  # (I, J)
         col = np.asarray(COLOURS[obj.colour], dtype=np.float32)              # (3,)
-        img = img * (1.0 - a) + col * a                                      # (I, J, 3)
-    return np.clip(img, 0.0, 1.0).astype(np.float32)
+        img = img * (1.0 - a[..., None]) + col * a[..., None]                # (I, J, 3)
+        coverage.append((obj.shape, a))
+    return np.clip(img, 0.0, 1.0).astype(np.float32), coverage
+
+
+# The shape head's labels (ModelConfig.shape_head_layer): SHAPES in order, then the background.
+BACKGROUND_LABEL = len(SHAPES)
+assert BACKGROUND_LABEL == _BACKGROUND_LABEL and len(SHAPES) + 1 == NUM_SHAPE_LABELS, \
+    "ecdit.core.config's shape-label constants disagree with SHAPES"
+MIN_LABEL_COVERAGE = 0.25            # a patch takes a shape's label when it covers >= 1/4 of it
+
+
+def _labels_from_coverage(coverage, image_size: int, patch_size: int) -> np.ndarray:
+    """Per patch (row-major, as `patchify` orders tokens): the shape covering the largest share of
+    it if that share is >= MIN_LABEL_COVERAGE, else BACKGROUND_LABEL. (S,) int32."""
+    g = image_size // patch_size
+    share = np.zeros((len(SHAPES), g, g), np.float32)                        # (6, g, g)
+    for shape, a in coverage:                                                # a (I, J)
+        share[SHAPES.index(shape)] += a.reshape(g, patch_size, g, patch_size).mean(axis=(1, 3))
+    best = np.argmax(share, axis=0)                                          # (g, g)  ties: lower index
+    labels = np.where(share.max(axis=0) >= MIN_LABEL_COVERAGE, best, BACKGROUND_LABEL)  # (g, g)
+    return labels.reshape(-1).astype(np.int32)                               # (S,)
+
+
+def token_labels(objects, image_size: int = 32, patch_size: int = 4) -> np.ndarray:
+    """The shape head's target for each image token of the scene `objects`: the index in SHAPES of
+    the shape covering the largest share of the token's patch, when that share is at least
+    MIN_LABEL_COVERAGE (1/4), else BACKGROUND_LABEL (6). Tokens in row-major patch order. (S,) int32."""
+    n = _check_image_size(image_size)
+    if isinstance(patch_size, bool) or not isinstance(patch_size, (int, np.integer)) or patch_size < 1 \
+            or n % patch_size:
+        raise ValueError(f"patch_size: expected a positive integer dividing image_size = {n}, got {patch_size!r}")
+    return _labels_from_coverage(_render_with_coverage(objects, n)[1], n, int(patch_size))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -690,8 +729,11 @@ def render_items(items, image_size: int = 32) -> np.ndarray:
                      for it in items])                                        # (M, I, J, 3)
 
 
-def sample_batch(rng: np.random.Generator, batch_size: int, image_size: int = 32, category_weights=None):
-    """A training batch: (images (B, I, J, 3) float32 in [0, 1], captions list[str]).
+def sample_batch(rng: np.random.Generator, batch_size: int, image_size: int = 32, category_weights=None,
+                 label_patch_size: int | None = None):
+    """A training batch: (images (B, I, J, 3) float32 in [0, 1], captions list[str]), and with
+    `label_patch_size` p also each image's `token_labels` at patch size p, (B, (I/p)^2) int32, as a
+    third element. The labels draw no random numbers: the images and captions stay the same.
 
     Each example draws a category (uniformly, or in proportion to `category_weights`: one
     non-negative number per entry of CATEGORIES), then a training caption of that category
@@ -709,13 +751,22 @@ def sample_batch(rng: np.random.Generator, batch_size: int, image_size: int = 32
             raise ValueError(f"category_weights: expected {len(CATEGORIES)} finite non-negative numbers with a "
                              f"positive sum, one per category of {CATEGORIES}, got {category_weights!r}")
         p = w / w.sum()                                                      # (6,)
+    if label_patch_size is not None and (isinstance(label_patch_size, bool) or not isinstance(
+            label_patch_size, (int, np.integer)) or label_patch_size < 1 or image_size % label_patch_size):
+        raise ValueError(f"label_patch_size: expected a positive integer dividing image_size = {image_size}, "
+                         f"got {label_patch_size!r}")
     images = np.empty((int(batch_size), image_size, image_size, 3), dtype=np.float32)  # (B, I, J, 3)
     captions: list[str] = []
+    labels: list[np.ndarray] = []
     for i in range(int(batch_size)):
         # The uniform draw stays rng.integers, so a run without weights keeps its data stream.
         k = int(rng.integers(len(CATEGORIES))) if p is None else int(rng.choice(len(CATEGORIES), p=p))
         prompts = training_prompts(CATEGORIES[k])
         spec = prompts[int(rng.integers(len(prompts)))]
-        images[i] = render(scene_for_prompt(spec, rng, image_size), image_size)
+        images[i], coverage = _render_with_coverage(scene_for_prompt(spec, rng, image_size), image_size)
         captions.append(spec.text)
+        if label_patch_size is not None:
+            labels.append(_labels_from_coverage(coverage, image_size, int(label_patch_size)))  # (S,)
+    if label_patch_size is not None:
+        return images, captions, np.stack(labels)                            # (B, S)
     return images, captions

@@ -56,9 +56,10 @@ def sample_keep_index(rng: np.random.Generator, batch_size: int, num_tokens: int
 
 
 def sample_step_inputs(rng: np.random.Generator, images, captions, model_cfg: ModelConfig,
-                       train_cfg: TrainConfig) -> dict:
+                       train_cfg: TrainConfig, shape_labels=None) -> dict:
     """Everything random of one step, as NumPy: x0 = 2 images - 1 (B, I, J, Ch), text ids / mask
-    (B, L), noise (B, I, J, Ch), z (B,), keep_index (B, S') or None, drop (B,) bool."""
+    (B, L), noise (B, I, J, Ch), z (B,), keep_index (B, S') or None, drop (B,) bool; and
+    shape_labels (B, S) when given (a model with a shape head)."""
     b = len(captions)
     ids, mask = text.tokenize_batch(captions, model_cfg.max_text_len)       # (B, L) x2
     batch = {
@@ -69,6 +70,8 @@ def sample_step_inputs(rng: np.random.Generator, images, captions, model_cfg: Mo
         "drop": rng.random((b,)) < train_cfg.caption_dropout,               # (B,)
         "keep_index": None,
     }
+    if shape_labels is not None:
+        batch["shape_labels"] = np.asarray(shape_labels, np.int32)          # (B, S)
     if train_cfg.mask_ratio > 0:
         s = model_cfg.num_tokens
         batch["keep_index"] = sample_keep_index(rng, b, s, train_cfg.kept_tokens(s))  # (B, S')
@@ -78,9 +81,11 @@ def sample_step_inputs(rng: np.random.Generator, images, captions, model_cfg: Mo
 def make_batch(seed: int, step: int, model_cfg: ModelConfig, train_cfg: TrainConfig) -> dict:
     """The data and randomness of training step `step` (captioned shapes)."""
     rng = step_rng(seed, step)
-    images, captions = shapes.sample_batch(rng, train_cfg.batch_size, model_cfg.image_size,
-                                           train_cfg.category_weights)
-    return sample_step_inputs(rng, images, captions, model_cfg, train_cfg)
+    head = model_cfg.shape_head_layer is not None                # the shape head's token labels
+    images, captions, *labels = shapes.sample_batch(rng, train_cfg.batch_size, model_cfg.image_size,
+                                                    train_cfg.category_weights,
+                                                    model_cfg.patch_size if head else None)
+    return sample_step_inputs(rng, images, captions, model_cfg, train_cfg, *labels)
 
 
 # ---------------------------------------------------------------------------------------------
