@@ -107,3 +107,18 @@ def test_a_time_limited_run_shows_its_limit_and_seconds_on_the_bar(tmp_path, cap
     err = capsys.readouterr().err
     assert "train test (time limit 10 min)" in err and "/600 s" in err and "step=3/3" in err
     assert "/3 [" not in err                                      # no step total on a time-limited bar
+
+
+def test_a_time_limit_reached_on_a_checkpoint_step_ends_cleanly_with_that_step_saved(tmp_path, monkeypatch):
+    """The 2026-12-06 demo stopped at its time limit on step 9,600, a multiple of the checkpoint
+    interval, and the final save of the same step raised: the run must end normally instead."""
+    calls = []
+
+    def past_after_two_steps(deadline, multi):
+        calls.append(1)
+        return len(calls) >= 2                                    # the limit falls right after step 2's save
+    monkeypatch.setattr(T, "_past", past_after_two_steps)
+    _, history = T.train(CFG, small_train(), 10, str(tmp_path), minutes=10, checkpoint_every=2, log_every=1,
+                         progress=False)
+    assert [r["step"] for r in history] == [1, 2]
+    assert C.read_meta(C.in_run(str(tmp_path)))["step"] == 2

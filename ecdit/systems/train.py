@@ -386,8 +386,9 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, steps: int, run_dir=No
     finally:
         fetch.close()
         bar.close()
-    if ckpt_dir and not (found and step == start):               # a resumed run that ran no step: saved already
-        save(state)
+    if ckpt_dir and saved != step:                               # the final step, unless on disk already: a resumed
+        save(state)                                              # run that ran no step, or a time limit reached
+                                                                 # right after a periodic save
     if multi:
         return distributed.gather(sampling_params(state)), history
     return jax.tree.map(np.asarray, sampling_params(state)), history
