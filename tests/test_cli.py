@@ -209,6 +209,7 @@ def test_demo_writes_the_report_end_to_end(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["trained"] == s["trained"]
     md = (tmp_path / "report.md").read_text()
     assert "Single obj." in md and "same model, untrained" in md and "one item = 50 percentage points" in md
+    assert "a shape head on block 2's output" in md and "(Eq. 1 alone: " in md   # the tiny preset trains one
     assert set(s["allocation_detail_r"]) == {"2"} and "| 2 | " in md.split("r(experts per token, edge pixels)")[1]
     for png in ("loss.png", "samples.png", "heatmaps.png", "heatmap_steps.png"):
         assert f"]({png})" in md and (tmp_path / png).stat().st_size > 1000, png

@@ -73,7 +73,8 @@ def run_demo(out_dir="report", *, steps=20000, minutes=10.0, per_category=DEFAUL
     counts = count_params(cfg)
     summary = {
         "config": cfg.name, "steps": steps_done, "train_seconds": train_s, "sample_seconds": sample_s,
-        "total_seconds": total_s, "final_loss": final_loss(history), "first_loss": history[0]["loss"] if history else None,
+        "total_seconds": total_s, "final_loss": final_loss(history),
+        "final_flow_loss": final_loss(history, key="flow_loss"), "first_loss": history[0]["loss"] if history else None,
         "images_per_s": float(np.median([r["images_per_s"] for r in history[1:]] or [0.0])),
         "trained": trained, "untrained": untrained, "per_category": per_category,
         "sample_steps": sample_steps, "guidance_scale": guidance_scale, "params": counts,
@@ -119,6 +120,19 @@ def _prediction_text(cfg: ModelConfig) -> str:
     return ""
 
 
+def _shape_head_text(cfg: ModelConfig) -> str:
+    if cfg.shape_head_layer is None:
+        return ""
+    return (f" While training, a shape head on block {cfg.shape_head_layer}'s output learns each token's shape label "
+            f"(weight {cfg.shape_loss_weight:g} on its cross-entropy; sampling never runs it; docs/model.md).")
+
+
+def _loss_text(cfg: ModelConfig, s: dict) -> str:
+    if cfg.shape_head_layer is None or not np.isfinite(s.get("final_flow_loss", np.nan)):
+        return ""
+    return f" (Eq. 1 alone: {s['final_flow_loss']:.3f})"
+
+
 def _write_demo_markdown(out_dir, cfg: ModelConfig, tc: TrainConfig, s: dict, history):
     last = history[-1] if history else {}
     routing_lines = []
@@ -136,11 +150,11 @@ Made by `ecdit demo` on {s['machine']} in {s['total_seconds'] / 60:.1f} minutes
 D = {cfg.width}, {cfg.num_heads} heads / {cfg.num_kv_heads} kv heads, expert-choice MoE with {cfg.num_experts} experts on
 layers {', '.join(str(i + 1) for i in cfg.sparse_layers)} (capacity factor {cfg.capacity_factor}),
 {fmt_params(s['params']['total'])} parameters ({fmt_params(s['params']['activated'])} activated per token) plus a
-{fmt_params(s['params']['text_encoder'])} word-level text encoder.{_prediction_text(cfg)}
+{fmt_params(s['params']['text_encoder'])} word-level text encoder.{_prediction_text(cfg)}{_shape_head_text(cfg)}
 
 ## Training
 {s['steps']} steps of {tc.batch_size} images ({_optimizer_text(tc)}, lr {tc.learning_rate:g}, {tc.warmup_steps} warmup steps,
-caption dropout {tc.caption_dropout}, mask ratio {tc.mask_ratio}, logit-normal timesteps with mu {tc.t_mu:g}, sigma {tc.t_sigma:g}{_ema_text(tc)}); loss {s['first_loss']:.3f} at the first log, {s['final_loss']:.3f}
+caption dropout {tc.caption_dropout}, mask ratio {tc.mask_ratio}, logit-normal timesteps with mu {tc.t_mu:g}, sigma {tc.t_sigma:g}{_ema_text(tc)}); loss {s['first_loss']:.3f} at the first log, {s['final_loss']:.3f}{_loss_text(cfg, s)}
 at the end (mean of the last 20% of logs); {s['images_per_s']:.0f} images/s.
 
 ![loss](loss.png)

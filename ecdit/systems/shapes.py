@@ -286,16 +286,21 @@ assert BACKGROUND_LABEL == _BACKGROUND_LABEL and len(SHAPES) + 1 == NUM_SHAPE_LA
 MIN_LABEL_COVERAGE = 0.25            # a patch takes a shape's label when it covers >= 1/4 of it
 
 
-def _labels_from_coverage(coverage, image_size: int, patch_size: int) -> np.ndarray:
-    """Per patch (row-major, as `patchify` orders tokens): the shape covering the largest share of
-    it if that share is >= MIN_LABEL_COVERAGE, else BACKGROUND_LABEL. (S,) int32."""
+def _labels_from_coverage(coverages, image_size: int, patch_size: int) -> np.ndarray:
+    """Per image and patch (row-major, as `patchify` orders tokens): the shape covering the largest
+    share of the patch if that share is >= MIN_LABEL_COVERAGE, else BACKGROUND_LABEL. `coverages`
+    holds each image's [(shape, (I, J) coverage), ...]. (B, S) int32, in one pass over the batch."""
     g = image_size // patch_size
-    share = np.zeros((len(SHAPES), g, g), np.float32)                        # (6, g, g)
-    for shape, a in coverage:                                                # a (I, J)
-        share[SHAPES.index(shape)] += a.reshape(g, patch_size, g, patch_size).mean(axis=(1, 3))
-    best = np.argmax(share, axis=0)                                          # (g, g)  ties: lower index
-    labels = np.where(share.max(axis=0) >= MIN_LABEL_COVERAGE, best, BACKGROUND_LABEL)  # (g, g)
-    return labels.reshape(-1).astype(np.int32)                               # (S,)
+    share = np.zeros((len(coverages), len(SHAPES), g, g), np.float32)       # (B, 6, g, g)
+    owners = [(b, SHAPES.index(shape)) for b, cov in enumerate(coverages) for shape, _ in cov]
+    if owners:
+        a = np.stack([c for cov in coverages for _, c in cov])              # (N, I, J) every object
+        per_patch = a.reshape(len(a), g, patch_size, g, patch_size).mean(axis=(2, 4))  # (N, g, g)
+        rows, kinds = np.asarray(owners).T                                   # (N,) x2
+        np.add.at(share, (rows, kinds), per_patch)                           # same-shape objects add up
+    best = np.argmax(share, axis=1)                                          # (B, g, g)  ties: lower index
+    labels = np.where(share.max(axis=1) >= MIN_LABEL_COVERAGE, best, BACKGROUND_LABEL)  # (B, g, g)
+    return labels.reshape(len(coverages), g * g).astype(np.int32)           # (B, S)
 
 
 def token_labels(objects, image_size: int = 32, patch_size: int = 4) -> np.ndarray:
@@ -306,7 +311,7 @@ def token_labels(objects, image_size: int = 32, patch_size: int = 4) -> np.ndarr
     if isinstance(patch_size, bool) or not isinstance(patch_size, (int, np.integer)) or patch_size < 1 \
             or n % patch_size:
         raise ValueError(f"patch_size: expected a positive integer dividing image_size = {n}, got {patch_size!r}")
-    return _labels_from_coverage(_render_with_coverage(objects, n)[1], n, int(patch_size))
+    return _labels_from_coverage([_render_with_coverage(objects, n)[1]], n, int(patch_size))[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -757,7 +762,7 @@ def sample_batch(rng: np.random.Generator, batch_size: int, image_size: int = 32
                          f"got {label_patch_size!r}")
     images = np.empty((int(batch_size), image_size, image_size, 3), dtype=np.float32)  # (B, I, J, 3)
     captions: list[str] = []
-    labels: list[np.ndarray] = []
+    coverages: list = []
     for i in range(int(batch_size)):
         # The uniform draw stays rng.integers, so a run without weights keeps its data stream.
         k = int(rng.integers(len(CATEGORIES))) if p is None else int(rng.choice(len(CATEGORIES), p=p))
@@ -766,7 +771,7 @@ def sample_batch(rng: np.random.Generator, batch_size: int, image_size: int = 32
         images[i], coverage = _render_with_coverage(scene_for_prompt(spec, rng, image_size), image_size)
         captions.append(spec.text)
         if label_patch_size is not None:
-            labels.append(_labels_from_coverage(coverage, image_size, int(label_patch_size)))  # (S,)
+            coverages.append(coverage)
     if label_patch_size is not None:
-        return images, captions, np.stack(labels)                            # (B, S)
+        return images, captions, _labels_from_coverage(coverages, image_size, int(label_patch_size))  # (B, S)
     return images, captions
