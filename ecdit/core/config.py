@@ -398,9 +398,9 @@ def _table1(name, depth, width, heads, kv, experts):
 # layer predicts clean patches (x-prediction); with t_mu 0.8 below, single object 23 / 23 % against
 # 16 / 16 % for velocity prediction at t_mu 0 on the validation items, two seeds at 8,000 steps
 # (docs/model.md, "x-prediction and the timestep shift"). shape_head_layer 2: a head on block 2's
-# output learns each token's shape label, weight 0.1; at 8,000 steps it took validation single
-# object / colours / two objects from 42 / 34 / 12 % to 56 / 45 / 17 % (block 1: no gain;
-# docs/model.md, "The shape head").
+# output learns each token's shape label, weight 0.1; at 8,000 steps, over seeds 0-2, it took
+# validation single object / colours from 36 / 29 % to 44 / 35 % (two objects and position unchanged;
+# block 1: no gain; docs/model.md, "The shape head").
 _TINY = ModelConfig(name="tiny", image_size=32, channels=3, patch_size=4, depth=4, width=64,
                     num_heads=4, num_kv_heads=2, num_experts=8, text_width=32, text_depth=2,
                     text_heads=4, freq_dim=128, pooled_text=True, prediction="x0", shape_head_layer=2)
