@@ -161,9 +161,6 @@ def forward(params, x_t, t, text_ids, text_mask, config, keep_index=None, group_
     y = text_encoder(text_ids, text_mask, params["text"], config.text_heads)  # (B, L, Dy)
     if config.pooled_text:
         c = c + pooled_text(y, text_mask, params["text_pool"])  # (B, D)  deviation: pooled caption in AdaLN
-    if hidden_layer is not None and not 1 <= hidden_layer <= len(params["blocks"]):
-        raise ValueError(f"hidden_layer: block {hidden_layer} does not exist (the model has "
-                         f"{len(params['blocks'])} blocks, numbered from 1)")
     routing, hidden = [], None
     for i, block in enumerate(params["blocks"]):
         tokens, r = model_block(tokens, c, y, block, config, group_size, text_mask, dynamic)  # (B, S', D)

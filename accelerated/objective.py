@@ -48,12 +48,9 @@ def flow_matching_loss(params, x0, noise, t, text_ids, text_mask, config, keep_i
     return (rectified_flow_loss(v, x0_p, noise_p, weight), routing, *hidden)  # (), list[, (B, S', D)]
 
 
-def _kept_shape_labels(batch, config):
-    """batch["shape_labels"] (B, S) at the kept tokens (B, S'); a model with a shape head needs them."""
-    labels = batch.get("shape_labels")
-    if labels is None:
-        raise ValueError(f"batch: a model with a shape head (shape_head_layer = {config.shape_head_layer}) "
-                         "needs batch['shape_labels'] (B, S), the token labels of ecdit.systems.shapes")
+def _kept_shape_labels(batch):
+    """batch["shape_labels"] (B, S) at the kept tokens (B, S'); the contract makes sure they are there."""
+    labels = batch["shape_labels"]                               # (B, S)
     if batch["keep_index"] is not None:
         labels = jnp.take_along_axis(labels, batch["keep_index"], axis=1)  # (B, S')
     return labels                                                # (B, S')
@@ -108,7 +105,7 @@ def training_loss(params, batch, model_cfg, train_cfg, group_size=None):
     loss = flow + (model_cfg.aux_loss_weight * aux if model_cfg.ffn_kind == "token_choice" else 0.0)
     metrics = {"flow_loss": flow, "aux_loss": aux, **stats}
     if layer is not None:                                        # deviation: the shape head's loss
-        labels = _kept_shape_labels(batch, model_cfg)               # (B, S')
+        labels = _kept_shape_labels(batch)                       # (B, S')
         shape = shape_label_loss(hidden[0], labels, params["shape_head"])  # ()
         loss = loss + model_cfg.shape_loss_weight * shape
         metrics["shape_loss"] = shape

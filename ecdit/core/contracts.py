@@ -266,9 +266,20 @@ BLOCKS = Instance((list, tuple), "a list of blocks")
 MODEL_PARAMS = Params(patch_embed=Params(w="P D", b="D"), t_mlp=Params(), text=Params(), blocks=BLOCKS, final=Params())
 KEEP_INDEX = Array("B Sk", dtype="int", optional=True)
 IMAGES = "B I J Ch"
+
+
+def _fits_config_and_hidden_layer(args, dims):
+    """`_fits_config`, and hidden_layer (1-based, or None) naming a block of the model."""
+    _fits_config(args, dims)
+    k, blocks = args.get("hidden_layer"), len(args["params"]["blocks"])
+    if k is not None and not 1 <= k <= blocks:
+        raise ValueError(f"hidden_layer: block {k} does not exist (the model has {blocks} blocks, numbered from 1)")
+
+
 forward = Contract(params=MODEL_PARAMS, x_t=IMAGES, t="B", text_ids=Array("B L", dtype="int"), text_mask=TEXT_MASK,
                    config=CONFIG, keep_index=KEEP_INDEX,
-                   group_size=Int(optional=True), dynamic=BOOL, hidden_layer=Int(optional=True), where=_fits_config)
+                   group_size=Int(optional=True), dynamic=BOOL, hidden_layer=Int(optional=True),
+                   where=_fits_config_and_hidden_layer)
 velocity = Contract(params=MODEL_PARAMS, x_t=IMAGES, t="B", text_ids=Array("B L", dtype="int"), text_mask=TEXT_MASK,
                     config=CONFIG, group_size=Int(optional=True), dynamic=BOOL, where=_fits_config)
 
@@ -314,7 +325,10 @@ final_layer = Contract(x="B S D", c="B D", params=Params(adaln=Params(w="D 2*D",
 def _batch_fits_config(args, dims):
     _fits_config({"config": args["model_cfg"], "params": args["params"], "group_size": args.get("group_size"),
                   "keep_index": args["batch"].get("keep_index")}, dims, image="batch['x0']")
-    labels = args["batch"].get("shape_labels")
+    labels, layer = args["batch"].get("shape_labels"), args["model_cfg"].shape_head_layer
+    if labels is None and layer is not None:
+        raise ValueError(f"batch: a model with a shape head (shape_head_layer = {layer}) needs "
+                         "batch['shape_labels'] (B, S), the token labels of ecdit.systems.shapes")
     if labels is not None and shape_of("batch['shape_labels']", labels)[1] != args["model_cfg"].num_tokens:
         raise ValueError(f"batch['shape_labels']: expected one label per image token ({args['model_cfg'].num_tokens}"
                          f" per image), got shape {shape_of('batch', labels)}")
@@ -338,7 +352,7 @@ flow_matching_loss = Contract(params=MODEL_PARAMS, x0=IMAGES, noise=IMAGES, t="B
                               text_mask=TEXT_MASK, config=CONFIG,
                               keep_index=KEEP_INDEX, weight=Array("B", optional=True),
                               group_size=Int(optional=True), dynamic=BOOL, hidden_layer=Int(optional=True),
-                              where=_fits_config)
+                              where=_fits_config_and_hidden_layer)
 training_loss = Contract(params=MODEL_PARAMS, batch=BATCH, model_cfg=CONFIG,
                          train_cfg=Instance(TrainConfig, "a TrainConfig"), group_size=Int(optional=True),
                          where=_batch_fits_config)

@@ -61,7 +61,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from ecdit.core.config import BACKGROUND_LABEL as _BACKGROUND_LABEL, NUM_SHAPE_LABELS
+from ecdit.core.checks import positive_int
+from ecdit.core.config import BACKGROUND_LABEL, NUM_SHAPE_LABELS
 
 # ---------------------------------------------------------------------------------------------
 # Vocabulary of the world
@@ -279,11 +280,18 @@ def _render_with_coverage(objects, image_size: int):
     return np.clip(img, 0.0, 1.0).astype(np.float32), coverage
 
 
-# The shape head's labels (ModelConfig.shape_head_layer): SHAPES in order, then the background.
-BACKGROUND_LABEL = len(SHAPES)
-assert BACKGROUND_LABEL == _BACKGROUND_LABEL and len(SHAPES) + 1 == NUM_SHAPE_LABELS, \
-    "ecdit.core.config's shape-label constants disagree with SHAPES"
+# The shape head's labels (ModelConfig.shape_head_layer): SHAPES in order, then the background
+# (BACKGROUND_LABEL, from ecdit.core.config).
+assert len(SHAPES) == BACKGROUND_LABEL == NUM_SHAPE_LABELS - 1, "ecdit.core.config's shape labels disagree with SHAPES"
 MIN_LABEL_COVERAGE = 0.25            # a patch takes a shape's label when it covers >= 1/4 of it
+
+
+def _check_patch_size(name: str, patch_size, image_size: int) -> int:
+    """A positive integer dividing image_size, else ValueError naming `name`."""
+    p = positive_int(name, patch_size)
+    if image_size % p:
+        raise ValueError(f"{name}: expected a positive integer dividing image_size = {image_size}, got {p}")
+    return int(p)
 
 
 def _labels_from_coverage(coverages, image_size: int, patch_size: int) -> np.ndarray:
@@ -308,10 +316,8 @@ def token_labels(objects, image_size: int = 32, patch_size: int = 4) -> np.ndarr
     the shape covering the largest share of the token's patch, when that share is at least
     MIN_LABEL_COVERAGE (1/4), else BACKGROUND_LABEL (6). Tokens in row-major patch order. (S,) int32."""
     n = _check_image_size(image_size)
-    if isinstance(patch_size, bool) or not isinstance(patch_size, (int, np.integer)) or patch_size < 1 \
-            or n % patch_size:
-        raise ValueError(f"patch_size: expected a positive integer dividing image_size = {n}, got {patch_size!r}")
-    return _labels_from_coverage([_render_with_coverage(objects, n)[1]], n, int(patch_size))[0]
+    p = _check_patch_size("patch_size", patch_size, n)
+    return _labels_from_coverage([_render_with_coverage(objects, n)[1]], n, p)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -756,10 +762,8 @@ def sample_batch(rng: np.random.Generator, batch_size: int, image_size: int = 32
             raise ValueError(f"category_weights: expected {len(CATEGORIES)} finite non-negative numbers with a "
                              f"positive sum, one per category of {CATEGORIES}, got {category_weights!r}")
         p = w / w.sum()                                                      # (6,)
-    if label_patch_size is not None and (isinstance(label_patch_size, bool) or not isinstance(
-            label_patch_size, (int, np.integer)) or label_patch_size < 1 or image_size % label_patch_size):
-        raise ValueError(f"label_patch_size: expected a positive integer dividing image_size = {image_size}, "
-                         f"got {label_patch_size!r}")
+    if label_patch_size is not None:
+        label_patch_size = _check_patch_size("label_patch_size", label_patch_size, image_size)
     images = np.empty((int(batch_size), image_size, image_size, 3), dtype=np.float32)  # (B, I, J, 3)
     captions: list[str] = []
     coverages: list = []
@@ -773,5 +777,5 @@ def sample_batch(rng: np.random.Generator, batch_size: int, image_size: int = 32
         if label_patch_size is not None:
             coverages.append(coverage)
     if label_patch_size is not None:
-        return images, captions, _labels_from_coverage(coverages, image_size, int(label_patch_size))  # (B, S)
+        return images, captions, _labels_from_coverage(coverages, image_size, label_patch_size)  # (B, S)
     return images, captions
