@@ -87,8 +87,10 @@ def test_train_then_sample_heatmap_and_eval_write_their_outputs(checkpoint, tmp_
                  "--steps", "2", "--guidance", "2", "--out", str(scores), "--quiet"]) == 0
     assert "validation" in capsys.readouterr().out
     written = json.loads(scores.read_text())
-    assert set(written) == {"overall", *CATEGORIES, "allocation_detail_r"}
+    assert set(written) == {"overall", *CATEGORIES, "allocation_detail_r", "misses"}
     assert set(written["allocation_detail_r"]) == {"2"}
+    assert set(written["misses"]) == {"two_objects", "position", "colour_attribution"}
+    assert all(r["items"] == 1 and r["named"] == 2 for r in written["misses"].values())
 
 
 def test_a_new_user_trains_and_samples_a_diffmoe_model_with_the_cli(tmp_path, capsys):

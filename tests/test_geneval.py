@@ -273,6 +273,49 @@ def test_format_table_prints_percentages_in_genevals_column_order():
         G.format_table({"style": 0.5})
 
 
+# --------------------------------------------------------------------------- miss breakdown
+
+def test_miss_breakdown_agrees_with_the_scores_on_clean_renders(items, clean):
+    """On the held-out renders: both_found is the two-object and colour-attribution score and
+    bounds position's; nearly every named object is found, as two objects of two shapes."""
+    got = G.miss_breakdown(clean, items)
+    assert list(got) == list(G.PAIR_CATEGORIES)
+    passed = G.score_items(clean, items)
+    for cat, row in got.items():
+        mine = [i for i, it in enumerate(items) if it.spec.category == cat]
+        assert row["items"] == len(mine) and row["named"] == 2 * len(mine)
+        assert sum(row["objects"].values()) == len(mine)
+        if cat == "position":
+            assert row["both_found"] >= int(passed[mine].sum())
+        else:
+            assert row["both_found"] == int(passed[mine].sum())
+        assert row["named_found"] >= 0.98 * row["named"] and row["objects"]["2"] >= 0.98 * len(mine)
+        assert row["same_shape_pairs"] == 0
+
+
+def test_miss_breakdown_counts_a_same_shape_pair_and_a_blank():
+    """Two circles for "a circle and a square": one named shape found, a same-shape pair; a blank
+    image: nothing found; a single-object prompt is not a pair and is left out."""
+    two_circles = S.render([SceneObject("circle", "red", 0.25, 0.5, 0.3),
+                            SceneObject("circle", "blue", 0.75, 0.5, 0.3)], 32)
+    blank = S.render([], 32)
+    got = G.miss_breakdown([two_circles, blank, blank], ["a circle and a square", "a ring to the left of a cross",
+                                                        "a circle"])
+    assert got == {
+        "two_objects": {"items": 1, "named": 2, "named_found": 1, "both_found": 0,
+                        "objects": {"0": 0, "1": 0, "2": 1, "3+": 0}, "same_shape_pairs": 1},
+        "position": {"items": 1, "named": 2, "named_found": 0, "both_found": 0,
+                     "objects": {"0": 1, "1": 0, "2": 0, "3+": 0}, "same_shape_pairs": 0},
+    }
+    red_blue = G.miss_breakdown([two_circles], ["a blue circle and a red square"])["colour_attribution"]
+    assert red_blue["named_found"] == 1                          # the blue circle; no red square
+    assert "named shapes found 1 of 2" in G.format_misses(got)[0]
+    with pytest.raises(ValueError, match="images"):
+        G.miss_breakdown([blank], ["a circle", "a square"])
+    with pytest.raises(ValueError, match=r"images\[0\]"):
+        G.miss_breakdown([np.zeros((32, 32))], ["a circle and a square"])
+
+
 # --------------------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("bad, msg", [

@@ -333,6 +333,53 @@ def evaluate(images, items) -> dict[str, float]:
     return out
 
 
+PAIR_CATEGORIES: tuple[str, ...] = ("two_objects", "position", "colour_attribution")
+
+
+def miss_breakdown(images, items) -> dict[str, dict]:
+    """Where the two-object prompts fail (a diagnostic beside `evaluate`, not a score).
+
+    For each category of PAIR_CATEGORIES present in `items`: "items"; "named" (2 per item) and
+    "named_found" (named objects with a detection of their shape, and colour when the prompt gives
+    one); "both_found" (items whose two named objects are both found: the two-object and colour
+    attribution scores, and an upper bound on position's); "objects" (items by the number of
+    recognised objects: "0", "1", "2", "3+"); "same_shape_pairs" (items with exactly two recognised
+    objects of one shape: the two objects took the same shape). images (M, I, J, 3), items M specs,
+    captions or held-out items, as in `score_items`."""
+    imgs = list(images)
+    items = list(items)
+    if len(imgs) != len(items):
+        raise ValueError(f"images: got {len(imgs)} images for {len(items)} items")
+    out: dict[str, dict] = {}
+    for i, (im, it) in enumerate(zip(imgs, items)):
+        spec = _as_spec(it, f"items[{i}]")
+        if spec.category not in PAIR_CATEGORIES:
+            continue
+        found = find_objects(_check_image(im, f"images[{i}]"))
+        row = out.setdefault(spec.category, {"items": 0, "named": 0, "named_found": 0, "both_found": 0,
+                                             "objects": {"0": 0, "1": 0, "2": 0, "3+": 0}, "same_shape_pairs": 0})
+        hits = [any(d.shape == o.shape and (o.colour is None or d.colour == o.colour) for d in found)
+                for o in spec.objects]
+        row["items"] += 1
+        row["named"] += len(hits)
+        row["named_found"] += sum(hits)
+        row["both_found"] += all(hits)
+        row["objects"][str(len(found)) if len(found) < 3 else "3+"] += 1
+        row["same_shape_pairs"] += len(found) == 2 and found[0].shape == found[1].shape
+    return {c: out[c] for c in PAIR_CATEGORIES if c in out}
+
+
+def format_misses(breakdown: dict[str, dict]) -> list[str]:
+    """One line per category of `miss_breakdown`'s result."""
+    lines = []
+    for cat, r in breakdown.items():
+        objs = ", ".join(f"{k}: {v}" for k, v in r["objects"].items())
+        lines.append(f"{cat}: named shapes found {r['named_found']} of {r['named']}, both found in "
+                     f"{r['both_found']} of {r['items']}; images by objects found ({objs}); two objects of "
+                     f"one shape in {r['same_shape_pairs']}")
+    return lines
+
+
 def format_table(results: dict, label: str | None = None) -> str:
     """Markdown table of `evaluate` results in GenEval Table 2 column order, in percent.
 
