@@ -213,6 +213,9 @@ def test_demo_writes_the_report_end_to_end(tmp_path):
     assert "Single obj." in md and "same model, untrained" in md and "one item = 50 percentage points" in md
     assert "a shape head on block 2's output" in md and "(Eq. 1 alone: " in md   # the tiny preset trains one
     assert set(s["allocation_detail_r"]) == {"2"} and "| 2 | " in md.split("r(experts per token, edge pixels)")[1]
+    assert set(s["misses"]) == {"two_objects", "position", "colour_attribution"}
+    assert all(r["items"] == 2 and r["named"] == 4 for r in s["misses"].values())
+    assert "- position: named shapes found" in md
     for png in ("loss.png", "samples.png", "heatmaps.png", "heatmap_steps.png"):
         assert f"]({png})" in md and (tmp_path / png).stat().st_size > 1000, png
 

@@ -22,7 +22,7 @@ from ecdit.app.reports import binomial_se, evaluate_model, final_loss, first_per
 from ecdit.core.config import (DEFAULT_EVAL_PER_CATEGORY, DEFAULT_GUIDANCE, DEFAULT_SAMPLE_STEPS, ModelConfig,
                                TrainConfig, preset, train_preset)
 from ecdit.core.params import count_params, init_model
-from ecdit.systems import checkpoint, shapes
+from ecdit.systems import checkpoint, geneval, shapes
 from ecdit.systems.train import train
 
 
@@ -80,6 +80,7 @@ def run_demo(out_dir="report", *, steps=20000, minutes=10.0, per_category=DEFAUL
         "sample_steps": sample_steps, "guidance_scale": guidance_scale, "params": counts,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
         "allocation_detail_r": {str(layer + 1): float(r) for layer, r in zip(cfg.sparse_layers, detail_r)},
+        "misses": geneval.miss_breakdown(images, items),
     }
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
@@ -175,6 +176,11 @@ standard error of sqrt(p (1 - p) / {s['per_category']}), e.g. {binomial_se(0.1, 
 {_untrained_text(cfg)}
 
 ![samples](samples.png)
+
+Where the trained model's two-object prompts fail (`ecdit.systems.geneval.miss_breakdown`; docs/model.md,
+"Where the two-object prompts fail"):
+
+{chr(10).join("- " + line for line in geneval.format_misses(s.get('misses', {})))}
 
 ## Compute allocation (Fig. 6 style)
 How many experts chose each image token, per sparse layer: at the last denoising step and averaged
