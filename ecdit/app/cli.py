@@ -191,7 +191,7 @@ def cmd_eval(a):
     print(scores_table([(f"{cfg.name} @ step {meta.get('step')}, {a.split}, {a.inference}", res)]))
     out = dict(res)
     from ecdit.systems.geneval import format_misses, miss_breakdown
-    misses = miss_breakdown(images, items)
+    out["misses"] = misses = miss_breakdown(images, items)
     if misses:
         print("where the two-object prompts fail (ecdit.systems.geneval.miss_breakdown):")
         for line in format_misses(misses):
@@ -210,7 +210,7 @@ def cmd_eval(a):
         out["allocation_detail_r"] = {str(l + 1): float(v) for l, v in zip(cfg.sparse_layers, corr["r_mean"])}
     if a.out:
         with open(a.out, "w") as f:
-            json.dump(dict(out, misses=misses), f, indent=2)
+            json.dump(out, f, indent=2)
     return 0
 
 

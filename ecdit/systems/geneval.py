@@ -278,14 +278,16 @@ def relations(a: Detection, b: Detection) -> set[str]:
     return out
 
 
+def _matching(detections, o):
+    """The detections of the requested object o: its shape, and its colour when o names one."""
+    return [d for d in detections if d.shape == o.shape and (o.colour is None or d.colour == o.colour)]
+
+
 def satisfies(detections, spec: PromptSpec) -> bool:
     """Does a list of Detections satisfy the prompt `spec`? (GenEval's per-category rule.)"""
     spec = _as_spec(spec, "spec")
 
-    def matching(o):
-        return [d for d in detections if d.shape == o.shape and (o.colour is None or d.colour == o.colour)]
-
-    groups = [matching(o) for o in spec.objects]
+    groups = [_matching(detections, o) for o in spec.objects]
     if spec.category == "counting":
         return len(groups[0]) == spec.objects[0].count
     if not all(groups):
@@ -301,19 +303,22 @@ def score_image(image, spec_or_text) -> bool:
     return satisfies(find_objects(image), spec)
 
 
+def _images_and_specs(images, items) -> tuple[list, list[PromptSpec]]:
+    """images (M, I, J, 3) or a sequence of (I, J, 3), and items (M specs, captions or held-out
+    items), as two lists; ValueError naming images or items[i] when they do not pair up."""
+    items = list(items)
+    if isinstance(images, np.ndarray) and images.ndim != 4:
+        raise ValueError(f"images: expected shape (M, I, J, 3), got {images.shape}")
+    imgs = list(images)
+    if len(imgs) != len(items):
+        raise ValueError(f"images: got {len(imgs)} images for {len(items)} items")
+    return imgs, [_as_spec(it, f"items[{i}]") for i, it in enumerate(items)]
+
+
 def score_items(images, items) -> np.ndarray:
     """Per-item pass/fail: images (M, I, J, 3) or a sequence of (I, J, 3); items M specs,
     captions or held-out items. Returns (M,) bool."""
-    items = list(items)
-    if isinstance(images, np.ndarray):
-        if images.ndim != 4:
-            raise ValueError(f"images: expected shape (M, I, J, 3), got {images.shape}")
-        imgs = list(images)
-    else:
-        imgs = list(images)
-    if len(imgs) != len(items):
-        raise ValueError(f"images: got {len(imgs)} images for {len(items)} items")
-    specs = [_as_spec(it, f"items[{i}]") for i, it in enumerate(items)]
+    imgs, specs = _images_and_specs(images, items)
     return np.array([score_image(_check_image(im, f"images[{i}]"), sp)
                      for i, (im, sp) in enumerate(zip(imgs, specs))], dtype=bool)
 
@@ -346,20 +351,15 @@ def miss_breakdown(images, items) -> dict[str, dict]:
     recognised objects: "0", "1", "2", "3+"); "same_shape_pairs" (items with exactly two recognised
     objects of one shape: the two objects took the same shape). images (M, I, J, 3), items M specs,
     captions or held-out items, as in `score_items`."""
-    imgs = list(images)
-    items = list(items)
-    if len(imgs) != len(items):
-        raise ValueError(f"images: got {len(imgs)} images for {len(items)} items")
+    imgs, specs = _images_and_specs(images, items)
     out: dict[str, dict] = {}
-    for i, (im, it) in enumerate(zip(imgs, items)):
-        spec = _as_spec(it, f"items[{i}]")
+    for i, (im, spec) in enumerate(zip(imgs, specs)):
         if spec.category not in PAIR_CATEGORIES:
             continue
         found = find_objects(_check_image(im, f"images[{i}]"))
         row = out.setdefault(spec.category, {"items": 0, "named": 0, "named_found": 0, "both_found": 0,
                                              "objects": {"0": 0, "1": 0, "2": 0, "3+": 0}, "same_shape_pairs": 0})
-        hits = [any(d.shape == o.shape and (o.colour is None or d.colour == o.colour) for d in found)
-                for o in spec.objects]
+        hits = [bool(_matching(found, o)) for o in spec.objects]
         row["items"] += 1
         row["named"] += len(hits)
         row["named_found"] += sum(hits)
