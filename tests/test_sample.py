@@ -118,3 +118,20 @@ def test_generate_refuses_a_model_whose_vocabulary_is_smaller_than_the_tokenizer
     cfg = small_config(vocab_size=4)
     with pytest.raises(ValueError, match="^vocab_size"):
         sampling.generate(init_model(cfg, 0), cfg, ["a circle"], progress=False)
+
+
+def test_generate_reads_the_second_phrase_through_its_segment_rows():
+    """With text_segments the loop feeds the marked ids: once the copies' rows are made equal to
+    their words' rows, the images are those of the same model without segments; with the rows as
+    initialised (word + segment vector) a two-object prompt's image changes."""
+    cfg, params, _, _, _ = _inputs(text_segments=True)
+    prompts = ["a circle and a red square", "a ring below a cross"]
+    k = text.TEXT_SEGMENT_OFFSET
+    same = dict(params, text=dict(params["text"], embed=params["text"]["embed"].copy()))
+    same["text"]["embed"][k:2 * k] = same["text"]["embed"][:k]
+    plain_cfg = small_config("expert_choice")
+    off, _ = sampling.generate(same, plain_cfg, prompts, seed=2, num_steps=2, progress=False)
+    on, _ = sampling.generate(same, cfg, prompts, seed=2, num_steps=2, progress=False)
+    assert_close(on, off, SAMPLER)
+    marked, _ = sampling.generate(params, cfg, prompts, seed=2, num_steps=2, progress=False)
+    assert np.abs(marked - off).max() > 1e-3

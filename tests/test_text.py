@@ -4,8 +4,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ecdit.core.config import TEXT_SEGMENT_OFFSET, preset
+from ecdit.core.params import init_model
 from ecdit.systems import shapes as S
-from ecdit.systems.text import MAX_LEN, VOCAB, detokenize, tokenize, tokenize_batch
+from ecdit.systems.text import MAX_LEN, VOCAB, check_config, detokenize, encode, tokenize, tokenize_batch
 
 ALL_CAPTIONS = [p.text for c in S.CATEGORIES for p in S.all_prompts(c)]
 WORDS = VOCAB[2:]
@@ -92,3 +94,74 @@ def test_any_word_sequence_round_trips(length, data):
     assert mask.sum() == max(len(words), 1)
     assert np.all(mask[:mask.sum()]) and not np.any(mask[mask.sum():])
     assert detokenize(ids, mask) == text
+
+
+# ---------------------------------------------------------------------------------------------
+# Segment marks (ModelConfig.text_segments)
+# ---------------------------------------------------------------------------------------------
+
+def _second_phrase(spec) -> list[str]:
+    """The words of a two-object caption's second noun phrase, from the prompt's own parts."""
+    o = spec.objects[1]
+    return ["a"] + ([o.colour] if o.colour else []) + [o.shape]
+
+
+@pytest.mark.parametrize("category", S.CATEGORIES)
+def test_segments_shift_exactly_the_second_noun_phrase(category):
+    """For every caption of the grammar: the segment-marked ids are the plain ids, plus
+    TEXT_SEGMENT_OFFSET on the words of the second object's noun phrase and nowhere else (single
+    objects, colours and counts have none); the mask is unchanged and the caption round-trips."""
+    for spec in S.all_prompts(category):
+        plain, mask = tokenize(spec.text)
+        marked, marked_mask = tokenize(spec.text, segments=True)
+        assert np.array_equal(mask, marked_mask)
+        shifted = (marked - plain)[mask]
+        n = len(spec.text.split())
+        tail = _second_phrase(spec) if len(spec.objects) == 2 else []
+        assert shifted.tolist() == [0] * (n - len(tail)) + [TEXT_SEGMENT_OFFSET] * len(tail), spec.text
+        assert [VOCAB[i] for i in plain[n - len(tail):n]] == tail
+        assert detokenize(marked, marked_mask) == spec.text
+
+
+def test_segments_leave_the_null_caption_and_the_batch_form_agrees():
+    ids, mask = tokenize("", segments=True)
+    assert ids.tolist() == tokenize("")[0].tolist() and mask.sum() == 1
+    texts = ["a circle and a square", "", "a ring below a cross", "two crosses"]
+    ids, mask = tokenize_batch(texts, segments=True)
+    for t, row, m in zip(texts, ids, mask):
+        assert np.array_equal(row, tokenize(t, segments=True)[0]) and detokenize(row, m) == t
+
+
+def test_encode_follows_the_configs_text_segments():
+    texts = ["a red circle and a blue square"]
+    on, off = preset("tiny", text_segments=True), preset("tiny")
+    assert np.array_equal(encode(texts, on)[0], tokenize_batch(texts, on.max_text_len, segments=True)[0])
+    assert np.array_equal(encode(texts, off)[0], tokenize_batch(texts, off.max_text_len)[0])
+    assert not np.array_equal(encode(texts, on)[0], encode(texts, off)[0])
+
+
+def test_segments_must_be_a_bool_and_shifted_special_ids_do_not_detokenize():
+    with pytest.raises(ValueError, match="segments"):
+        tokenize("a circle", segments="yes")
+    for bad in (TEXT_SEGMENT_OFFSET, TEXT_SEGMENT_OFFSET + 1, 2 * TEXT_SEGMENT_OFFSET):
+        with pytest.raises(ValueError, match="ids"):
+            detokenize(np.array([2, bad]))
+
+
+def test_a_model_with_segments_needs_room_for_the_second_phrase_ids():
+    with pytest.raises(ValueError, match="vocab_size"):
+        preset("tiny", text_segments=True, vocab_size=2 * TEXT_SEGMENT_OFFSET - 1)
+    cfg = preset("tiny", text_segments=True)
+    check_config(cfg)                                # 64 rows hold the words and their copies
+
+
+def test_second_phrase_rows_start_as_their_words_plus_one_segment_vector():
+    """init_text_encoder: row OFFSET + w = row w + s for one shared s != 0; without segments the
+    rows are independent draws (the difference is not one shared vector)."""
+    embed = init_model(preset("tiny", text_segments=True), seed=3)["text"]["embed"]      # (V, Dy)
+    k = TEXT_SEGMENT_OFFSET
+    diff = embed[k:2 * k] - embed[:k]                                                     # (k, Dy)
+    np.testing.assert_allclose(diff, np.broadcast_to(diff[0], diff.shape), atol=1e-6)
+    assert np.linalg.norm(diff[0]) > 1.0
+    plain = init_model(preset("tiny"), seed=3)["text"]["embed"]
+    assert np.abs((plain[k:2 * k] - plain[:k]) - (plain[k] - plain[0])).max() > 1.0

@@ -197,3 +197,27 @@ def test_validation_loss_routes_with_the_inference_group_size():
     assert abs(float(grouped) - float(per_image)) > 1e-5         # the group size really changes the loss
     with pytest.raises(ValueError, match="^group_size: a batch of 3 held-out items"):
         T.validation_loss(params, cfg, items[:3], seed=0, timesteps=(t,))
+
+
+def test_a_model_with_text_segments_trains_on_the_marked_ids():
+    """make_batch tokenizes with the config's segment marks: the same step's ids differ only by
+    TEXT_SEGMENT_OFFSET, on two-object captions' second phrases, and nothing else in the batch moves;
+    validation_loss reads the marked ids too (equal to the plain model's when the copies' rows equal
+    their words' rows)."""
+    plain, marked = small_config(), small_config(text_segments=True)
+    tc = small_train(batch_size=16)
+    a, b = T.make_batch(3, 7, plain, tc), T.make_batch(3, 7, marked, tc)
+    shift = b["text_ids"] - a["text_ids"]
+    assert set(np.unique(shift).tolist()) == {0, text.TEXT_SEGMENT_OFFSET}
+    for key in a:
+        if key != "text_ids":
+            np.testing.assert_array_equal(a[key], b[key])
+    params = randomize_zero_init(init_model(marked, 0), scale=0.2)
+    items = shapes.validation_items(2)
+
+    def loss(p, cfg):
+        return T.validation_loss(p, cfg, items)["mean"]
+    assert abs(loss(params, marked) - loss(params, plain)) > 1e-4      # the copies' rows are read
+    k = text.TEXT_SEGMENT_OFFSET
+    params["text"]["embed"][k:2 * k] = params["text"]["embed"][:k]
+    assert loss(params, marked) == pytest.approx(loss(params, plain), rel=1e-5)

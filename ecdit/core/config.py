@@ -50,6 +50,11 @@ LOSS_WEIGHTINGS = ("velocity", "x0")
 # null caption "" of classifier-free guidance is <null> then padding, so the model, its training
 # objective and its sampler can build it without the tokenizer.
 PAD_ID, NULL_ID = 0, 1
+# ModelConfig.text_segments: the tokenizer gives each word of a caption's second noun phrase the id
+# of the word plus TEXT_SEGMENT_OFFSET, and the embedding row of that id starts as the word's own
+# row plus one shared segment vector (BERT's segment embedding, carried in the id). The tokenizer's
+# vocabulary must fit below the offset; a model with segments needs vocab_size >= 2 * the offset.
+TEXT_SEGMENT_OFFSET = 32
 
 # The shape head's classes (ModelConfig.shape_head_layer): the six shapes of ecdit.systems.shapes
 # in its SHAPES order, then the background; ecdit.systems.shapes checks that it agrees.
@@ -152,6 +157,11 @@ class ModelConfig:
     # cross-entropy beside Eq. 1. It only shapes what the blocks learn: sampling never reads it.
     shape_head_layer: int | None = None
     shape_loss_weight: float = 0.1
+    # Segment marks (deviation, off in every preset; docs/model.md, "Which noun is which"): the words
+    # of the caption's second noun phrase ("a square" in "a circle to the left of a square") get ids
+    # shifted by TEXT_SEGMENT_OFFSET, whose embeddings start as the word's plus one shared segment
+    # vector, so every caption token says which of the two objects it describes
+    text_segments: bool = False
     # Timestep embedding (DiT): sinusoid of 1000 t, F_t features, then a two-layer MLP to D
     freq_dim: int = 256
     timestep_scale: float = 1000.0
@@ -178,8 +188,11 @@ class ModelConfig:
             if self.shape_head_layer > self.depth:
                 raise ValueError(f"shape_head_layer: block {self.shape_head_layer} does not exist in a model of "
                                  f"depth {self.depth} (expected 1 to {self.depth}, or None for no shape head)")
-        for f in ("dense_matched", "pooled_text", "capacity_predictor"):
+        for f in ("dense_matched", "pooled_text", "capacity_predictor", "text_segments"):
             boolean(f, getattr(self, f))
+        if self.text_segments and self.vocab_size < 2 * TEXT_SEGMENT_OFFSET:
+            raise ValueError(f"vocab_size: text_segments needs {2 * TEXT_SEGMENT_OFFSET} embedding rows (the words "
+                             f"and their second-phrase copies at + {TEXT_SEGMENT_OFFSET}), got {self.vocab_size}")
         if self.image_size % self.patch_size:
             raise ValueError(f"patch_size: {self.patch_size} does not divide image_size = {self.image_size}")
         if self.width % self.num_heads:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ecdit.core.config import NUM_SHAPE_LABELS, POOL_KINDS, ModelConfig
+from ecdit.core.config import NUM_SHAPE_LABELS, POOL_KINDS, TEXT_SEGMENT_OFFSET, ModelConfig
 
 DTYPE = np.float32
 
@@ -135,11 +135,18 @@ def init_block(rng, d: int, d_text: int, num_heads: int, num_kv_heads: int, ffn_
 # ---------------------------------------------------------------------------------------------
 
 def init_text_encoder(rng, config: ModelConfig) -> dict:
-    """Word embeddings, learned positions and `text_depth` pre-LN transformer layers of width Dy."""
+    """Word embeddings, learned positions and `text_depth` pre-LN transformer layers of width Dy.
+    With `config.text_segments`, rows TEXT_SEGMENT_OFFSET + w (word w in the second noun phrase) start
+    as row w plus one segment vector drawn after the word rows."""
     dy = config.text_width
+    # unit-scale word vectors, smaller positions (word identity matters most; LN follows)
+    embed = rng.standard_normal((config.vocab_size, dy)).astype(DTYPE)          # (V, Dy)
+    if config.text_segments:                     # a second-phrase word: its word's row + one segment vector
+        k = TEXT_SEGMENT_OFFSET
+        segment = rng.standard_normal((dy,)).astype(DTYPE)                      # (Dy,)
+        embed[k:2 * k] = embed[:k] + segment                                    # (k, Dy)
     return {
-        # unit-scale word vectors, smaller positions (word identity matters most; LN follows)
-        "embed": rng.standard_normal((config.vocab_size, dy)).astype(DTYPE),
+        "embed": embed,
         "pos": (rng.standard_normal((config.max_text_len, dy)) * 0.1).astype(DTYPE),
         "layers": [{"attn": init_cross_attention(rng, dy, dy), "ffn": init_ffn(rng, dy, 4 * dy)}
                    for _ in range(config.text_depth)],

@@ -106,7 +106,7 @@ def generate(params, config: ModelConfig, prompts, seed: int = 0, num_steps: int
     text.check_config(config)
     if dynamic:
         check_thresholds(params, config, step)
-    ids, mask = text.tokenize_batch(prompts, config.max_text_len)   # (M, L) x2; unknown word -> ValueError
+    ids, mask = text.encode(prompts, config)                        # (M, L) x2; unknown word -> ValueError
     n = len(prompts)
     noise = np.stack([sample_noise(np.random.default_rng([seed, k] if seeds is None else [int(seeds[k])]), 1, config)[0]
                       for k in range(n)])                           # (M, I, I, Ch)
@@ -115,7 +115,7 @@ def generate(params, config: ModelConfig, prompts, seed: int = 0, num_steps: int
     # padding images with the real ones, so its last batch runs at its own size instead.
     pad = 0 if config.ffn_kind == "diffmoe" else (-n) % bs
     if pad:
-        pid, pmask = text.tokenize_batch([""] * pad, config.max_text_len)
+        pid, pmask = text.encode([""] * pad, config)
         ids, mask = np.concatenate([ids, pid]), np.concatenate([mask, pmask])
         noise = np.concatenate([noise, np.zeros((pad,) + noise.shape[1:], np.float32)])
     place = _placement(params, config, mesh, bs, n + pad)

@@ -16,8 +16,8 @@ from itertools import chain
 
 import numpy as np
 
-from ecdit.core.config import NULL_ID, PAD_ID, ModelConfig
-from ecdit.systems.shapes import CATEGORIES, all_prompts, grammar_words
+from ecdit.core.config import NULL_ID, PAD_ID, TEXT_SEGMENT_OFFSET, ModelConfig
+from ecdit.systems.shapes import CATEGORIES, RELATION_WORDS, all_prompts, grammar_words
 
 PAD, NULL = "<pad>", "<null>"
 VOCAB: tuple[str, ...] = (PAD, NULL) + grammar_words()      # ids 0 and 1: the model's PAD_ID, NULL_ID
@@ -25,6 +25,11 @@ WORD_TO_ID: dict[str, int] = {w: i for i, w in enumerate(VOCAB)}
 if (WORD_TO_ID[PAD], WORD_TO_ID[NULL]) != (PAD_ID, NULL_ID):       # the model builds "" from these
     raise RuntimeError("the tokenizer's <pad> and <null> ids must be ecdit.core.config.PAD_ID, NULL_ID")
 _WORD_IDS = {w: i for w, i in WORD_TO_ID.items() if w not in (PAD, NULL)}  # what captions may use
+if len(VOCAB) > TEXT_SEGMENT_OFFSET:                                 # second-phrase ids must not collide
+    raise RuntimeError(f"the tokenizer's {len(VOCAB)} ids must fit below ecdit.core.config.TEXT_SEGMENT_OFFSET")
+# The word that ends the first noun phrase's span: "and" (two objects, colour attribution) or the last
+# word of a relation ("of", "above", "below"); every later word belongs to the second noun phrase.
+PHRASE_BREAKS: frozenset = frozenset({"and"} | {ws[-1] for ws in RELATION_WORDS.values()})
 
 # Longest caption the grammar can emit ("a circle to the right of a triangle": 8 words).
 MAX_LEN: int = max(len(p.text.split()) for p in chain.from_iterable(all_prompts(c) for c in CATEGORIES))
@@ -47,16 +52,20 @@ def _check_max_len(max_len) -> int:
     return int(max_len)
 
 
-def tokenize(text: str, max_len: int = MAX_LEN) -> tuple[np.ndarray, np.ndarray]:
+def tokenize(text: str, max_len: int = MAX_LEN, segments: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Token ids and validity mask of one caption.
 
     Lower-cases, splits on whitespace, maps each word to its id; "" (or only whitespace)
     becomes the single <null> token. Returns (ids (max_len,) int32, mask (max_len,) bool), padded
-    with <pad> / False. Raises ValueError for an unknown word (naming it) or for more than
-    `max_len` words.
+    with <pad> / False. With `segments` (ModelConfig.text_segments), each word after the first
+    phrase break ("and", or a relation's last word: PHRASE_BREAKS), i.e. the second noun phrase,
+    gets its id plus TEXT_SEGMENT_OFFSET. Raises ValueError for an unknown word (naming it) or
+    for more than `max_len` words.
     """
     if not isinstance(text, str):
         raise ValueError(f"text: expected a str, got {type(text).__name__}")
+    if not isinstance(segments, (bool, np.bool_)):
+        raise ValueError(f"segments: expected a bool, got {segments!r}")
     max_len = _check_max_len(max_len)
     words = text.lower().split()
     if len(words) > max_len:
@@ -68,12 +77,15 @@ def tokenize(text: str, max_len: int = MAX_LEN) -> tuple[np.ndarray, np.ndarray]
     ids = np.full((max_len,), PAD_ID, dtype=np.int32)                         # (L,)
     mask = np.zeros((max_len,), dtype=bool)                                  # (L,)
     row = [_WORD_IDS[w] for w in words] or [NULL_ID]
+    if segments:
+        start = next((i + 1 for i, w in enumerate(words) if w in PHRASE_BREAKS), len(row))
+        row = row[:start] + [i + TEXT_SEGMENT_OFFSET for i in row[start:]]
     ids[:len(row)] = row
     mask[:len(row)] = True
     return ids, mask
 
 
-def tokenize_batch(texts, max_len: int = MAX_LEN) -> tuple[np.ndarray, np.ndarray]:
+def tokenize_batch(texts, max_len: int = MAX_LEN, segments: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Tokenize a sequence of captions: (ids (B, max_len) int32, mask (B, max_len) bool)."""
     if isinstance(texts, str):
         raise ValueError("texts: expected a sequence of str, got a single str")
@@ -83,21 +95,30 @@ def tokenize_batch(texts, max_len: int = MAX_LEN) -> tuple[np.ndarray, np.ndarra
     mask = np.zeros((len(texts), max_len), dtype=bool)                       # (B, L)
     for b, t in enumerate(texts):
         try:
-            ids[b], mask[b] = tokenize(t, max_len)
+            ids[b], mask[b] = tokenize(t, max_len, segments)
         except ValueError as e:
             raise ValueError(f"texts[{b}]: {e}") from None
     return ids, mask
 
 
+def encode(texts, config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The model's text input for a sequence of captions: `tokenize_batch` at the config's
+    max_text_len, with segment marks when config.text_segments. (ids (B, L) int32, mask (B, L) bool)."""
+    return tokenize_batch(texts, config.max_text_len, segments=config.text_segments)
+
+
 def detokenize(ids, mask=None) -> str:
-    """Inverse of `tokenize` for one row: the caption text ("" for <null>). ids (L,), mask (L,)."""
+    """Inverse of `tokenize` for one row: the caption text ("" for <null>); segment-marked ids
+    (word + TEXT_SEGMENT_OFFSET) read as their word. ids (L,), mask (L,)."""
     ids = np.asarray(ids)
     if ids.ndim != 1:
         raise ValueError(f"ids: expected shape (L,), got {ids.shape}")
     keep = ids != PAD_ID if mask is None else np.asarray(mask, dtype=bool)
     words = []
     for i in ids[keep]:
-        if not 0 <= int(i) < len(VOCAB):
-            raise ValueError(f"ids: token id {int(i)} outside the vocabulary (size {len(VOCAB)})")
-        words.append(VOCAB[int(i)])
+        word = int(i) - TEXT_SEGMENT_OFFSET if int(i) >= TEXT_SEGMENT_OFFSET else int(i)
+        if not 0 <= word < len(VOCAB) or int(i) in (PAD_ID + TEXT_SEGMENT_OFFSET, NULL_ID + TEXT_SEGMENT_OFFSET):
+            raise ValueError(f"ids: token id {int(i)} outside the vocabulary (size {len(VOCAB)}, second-phrase "
+                             f"copies at + {TEXT_SEGMENT_OFFSET})")
+        words.append(VOCAB[word])
     return "" if words in ([], [NULL]) else " ".join(words)

@@ -61,7 +61,7 @@ def sample_step_inputs(rng: np.random.Generator, images, captions, model_cfg: Mo
     (B, L), noise (B, I, J, Ch), z (B,), keep_index (B, S') or None, drop (B,) bool; and
     shape_labels (B, S) when given (a model with a shape head)."""
     b = len(captions)
-    ids, mask = text.tokenize_batch(captions, model_cfg.max_text_len)       # (B, L) x2
+    ids, mask = text.encode(captions, model_cfg)                            # (B, L) x2
     batch = {
         "x0": (2.0 * np.asarray(images, np.float32) - 1.0),                 # (B, I, J, Ch) in [-1, 1]
         "text_ids": ids, "text_mask": mask,
@@ -125,7 +125,7 @@ def validation_loss(params, model_cfg: ModelConfig, items, *, seed: int = 0,
                              "batch_size that are multiples of the images per group")
     x0 = 2.0 * shapes.render_items(items, model_cfg.image_size) - 1.0  # (M, I, J, Ch) in [-1, 1]
     noise = np.random.default_rng(seed).standard_normal(x0.shape).astype(np.float32)  # (M, I, J, Ch)
-    ids, mask = text.tokenize_batch([it.text for it in items], model_cfg.max_text_len)  # (M, L) x2
+    ids, mask = text.encode([it.text for it in items], model_cfg)      # (M, L) x2
     per_t = {}
     for t in timesteps:
         total = 0.0
