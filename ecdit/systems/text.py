@@ -30,6 +30,8 @@ if len(VOCAB) > TEXT_SEGMENT_OFFSET:                                 # second-ph
 # The word that ends the first noun phrase's span: "and" (two objects, colour attribution) or the last
 # word of a relation ("of", "above", "below"); every later word belongs to the second noun phrase.
 PHRASE_BREAKS: frozenset = frozenset({"and"} | {ws[-1] for ws in RELATION_WORDS.values()})
+# Every id `tokenize` can emit and its word: the vocabulary, and the words' second-phrase copies.
+_ID_TO_WORD: dict[int, str] = dict(enumerate(VOCAB)) | {i + TEXT_SEGMENT_OFFSET: w for w, i in _WORD_IDS.items()}
 
 # Longest caption the grammar can emit ("a circle to the right of a triangle": 8 words).
 MAX_LEN: int = max(len(p.text.split()) for p in chain.from_iterable(all_prompts(c) for c in CATEGORIES))
@@ -116,9 +118,8 @@ def detokenize(ids, mask=None) -> str:
     keep = ids != PAD_ID if mask is None else np.asarray(mask, dtype=bool)
     words = []
     for i in ids[keep]:
-        word = int(i) - TEXT_SEGMENT_OFFSET if int(i) >= TEXT_SEGMENT_OFFSET else int(i)
-        if not 0 <= word < len(VOCAB) or int(i) in (PAD_ID + TEXT_SEGMENT_OFFSET, NULL_ID + TEXT_SEGMENT_OFFSET):
+        if int(i) not in _ID_TO_WORD:
             raise ValueError(f"ids: token id {int(i)} outside the vocabulary (size {len(VOCAB)}, second-phrase "
                              f"copies at + {TEXT_SEGMENT_OFFSET})")
-        words.append(VOCAB[word])
+        words.append(_ID_TO_WORD[int(i)])
     return "" if words in ([], [NULL]) else " ".join(words)
