@@ -123,6 +123,64 @@ def test_segments_shift_exactly_the_second_noun_phrase(category):
         assert detokenize(marked, marked_mask) == spec.text
 
 
+def _phrase(o) -> list[str]:
+    return ["a"] + ([o.colour] if o.colour else []) + [o.shape]
+
+
+_MIRROR = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+
+
+@pytest.mark.parametrize("category", S.CATEGORIES)
+def test_layout_marks_the_noun_phrase_of_the_object_right_of_or_below_the_other(category):
+    """rule "layout": in a position caption exactly the words of the object that lies right / below
+    are shifted ("A right of B" / "A below B": A's phrase, at the start; otherwise B's, at the end);
+    every other caption is marked as by "order"; the caption round-trips either way."""
+    for spec in S.all_prompts(category):
+        plain, mask = tokenize(spec.text)
+        layout, layout_mask = tokenize(spec.text, segments=True, rule="layout")
+        assert np.array_equal(mask, layout_mask)
+        if category != "position":
+            assert np.array_equal(layout, tokenize(spec.text, segments=True, rule="order")[0]), spec.text
+            continue
+        n = len(spec.text.split())
+        shifted = ((layout - plain)[mask] == TEXT_SEGMENT_OFFSET).tolist()
+        assert set((layout - plain)[mask].tolist()) <= {0, TEXT_SEGMENT_OFFSET}
+        if spec.relation in ("right of", "below"):
+            k = len(_phrase(spec.objects[0]))
+            assert shifted == [True] * k + [False] * (n - k), spec.text
+            assert [VOCAB[i] for i in plain[:k]] == _phrase(spec.objects[0])
+        else:
+            k = len(_phrase(spec.objects[1]))
+            assert shifted == [False] * (n - k) + [True] * k, spec.text
+        assert detokenize(layout, layout_mask) == spec.text
+
+
+def test_layout_marks_the_same_object_in_a_caption_and_its_mirrored_wording():
+    """"A right of B" and "B left of A" describe one scene: under "layout" the marked ids (A's
+    phrase) and the unmarked noun ids (B's) are the same in both; under "order" they are not."""
+    for spec in S.all_prompts("position"):
+        mirror = S.make_prompt("position", spec.objects[::-1], _MIRROR[spec.relation])
+        nouns = {}
+        for rule in ("order", "layout"):
+            a, _ = tokenize(spec.text, segments=True, rule=rule)
+            b, _ = tokenize(mirror.text, segments=True, rule=rule)
+            nouns[rule] = [sorted(r[r >= TEXT_SEGMENT_OFFSET].tolist()) for r in (a, b)]
+        assert nouns["layout"][0] == nouns["layout"][1], spec.text
+        assert nouns["order"][0] != nouns["order"][1], spec.text
+
+
+def test_segment_rules_are_checked_by_name_and_encode_follows_the_config():
+    with pytest.raises(ValueError, match="rule"):
+        tokenize("a circle below a square", segments=True, rule="size")
+    with pytest.raises(ValueError, match="text_segment_rule"):
+        preset("tiny", text_segments=True, text_segment_rule="left")
+    texts = ["a circle to the right of a square", "a circle and a square"]
+    cfg = preset("tiny", text_segments=True, text_segment_rule="layout")
+    assert np.array_equal(encode(texts, cfg)[0], tokenize_batch(texts, cfg.max_text_len, True, "layout")[0])
+    assert not np.array_equal(encode(texts, cfg)[0][0], encode(texts, preset("tiny", text_segments=True))[0][0])
+    assert np.array_equal(encode(texts, cfg)[0][1], encode(texts, preset("tiny", text_segments=True))[0][1])
+
+
 def test_segments_leave_the_null_caption_and_the_batch_form_agrees():
     ids, mask = tokenize("", segments=True)
     assert ids.tolist() == tokenize("")[0].tolist() and mask.sum() == 1

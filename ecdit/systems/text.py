@@ -16,7 +16,8 @@ from itertools import chain
 
 import numpy as np
 
-from ecdit.core.config import NULL_ID, PAD_ID, TEXT_SEGMENT_OFFSET, ModelConfig
+from ecdit.core.checks import one_of
+from ecdit.core.config import NULL_ID, PAD_ID, SEGMENT_RULES, TEXT_SEGMENT_OFFSET, ModelConfig
 from ecdit.systems.shapes import CATEGORIES, RELATION_WORDS, all_prompts, grammar_words
 
 PAD, NULL = "<pad>", "<null>"
@@ -30,6 +31,8 @@ if len(VOCAB) > TEXT_SEGMENT_OFFSET:                                 # second-ph
 # The word that ends the first noun phrase's span: "and" (two objects, colour attribution) or the last
 # word of a relation ("of", "above", "below"); every later word belongs to the second noun phrase.
 PHRASE_BREAKS: frozenset = frozenset({"and"} | {ws[-1] for ws in RELATION_WORDS.values()})
+_RELATION_OF_WORDS: dict[tuple[str, ...], str] = {ws: rel for rel, ws in RELATION_WORDS.items()}
+_RELATION_WORD_SET: frozenset = frozenset(w for ws in RELATION_WORDS.values() for w in ws)
 # Every id `tokenize` can emit and its word: the vocabulary, and the words' second-phrase copies.
 _ID_TO_WORD: dict[int, str] = dict(enumerate(VOCAB)) | {i + TEXT_SEGMENT_OFFSET: w for w, i in _WORD_IDS.items()}
 
@@ -54,20 +57,38 @@ def _check_max_len(max_len) -> int:
     return int(max_len)
 
 
-def tokenize(text: str, max_len: int = MAX_LEN, segments: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def _marked_span(words: list[str], rule: str) -> tuple[int, int]:
+    """[start, stop) of the words a segment rule marks in a caption (ModelConfig.text_segment_rule).
+
+    "order": the words after the first phrase break (the second noun phrase). "layout": the same,
+    except in a caption whose relation is "right of" or "below", where the first noun phrase (the
+    words before the relation) is the one that lies right of / below the other and is marked.
+    """
+    brk = next((i + 1 for i, w in enumerate(words) if w in PHRASE_BREAKS), len(words))
+    if rule == "layout":
+        rel = next((i for i, w in enumerate(words) if w in _RELATION_WORD_SET), None)
+        if rel is not None and _RELATION_OF_WORDS.get(tuple(words[rel:brk])) in ("right of", "below"):
+            return 0, rel
+    return brk, len(words)
+
+
+def tokenize(text: str, max_len: int = MAX_LEN, segments: bool = False,
+             rule: str = "order") -> tuple[np.ndarray, np.ndarray]:
     """Token ids and validity mask of one caption.
 
     Lower-cases, splits on whitespace, maps each word to its id; "" (or only whitespace)
     becomes the single <null> token. Returns (ids (max_len,) int32, mask (max_len,) bool), padded
     with <pad> / False. With `segments` (ModelConfig.text_segments), each word after the first
     phrase break ("and", or a relation's last word: PHRASE_BREAKS), i.e. the second noun phrase,
-    gets its id plus TEXT_SEGMENT_OFFSET. Raises ValueError for an unknown word (naming it) or
-    for more than `max_len` words.
+    gets its id plus TEXT_SEGMENT_OFFSET; with `rule` "layout" (SEGMENT_RULES) a "right of" or
+    "below" caption marks its first noun phrase instead, the object that lies right / below.
+    Raises ValueError for an unknown word (naming it), an unknown rule or more than `max_len` words.
     """
     if not isinstance(text, str):
         raise ValueError(f"text: expected a str, got {type(text).__name__}")
     if not isinstance(segments, (bool, np.bool_)):
         raise ValueError(f"segments: expected a bool, got {segments!r}")
+    one_of("rule", rule, SEGMENT_RULES)
     max_len = _check_max_len(max_len)
     words = text.lower().split()
     if len(words) > max_len:
@@ -79,15 +100,16 @@ def tokenize(text: str, max_len: int = MAX_LEN, segments: bool = False) -> tuple
     ids = np.full((max_len,), PAD_ID, dtype=np.int32)                         # (L,)
     mask = np.zeros((max_len,), dtype=bool)                                  # (L,)
     row = [_WORD_IDS[w] for w in words] or [NULL_ID]
-    if segments:
-        start = next((i + 1 for i, w in enumerate(words) if w in PHRASE_BREAKS), len(row))
-        row = row[:start] + [i + TEXT_SEGMENT_OFFSET for i in row[start:]]
+    if segments and words:
+        start, stop = _marked_span(words, rule)
+        row = row[:start] + [i + TEXT_SEGMENT_OFFSET for i in row[start:stop]] + row[stop:]
     ids[:len(row)] = row
     mask[:len(row)] = True
     return ids, mask
 
 
-def tokenize_batch(texts, max_len: int = MAX_LEN, segments: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def tokenize_batch(texts, max_len: int = MAX_LEN, segments: bool = False,
+                   rule: str = "order") -> tuple[np.ndarray, np.ndarray]:
     """Tokenize a sequence of captions: (ids (B, max_len) int32, mask (B, max_len) bool)."""
     if isinstance(texts, str):
         raise ValueError("texts: expected a sequence of str, got a single str")
@@ -97,7 +119,7 @@ def tokenize_batch(texts, max_len: int = MAX_LEN, segments: bool = False) -> tup
     mask = np.zeros((len(texts), max_len), dtype=bool)                       # (B, L)
     for b, t in enumerate(texts):
         try:
-            ids[b], mask[b] = tokenize(t, max_len, segments)
+            ids[b], mask[b] = tokenize(t, max_len, segments, rule)
         except ValueError as e:
             raise ValueError(f"texts[{b}]: {e}") from None
     return ids, mask
@@ -105,8 +127,10 @@ def tokenize_batch(texts, max_len: int = MAX_LEN, segments: bool = False) -> tup
 
 def encode(texts, config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
     """The model's text input for a sequence of captions: `tokenize_batch` at the config's
-    max_text_len, with segment marks when config.text_segments. (ids (B, L) int32, mask (B, L) bool)."""
-    return tokenize_batch(texts, config.max_text_len, segments=config.text_segments)
+    max_text_len, with segment marks by config.text_segment_rule when config.text_segments.
+    (ids (B, L) int32, mask (B, L) bool)."""
+    return tokenize_batch(texts, config.max_text_len, segments=config.text_segments,
+                          rule=config.text_segment_rule)
 
 
 def detokenize(ids, mask=None) -> str:
