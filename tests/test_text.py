@@ -100,9 +100,8 @@ def test_any_word_sequence_round_trips(length, data):
 # Segment marks (ModelConfig.text_segments)
 # ---------------------------------------------------------------------------------------------
 
-def _second_phrase(spec) -> list[str]:
-    """The words of a two-object caption's second noun phrase, from the prompt's own parts."""
-    o = spec.objects[1]
+def _phrase(o) -> list[str]:
+    """The words of one object's noun phrase in a two-object caption, from the prompt's own parts."""
     return ["a"] + ([o.colour] if o.colour else []) + [o.shape]
 
 
@@ -117,17 +116,10 @@ def test_segments_shift_exactly_the_second_noun_phrase(category):
         assert np.array_equal(mask, marked_mask)
         shifted = (marked - plain)[mask]
         n = len(spec.text.split())
-        tail = _second_phrase(spec) if len(spec.objects) == 2 else []
+        tail = _phrase(spec.objects[1]) if len(spec.objects) == 2 else []
         assert shifted.tolist() == [0] * (n - len(tail)) + [TEXT_SEGMENT_OFFSET] * len(tail), spec.text
         assert [VOCAB[i] for i in plain[n - len(tail):n]] == tail
         assert detokenize(marked, marked_mask) == spec.text
-
-
-def _phrase(o) -> list[str]:
-    return ["a"] + ([o.colour] if o.colour else []) + [o.shape]
-
-
-_MIRROR = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
 
 @pytest.mark.parametrize("category", S.CATEGORIES)
@@ -159,7 +151,7 @@ def test_layout_marks_the_same_object_in_a_caption_and_its_mirrored_wording():
     """"A right of B" and "B left of A" describe one scene: under "layout" the marked ids (A's
     phrase) and the unmarked noun ids (B's) are the same in both; under "order" they are not."""
     for spec in S.all_prompts("position"):
-        mirror = S.make_prompt("position", spec.objects[::-1], _MIRROR[spec.relation])
+        mirror = S.make_prompt("position", spec.objects[::-1], S._INVERSE[spec.relation])
         nouns = {}
         for rule in ("order", "layout"):
             a, _ = tokenize(spec.text, segments=True, rule=rule)

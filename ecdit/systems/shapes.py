@@ -520,6 +520,10 @@ def _all_prompts(category: str) -> tuple[PromptSpec, ...]:
 
 
 _INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+# The relations whose first object lies right of / below the second: `combination` rewrites them as
+# their mirror ("A right of B" -> "B left of A"), and the tokenizer's "layout" segment rule marks
+# their first noun phrase (ecdit.systems.text).
+MIRRORED_RELATIONS: frozenset = frozenset({"right of", "below"})
 
 
 def combination(spec: PromptSpec) -> tuple:
@@ -534,7 +538,7 @@ def combination(spec: PromptSpec) -> tuple:
         return (spec.category, o.shape, o.colour, o.count)
     if spec.category == "position":
         a, b, rel = objs[0].shape, objs[1].shape, spec.relation
-        if rel in ("right of", "below"):
+        if rel in MIRRORED_RELATIONS:
             a, b, rel = b, a, _INVERSE[rel]
         return ("position", a, rel, b)
     pair = sorted(((o.colour or ""), o.shape) for o in objs)

@@ -18,7 +18,7 @@ import numpy as np
 
 from ecdit.core.checks import one_of
 from ecdit.core.config import NULL_ID, PAD_ID, SEGMENT_RULES, TEXT_SEGMENT_OFFSET, ModelConfig
-from ecdit.systems.shapes import CATEGORIES, RELATION_WORDS, all_prompts, grammar_words
+from ecdit.systems.shapes import CATEGORIES, MIRRORED_RELATIONS, RELATION_WORDS, all_prompts, grammar_words
 
 PAD, NULL = "<pad>", "<null>"
 VOCAB: tuple[str, ...] = (PAD, NULL) + grammar_words()      # ids 0 and 1: the model's PAD_ID, NULL_ID
@@ -67,7 +67,7 @@ def _marked_span(words: list[str], rule: str) -> tuple[int, int]:
     brk = next((i + 1 for i, w in enumerate(words) if w in PHRASE_BREAKS), len(words))
     if rule == "layout":
         rel = next((i for i, w in enumerate(words) if w in _RELATION_WORD_SET), None)
-        if rel is not None and _RELATION_OF_WORDS.get(tuple(words[rel:brk])) in ("right of", "below"):
+        if rel is not None and _RELATION_OF_WORDS.get(tuple(words[rel:brk])) in MIRRORED_RELATIONS:
             return 0, rel
     return brk, len(words)
 
