@@ -1,4 +1,5 @@
 """Tests for the closed-vocabulary tokenizer (ecdit/systems/text.py)."""
+import jax
 import numpy as np
 import pytest
 from hypothesis import given
@@ -169,8 +170,9 @@ def test_segment_rules_are_checked_by_name_and_encode_follows_the_config():
     texts = ["a circle to the right of a square", "a circle and a square"]
     cfg = preset("tiny", text_segments=True, text_segment_rule="layout")
     assert np.array_equal(encode(texts, cfg)[0], tokenize_batch(texts, cfg.max_text_len, True, "layout")[0])
-    assert not np.array_equal(encode(texts, cfg)[0][0], encode(texts, preset("tiny", text_segments=True))[0][0])
-    assert np.array_equal(encode(texts, cfg)[0][1], encode(texts, preset("tiny", text_segments=True))[0][1])
+    order = preset("tiny", text_segments=True, text_segment_rule="order")
+    assert not np.array_equal(encode(texts, cfg)[0][0], encode(texts, order)[0][0])
+    assert np.array_equal(encode(texts, cfg)[0][1], encode(texts, order)[0][1])
 
 
 def test_segments_leave_the_null_caption_and_the_batch_form_agrees():
@@ -184,7 +186,7 @@ def test_segments_leave_the_null_caption_and_the_batch_form_agrees():
 
 def test_encode_follows_the_configs_text_segments():
     texts = ["a red circle and a blue square"]
-    on, off = preset("tiny", text_segments=True), preset("tiny")
+    on, off = preset("tiny", text_segments=True), preset("tiny", text_segments=False)
     assert np.array_equal(encode(texts, on)[0], tokenize_batch(texts, on.max_text_len, segments=True)[0])
     assert np.array_equal(encode(texts, off)[0], tokenize_batch(texts, off.max_text_len)[0])
     assert not np.array_equal(encode(texts, on)[0], encode(texts, off)[0])
@@ -205,6 +207,22 @@ def test_a_model_with_segments_needs_room_for_the_second_phrase_ids():
     check_config(cfg)                                # 64 rows hold the words and their copies
 
 
+def test_turning_the_marks_on_changes_only_the_marked_rows_of_the_init():
+    """init_model: with text_segments, a seed's parameters equal those without, except the copies'
+    embedding rows OFFSET..2 OFFSET - 1, so a run with the marks is paired with the preset's run."""
+    plain = init_model(preset("tiny", text_segments=False), seed=3)
+    marked = init_model(preset("tiny", text_segments=True), seed=3)
+    k = TEXT_SEGMENT_OFFSET
+    flat_plain, flat_marked = jax.tree_util.tree_leaves_with_path(plain), jax.tree_util.tree_leaves(marked)
+    assert len(flat_plain) == len(flat_marked)
+    for (path, a), b in zip(flat_plain, flat_marked):
+        if jax.tree_util.keystr(path) == "['text']['embed']":
+            np.testing.assert_array_equal(np.delete(a, np.s_[k:2 * k], axis=0), np.delete(b, np.s_[k:2 * k], axis=0))
+            assert not np.array_equal(a[k:2 * k], b[k:2 * k])
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+
+
 def test_second_phrase_rows_start_as_their_words_plus_one_segment_vector():
     """init_text_encoder: row OFFSET + w = row w + s for one shared s != 0; without segments the
     rows are independent draws (the difference is not one shared vector)."""
@@ -213,5 +231,5 @@ def test_second_phrase_rows_start_as_their_words_plus_one_segment_vector():
     diff = embed[k:2 * k] - embed[:k]                                                     # (k, Dy)
     np.testing.assert_allclose(diff, np.broadcast_to(diff[0], diff.shape), atol=1e-6)
     assert np.linalg.norm(diff[0]) > 1.0
-    plain = init_model(preset("tiny"), seed=3)["text"]["embed"]
+    plain = init_model(preset("tiny", text_segments=False), seed=3)["text"]["embed"]
     assert np.abs((plain[k:2 * k] - plain[:k]) - (plain[k] - plain[0])).max() > 1.0

@@ -83,8 +83,9 @@ ROW_FIELDS = ("ffn_kind", "capacity_factor", "num_selected", "capacity_predictor
 
 
 def _base_config(base: str, model_changes) -> ModelConfig:
-    """The preset every row starts from: `base` with the shape head off, then `model_changes`."""
-    return preset(base, **{"shape_head_layer": None, **(model_changes or {})})
+    """The preset every row starts from: `base` with the shape head and the segment marks off (the
+    comparison of docs/fidelity.md was measured without them), then `model_changes`."""
+    return preset(base, **{"shape_head_layer": None, "text_segments": False, **(model_changes or {})})
 
 
 def model_configs(base: str = "tiny", model_changes=None) -> dict[str, ModelConfig]:

@@ -134,16 +134,17 @@ def init_block(rng, d: int, d_text: int, num_heads: int, num_kv_heads: int, ffn_
 # The model
 # ---------------------------------------------------------------------------------------------
 
-def init_text_encoder(rng, config: ModelConfig) -> dict:
+def init_text_encoder(rng, config: ModelConfig, segment_rng) -> dict:
     """Word embeddings, learned positions and `text_depth` pre-LN transformer layers of width Dy.
     With `config.text_segments`, rows TEXT_SEGMENT_OFFSET + w (word w in the second noun phrase) start
-    as row w plus one segment vector drawn after the word rows."""
+    as row w plus one segment vector, drawn from `segment_rng`, not `rng`, so that turning the marks
+    on leaves every other parameter of a seed as it was (a paired comparison)."""
     dy = config.text_width
     # unit-scale word vectors, smaller positions (word identity matters most; LN follows)
     embed = rng.standard_normal((config.vocab_size, dy)).astype(DTYPE)          # (V, Dy)
     if config.text_segments:                     # a second-phrase word: its word's row + one segment vector
         k = TEXT_SEGMENT_OFFSET
-        segment = rng.standard_normal((dy,)).astype(DTYPE)                      # (Dy,)
+        segment = segment_rng.standard_normal((dy,)).astype(DTYPE)              # (Dy,)
         embed[k:2 * k] = embed[:k] + segment                                    # (k, Dy)
     return {
         "embed": embed,
@@ -165,7 +166,7 @@ def init_model(config: ModelConfig, seed: int = 0) -> dict:
     if config.pos_embedding == "learned":
         params["pos_embed"] = (rng.standard_normal((config.num_tokens, d)) * 0.02).astype(DTYPE)
     params["t_mlp"] = init_timestep_mlp(rng, config.freq_dim, d)
-    params["text"] = init_text_encoder(rng, config)
+    params["text"] = init_text_encoder(rng, config, segment_rng=np.random.default_rng([int(seed), 1]))
     if config.pooled_text:
         params["text_pool"] = {"w": _normal(rng, (config.text_width, d), config.text_width),
                                "b": np.zeros((d,), DTYPE)}
