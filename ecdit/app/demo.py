@@ -128,6 +128,14 @@ def _shape_head_text(cfg: ModelConfig) -> str:
             f"(weight {cfg.shape_loss_weight:g} on its cross-entropy; sampling never runs it; docs/model.md).")
 
 
+def _segments_text(cfg: ModelConfig) -> str:
+    if not cfg.text_segments:
+        return ""
+    which = ("the object that lies right of / below the other" if cfg.text_segment_rule == "layout"
+             else "the second noun phrase")
+    return f" The tokenizer marks the words of {which} in a two-object caption (segment marks; docs/model.md)."
+
+
 def _loss_text(cfg: ModelConfig, s: dict) -> str:
     if cfg.shape_head_layer is None or not np.isfinite(s.get("final_flow_loss", np.nan)):
         return ""
@@ -151,7 +159,7 @@ Made by `ecdit demo` on {s['machine']} in {s['total_seconds'] / 60:.1f} minutes
 D = {cfg.width}, {cfg.num_heads} heads / {cfg.num_kv_heads} kv heads, expert-choice MoE with {cfg.num_experts} experts on
 layers {', '.join(str(i + 1) for i in cfg.sparse_layers)} (capacity factor {cfg.capacity_factor}),
 {fmt_params(s['params']['total'])} parameters ({fmt_params(s['params']['activated'])} activated per token) plus a
-{fmt_params(s['params']['text_encoder'])} word-level text encoder.{_prediction_text(cfg)}{_shape_head_text(cfg)}
+{fmt_params(s['params']['text_encoder'])} word-level text encoder.{_prediction_text(cfg)}{_shape_head_text(cfg)}{_segments_text(cfg)}
 
 ## Training
 {s['steps']} steps of {tc.batch_size} images ({_optimizer_text(tc)}, lr {tc.learning_rate:g}, {tc.warmup_steps} warmup steps,
