@@ -1,5 +1,4 @@
 """Tests for the closed-vocabulary tokenizer (ecdit/systems/text.py)."""
-import jax
 import numpy as np
 import pytest
 from hypothesis import given
@@ -8,6 +7,7 @@ from hypothesis import strategies as st
 from ecdit.core.config import TEXT_SEGMENT_OFFSET, preset
 from ecdit.core.params import init_model
 from ecdit.systems import shapes as S
+from ecdit.systems.checkpoint import flatten
 from ecdit.systems.text import MAX_LEN, VOCAB, check_config, detokenize, encode, tokenize, tokenize_batch
 
 ALL_CAPTIONS = [p.text for c in S.CATEGORIES for p in S.all_prompts(c)]
@@ -213,14 +213,15 @@ def test_turning_the_marks_on_changes_only_the_marked_rows_of_the_init():
     plain = init_model(preset("tiny", text_segments=False), seed=3)
     marked = init_model(preset("tiny", text_segments=True), seed=3)
     k = TEXT_SEGMENT_OFFSET
-    flat_plain, flat_marked = jax.tree_util.tree_leaves_with_path(plain), jax.tree_util.tree_leaves(marked)
-    assert len(flat_plain) == len(flat_marked)
-    for (path, a), b in zip(flat_plain, flat_marked):
-        if jax.tree_util.keystr(path) == "['text']['embed']":
+    flat_plain, flat_marked = flatten(plain, "params"), flatten(marked, "params")   # name -> array
+    assert flat_plain.keys() == flat_marked.keys()
+    for name, a in flat_plain.items():
+        b = flat_marked[name]
+        if name == "params/text/embed":
             np.testing.assert_array_equal(np.delete(a, np.s_[k:2 * k], axis=0), np.delete(b, np.s_[k:2 * k], axis=0))
             assert not np.array_equal(a[k:2 * k], b[k:2 * k])
         else:
-            np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+            np.testing.assert_array_equal(a, b, err_msg=name)
 
 
 def test_second_phrase_rows_start_as_their_words_plus_one_segment_vector():
