@@ -131,9 +131,10 @@ def _shape_head_text(cfg: ModelConfig) -> str:
 def _segments_text(cfg: ModelConfig) -> str:
     if not cfg.text_segments:
         return ""
-    which = ("the object that lies right of / below the other" if cfg.text_segment_rule == "layout"
-             else "the second noun phrase")
-    return f" The tokenizer marks the words of {which} in a two-object caption (segment marks; docs/model.md)."
+    which = "the second noun phrase"
+    if cfg.text_segment_rule == "layout":
+        which = f'the object that lies right of / below the other; in an "and" caption, those of {which}'
+    return f" In a two-object caption the tokenizer marks the words of {which} (segment marks; docs/model.md)."
 
 
 def _loss_text(cfg: ModelConfig, s: dict) -> str:
