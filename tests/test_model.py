@@ -195,7 +195,7 @@ def test_bad_config_value_names_the_field(field, value):
 
 @pytest.mark.parametrize("field,value", [("mask_ratio", 1.0), ("learning_rate", 0.0), ("caption_dropout", 2.0),
                                          ("optimizer", "sgd"), ("adam_b2", 1.0), ("weight_decay", -0.1),
-                                         ("loss_weighting", "snr"), ("category_weights", "mixed"),
+                                         ("loss_weighting", "snr"), ("category_weights", "mixed"), ("pair_caption_order", "reading"),
                                          ("category_weights", (1, 1, 1, 1, 1, -1)), ("category_weights", (0, 0))])
 def test_bad_train_config_value_names_the_field(field, value):
     with pytest.raises(ValueError, match=f"^{field}"):

@@ -295,6 +295,44 @@ def test_category_weights_reject_a_wrong_length_negative_zero_or_nan(bad):
         S.sample_batch(np.random.default_rng(0), 2, image_size=16, category_weights=bad)
 
 
+PAIR_PROMPTS = [p for c in ("two_objects", "colour_attribution") for p in S.all_prompts(c)]
+
+
+@given(st.sampled_from(PAIR_PROMPTS), seeds)
+def test_layout_order_names_the_left_or_upper_object_first_and_keeps_the_combination(spec, seed):
+    scene = S.scene_for_prompt(spec, np.random.default_rng(seed))
+    out = S.layout_order(spec, scene)
+    assert S.combination(out) == S.combination(spec) and out.category == spec.category
+    assert out.text in (spec.text, make_prompt(spec.category, spec.objects[::-1]).text)
+    first, second = (next(o for o in scene if o.shape == x.shape) for x in out.objects)
+    (ax, ay), (bx, by) = first.centroid, second.centroid
+    if abs(bx - ax) >= abs(by - ay):
+        assert ax <= bx                                   # side by side: the left one first
+    else:
+        assert ay <= by                                   # stacked: the upper one first
+    assert S.layout_order(out, scene) == out              # already in order: unchanged
+
+
+def test_layout_order_leaves_the_other_categories_alone():
+    for cat in ("single_object", "colours", "counting", "position"):
+        for spec in S.all_prompts(cat)[:5]:
+            assert S.layout_order(spec, S.scene_for_prompt(spec, np.random.default_rng(1))) is spec
+
+
+def test_layout_caption_order_changes_only_pair_captions_and_never_the_images():
+    a_imgs, a_caps = S.sample_batch(np.random.default_rng(5), 400, image_size=16)
+    b_imgs, b_caps = S.sample_batch(np.random.default_rng(5), 400, image_size=16, pair_caption_order="layout")
+    np.testing.assert_array_equal(a_imgs, b_imgs)
+    changed = [(parse_prompt(a), parse_prompt(b)) for a, b in zip(a_caps, b_caps) if a != b]
+    assert changed                                        # about half of the pair captions swap
+    assert all(a.category in ("two_objects", "colour_attribution") and a.objects == b.objects[::-1]
+               for a, b in changed)
+    pairs = [t for t in a_caps if parse_prompt(t).category in ("two_objects", "colour_attribution")]
+    assert 0.3 < len(changed) / len(pairs) < 0.7, (len(changed), len(pairs))
+    with pytest.raises(ValueError, match="pair_caption_order"):
+        S.sample_batch(np.random.default_rng(0), 2, image_size=16, pair_caption_order="reading")
+
+
 # --------------------------------------------------------------------------- scenes
 
 def _check_scene(spec, objs, image_size):

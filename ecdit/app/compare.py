@@ -37,7 +37,7 @@ from ecdit.app.allocation import allocation_detail_correlation, patch_detail
 from ecdit.app.heatmap import plot_allocation, step_times
 from ecdit.app.plots import plot_compare, plot_experts_per_step
 from ecdit.app.reports import evaluate_model, final_loss, fmt_params
-from ecdit.core.config import DEFAULT_GUIDANCE, DEFAULT_SAMPLE_STEPS, ModelConfig, preset, train_preset
+from ecdit.core.config import DEFAULT_GUIDANCE, DEFAULT_SAMPLE_STEPS, ModelConfig, TrainConfig, preset, train_preset
 from ecdit.core.params import count_params
 from ecdit.systems import checkpoint, shapes
 from ecdit.systems.geneval import TABLE_COLUMNS
@@ -86,6 +86,12 @@ def _base_config(base: str, model_changes) -> ModelConfig:
     """The preset every row starts from: `base` with the shape head and the segment marks off (the
     comparison of docs/fidelity.md was measured without them), then `model_changes`."""
     return preset(base, **{"shape_head_layer": None, "text_segments": False, **(model_changes or {})})
+
+
+def _base_train(base: str) -> TrainConfig:
+    """The training settings every row starts from: `base`'s, with the pair captions in either
+    order (docs/data.md), as docs/fidelity.md measured them."""
+    return train_preset(base, pair_caption_order="any")
 
 
 def model_configs(base: str = "tiny", model_changes=None) -> dict[str, ModelConfig]:
@@ -143,7 +149,7 @@ def run_compare(out_dir="compare", *, steps=600, per_category=30, sample_steps=D
                          train_changes=train_changes, mesh=mesh, base=base)
     if os.path.exists(os.path.join(out_dir, SETTINGS)):
         os.remove(os.path.join(out_dir, SETTINGS))               # written again only when this run finishes
-    base_tc = train_preset(base)
+    base_tc = _base_train(base)
     decay = steps if base_tc.decay_steps and steps > base_tc.warmup_steps else 0
     tc = base_tc.replace(**{"seed": seed, "decay_steps": decay, **(train_changes or {})})
     configs = model_configs(base, model_changes)
@@ -211,7 +217,7 @@ def _settings(*, steps=600, per_category=30, sample_steps=DEFAULT_SAMPLE_STEPS, 
                                   "guidance_scale": guidance_scale, "seed": seed, "rows": list(rows),
                                   "model_changes": model_changes or {}, "train_changes": train_changes or {},
                                   "model": asdict(_base_config(base, model_changes)),
-                                  "train": asdict(train_preset(base))}))
+                                  "train": asdict(_base_train(base))}))
 
 
 def finished_run(out_dir: str, settings: dict) -> list[dict] | None:

@@ -137,6 +137,13 @@ def _segments_text(cfg: ModelConfig) -> str:
     return f" In a two-object caption the tokenizer marks the words of {which} (segment marks; docs/model.md)."
 
 
+def _pair_order_text(tc: TrainConfig) -> str:
+    if tc.pair_caption_order != "layout":
+        return ""
+    return ('; the training captions name the two objects of an "and" caption left to right, or top to '
+            "bottom when stacked (docs/data.md)")
+
+
 def _loss_text(cfg: ModelConfig, s: dict) -> str:
     if cfg.shape_head_layer is None or not np.isfinite(s.get("final_flow_loss", np.nan)):
         return ""
@@ -164,7 +171,7 @@ layers {', '.join(str(i + 1) for i in cfg.sparse_layers)} (capacity factor {cfg.
 
 ## Training
 {s['steps']} steps of {tc.batch_size} images ({_optimizer_text(tc)}, lr {tc.learning_rate:g}, {tc.warmup_steps} warmup steps,
-caption dropout {tc.caption_dropout}, mask ratio {tc.mask_ratio}, logit-normal timesteps with mu {tc.t_mu:g}, sigma {tc.t_sigma:g}{_ema_text(tc)}); loss {s['first_loss']:.3f} at the first log, {s['final_loss']:.3f}{_loss_text(cfg, s)}
+caption dropout {tc.caption_dropout}, mask ratio {tc.mask_ratio}, logit-normal timesteps with mu {tc.t_mu:g}, sigma {tc.t_sigma:g}{_ema_text(tc)}{_pair_order_text(tc)}); loss {s['first_loss']:.3f} at the first log, {s['final_loss']:.3f}{_loss_text(cfg, s)}
 at the end (mean of the last 20% of logs); {s['images_per_s']:.0f} images/s.
 
 ![loss](loss.png)

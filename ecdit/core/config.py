@@ -44,6 +44,7 @@ PREDICTIONS = ("velocity", "x0")
 OPTIMIZERS = ("rmsprop", "adamw")
 # Per-sample weights of Eq. 1: none (the paper), or max(t, min_t)^2, which turns Eq. 1 on an
 # x-prediction model's velocity into the plain squared error of its clean-image prediction
+PAIR_CAPTION_ORDERS = ("any", "layout")   # TrainConfig.pair_caption_order (ecdit.systems.shapes)
 LOSS_WEIGHTINGS = ("velocity", "x0")
 
 # The model's two reserved text-token ids; the tokenizer (ecdit.systems.text) follows them. The
@@ -352,6 +353,9 @@ class TrainConfig:
     category_weights: tuple | None = None  # deviation (data mix): relative frequency of each caption
                                        # category in training batches, in ecdit.systems.shapes.CATEGORIES
                                        # order; None = uniform (docs/data.md)
+    pair_caption_order: str = "any"    # deviation (data): "any" names an unrelated pair's two objects
+                                       # in either order; "layout" in the scene's reading order, left
+                                       # to right or top to bottom (shapes.layout_order, docs/data.md)
     loss_weighting: str = "velocity"   # "velocity": Eq. 1 as written; "x0" (deviation): each image's
                                        # error times max(t, prediction_min_t)^2, the clean-image error
                                        # of an x-prediction model (flow.loss_weights, docs/model.md)
@@ -370,6 +374,7 @@ class TrainConfig:
         real_number("learning_rate", self.learning_rate, lo=0.0, lo_open=True)
         one_of("optimizer", self.optimizer, OPTIMIZERS)
         one_of("loss_weighting", self.loss_weighting, LOSS_WEIGHTINGS)
+        one_of("pair_caption_order", self.pair_caption_order, PAIR_CAPTION_ORDERS)
         real_number("adam_b1", self.adam_b1, lo=0.0, hi=1.0, hi_open=True)
         real_number("adam_b2", self.adam_b2, lo=0.0, hi=1.0, hi_open=True)
         real_number("weight_decay", self.weight_decay, lo=0.0)
@@ -458,9 +463,12 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
     # paper freezes T5 (docs/model.md). EMA 0.999 for sampling (its warm-up (1 + s) / (10 + s) binds
     # until step 8,990: 0.999 and 0.9995 gave the same samples at 8,000 steps; the EMA against the raw
     # weights at CFG 7: single object 46 against 25 %). loss_weighting "x0" (the clean-image error) was worse:
-    # 27 / 17 % against 38 / 31 %.
+    # 27 / 17 % against 38 / 31 %. pair_caption_order "layout": an "and" caption names its objects left to
+    # right (or top to bottom), so the layout segment marks mean one side there too; at 12,000 steps it took
+    # validation two objects from 18 / 9 % to 38 / 27 % (seeds 0 / 1; docs/model.md, "Pair captions in
+    # reading order").
     "tiny": TrainConfig(batch_size=16, optimizer="adamw", learning_rate=2e-3, warmup_steps=200, mask_ratio=0.0,
-                        grad_clip=1.0, text_lr_scale=0.0, ema_decay=0.999, t_mu=1.2),
+                        grad_clip=1.0, text_lr_scale=0.0, ema_decay=0.999, t_mu=1.2, pair_caption_order="layout"),
     "small": TrainConfig(batch_size=128, learning_rate=5e-4, warmup_steps=1000, mask_ratio=0.5,
                          grad_clip=1.0),
 }

@@ -62,7 +62,7 @@ from functools import lru_cache
 import numpy as np
 
 from ecdit.core.checks import positive_int
-from ecdit.core.config import BACKGROUND_LABEL, NUM_SHAPE_LABELS
+from ecdit.core.config import BACKGROUND_LABEL, NUM_SHAPE_LABELS, PAIR_CAPTION_ORDERS
 
 # ---------------------------------------------------------------------------------------------
 # Vocabulary of the world
@@ -744,15 +744,37 @@ def render_items(items, image_size: int = 32) -> np.ndarray:
                      for it in items])                                        # (M, I, J, 3)
 
 
+def layout_order(spec: PromptSpec, scene) -> PromptSpec:
+    """The caption of an unrelated pair (two_objects, colour_attribution) written in the scene's
+    reading order: the noun phrase of the object further left first, or of the object higher up
+    when the two lie more above one another than side by side (centroid offsets). Other
+    categories, and a pair already in that order, come back unchanged.
+
+    The two wordings of a pair are one combination (`combination`), so the held-out rule is
+    untouched; the image is the same, and only which of its two true captions it gets changes.
+    """
+    if spec.category not in ("two_objects", "colour_attribution"):
+        return spec
+    first, second = spec.objects
+    a = next(o for o in scene if o.shape == first.shape)          # the shapes of a pair differ
+    b = next(o for o in scene if o.shape == second.shape)
+    (ax, ay), (bx, by) = a.centroid, b.centroid
+    side_by_side = abs(bx - ax) >= abs(by - ay)
+    in_order = ax <= bx if side_by_side else ay <= by              # y grows downwards
+    return spec if in_order else make_prompt(spec.category, (second, first))
+
+
 def sample_batch(rng: np.random.Generator, batch_size: int, image_size: int = 32, category_weights=None,
-                 label_patch_size: int | None = None):
+                 label_patch_size: int | None = None, pair_caption_order: str = "any"):
     """A training batch: (images (B, I, J, 3) float32 in [0, 1], captions list[str]), and with
     `label_patch_size` p also each image's `token_labels` at patch size p, (B, (I/p)^2) int32, as a
     third element. The labels draw no random numbers: the images and captions stay the same.
 
     Each example draws a category (uniformly, or in proportion to `category_weights`: one
     non-negative number per entry of CATEGORIES), then a training caption of that category
-    uniformly (never a held-out combination), then a random scene for it.
+    uniformly (never a held-out combination), then a random scene for it. With
+    `pair_caption_order="layout"` an unrelated pair's caption is then written in the scene's reading
+    order (`layout_order`), which draws no random numbers: the images stay the same.
     """
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"rng: expected a numpy.random.Generator, got {type(rng).__name__}")
@@ -768,6 +790,8 @@ def sample_batch(rng: np.random.Generator, batch_size: int, image_size: int = 32
         p = w / w.sum()                                                      # (6,)
     if label_patch_size is not None:
         label_patch_size = _check_patch_size("label_patch_size", label_patch_size, image_size)
+    if pair_caption_order not in PAIR_CAPTION_ORDERS:
+        raise ValueError(f"pair_caption_order: expected one of {PAIR_CAPTION_ORDERS}, got {pair_caption_order!r}")
     images = np.empty((int(batch_size), image_size, image_size, 3), dtype=np.float32)  # (B, I, J, 3)
     captions: list[str] = []
     coverages: list = []
@@ -776,7 +800,10 @@ def sample_batch(rng: np.random.Generator, batch_size: int, image_size: int = 32
         k = int(rng.integers(len(CATEGORIES))) if p is None else int(rng.choice(len(CATEGORIES), p=p))
         prompts = training_prompts(CATEGORIES[k])
         spec = prompts[int(rng.integers(len(prompts)))]
-        images[i], coverage = _render_with_coverage(scene_for_prompt(spec, rng, image_size), image_size)
+        scene = scene_for_prompt(spec, rng, image_size)
+        images[i], coverage = _render_with_coverage(scene, image_size)
+        if pair_caption_order == "layout":
+            spec = layout_order(spec, scene)
         captions.append(spec.text)
         if label_patch_size is not None:
             coverages.append(coverage)

@@ -84,7 +84,8 @@ def make_batch(seed: int, step: int, model_cfg: ModelConfig, train_cfg: TrainCon
     head = model_cfg.shape_head_layer is not None                # the shape head's token labels
     images, captions, *labels = shapes.sample_batch(rng, train_cfg.batch_size, model_cfg.image_size,
                                                     train_cfg.category_weights,
-                                                    model_cfg.patch_size if head else None)
+                                                    model_cfg.patch_size if head else None,
+                                                    train_cfg.pair_caption_order)
     return sample_step_inputs(rng, images, captions, model_cfg, train_cfg, *labels)
 
 
