@@ -464,9 +464,9 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
     # until step 8,990: 0.999 and 0.9995 gave the same samples at 8,000 steps; the EMA against the raw
     # weights at CFG 7: single object 46 against 25 %). loss_weighting "x0" (the clean-image error) was worse:
     # 27 / 17 % against 38 / 31 %. pair_caption_order "layout": an "and" caption names its objects left to
-    # right (or top to bottom), so the layout segment marks mean one side there too; at 12,000 steps it took
-    # validation two objects from 18 / 9 % to 38 / 27 % (seeds 0 / 1; docs/model.md, "Pair captions in
-    # reading order").
+    # right (or top to bottom), so the layout segment marks mean one side there too; over seeds 0-2 it took
+    # validation two objects from 12.0 to 26.7 % at 10,000 steps and from 15.7 to 33.3 % at 12,000
+    # (docs/model.md, "Pair captions in reading order").
     "tiny": TrainConfig(batch_size=16, optimizer="adamw", learning_rate=2e-3, warmup_steps=200, mask_ratio=0.0,
                         grad_clip=1.0, text_lr_scale=0.0, ema_decay=0.999, t_mu=1.2, pair_caption_order="layout"),
     "small": TrainConfig(batch_size=128, learning_rate=5e-4, warmup_steps=1000, mask_ratio=0.5,
