@@ -42,9 +42,9 @@ POS_EMBEDDINGS = ("sincos", "learned")
 PREDICTIONS = ("velocity", "x0")
 # The optimiser: the paper's RMSProp with momentum, or AdamW (a deviation for short CPU runs)
 OPTIMIZERS = ("rmsprop", "adamw")
+PAIR_CAPTION_ORDERS = ("any", "layout")   # TrainConfig.pair_caption_order (ecdit.systems.shapes)
 # Per-sample weights of Eq. 1: none (the paper), or max(t, min_t)^2, which turns Eq. 1 on an
 # x-prediction model's velocity into the plain squared error of its clean-image prediction
-PAIR_CAPTION_ORDERS = ("any", "layout")   # TrainConfig.pair_caption_order (ecdit.systems.shapes)
 LOSS_WEIGHTINGS = ("velocity", "x0")
 
 # The model's two reserved text-token ids; the tokenizer (ecdit.systems.text) follows them. The

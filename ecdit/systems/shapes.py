@@ -61,7 +61,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from ecdit.core.checks import positive_int
+from ecdit.core.checks import one_of, positive_int
 from ecdit.core.config import BACKGROUND_LABEL, NUM_SHAPE_LABELS, PAIR_CAPTION_ORDERS
 
 # ---------------------------------------------------------------------------------------------
@@ -790,8 +790,7 @@ def sample_batch(rng: np.random.Generator, batch_size: int, image_size: int = 32
         p = w / w.sum()                                                      # (6,)
     if label_patch_size is not None:
         label_patch_size = _check_patch_size("label_patch_size", label_patch_size, image_size)
-    if pair_caption_order not in PAIR_CAPTION_ORDERS:
-        raise ValueError(f"pair_caption_order: expected one of {PAIR_CAPTION_ORDERS}, got {pair_caption_order!r}")
+    one_of("pair_caption_order", pair_caption_order, PAIR_CAPTION_ORDERS)
     images = np.empty((int(batch_size), image_size, image_size, 3), dtype=np.float32)  # (B, I, J, 3)
     captions: list[str] = []
     coverages: list = []
