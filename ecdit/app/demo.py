@@ -193,7 +193,7 @@ standard error of sqrt(p (1 - p) / {s['per_category']}), e.g. {binomial_se(0.1, 
 
 ![samples](samples.png)
 
-Where the trained model's two-object prompts fail (`ecdit.systems.geneval.miss_breakdown`; docs/model.md,
+Where the trained model's two-object prompts fail (`ecdit.systems.geneval.miss_breakdown`; docs/experiments.md,
 "Where the two-object prompts fail"):
 
 {chr(10).join("- " + line for line in geneval.format_misses(s.get('misses', {})))}

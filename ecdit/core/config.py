@@ -6,7 +6,7 @@ static argument. Derived values (`num_tokens`, `head_dim`, `ffn_hidden`, `sparse
 
 Presets (`preset(name)`):
   tiny            trains on 2 CPU cores in minutes (the `ecdit demo` model); sizes measured, see
-                  docs/model.md
+                  docs/experiments.md
   small           a GPU-sized sibling of tiny (64x64 images, 8 layers, D = 256)
   XL, XXL, 3XL, M the backbones of Table 1 (layers, hidden dim, #heads, #KV), on the paper's
                   latent grid (256x256 images through an 8-channel VAE with stride 8 = 32x32x8,
@@ -163,12 +163,12 @@ class ModelConfig:
     # cross-entropy beside Eq. 1. It only shapes what the blocks learn: sampling never reads it.
     shape_head_layer: int | None = None
     shape_loss_weight: float = 0.1
-    # Segment marks (deviation, off in every preset; docs/model.md, "Which noun is which"): the words
+    # Segment marks (deviation, on in tiny; docs/experiments.md, "Which noun is which"): the words
     # of the caption's second noun phrase ("a square" in "a circle to the left of a square") get ids
     # shifted by TEXT_SEGMENT_OFFSET, whose embeddings start as the word's plus one shared segment
     # vector, so every caption token says which of the two objects it describes
     text_segments: bool = False
-    # which phrase the marks go on: "order" or "layout" (SEGMENT_RULES; docs/model.md, "Marks by layout":
+    # which phrase the marks go on: "order" or "layout" (SEGMENT_RULES; docs/experiments.md, "Marks by layout":
     # at 10,000 steps "layout" took held-out position from 4 / 5 / 2 % to 18 / 10 / 18 %, seeds 0-2)
     text_segment_rule: str = "order"
     # Timestep embedding (DiT): sinusoid of 1000 t, F_t features, then a two-layer MLP to D
@@ -419,18 +419,18 @@ def _table1(name, depth, width, heads, kv, experts):
 
 # tiny: the `ecdit demo` model. Patch 4 keeps S = 64 tokens (patch 8 makes P = 192 > D: with
 # velocity prediction it never left pure noise; with x-prediction it draws solid 8x8 blocks,
-# measured, docs/model.md); D = 64 runs ~2x
+# measured, docs/experiments.md); D = 64 runs ~2x
 # faster than D = 96 at the same loss per image seen (measured); 4 layers, 2 of them sparse.
 # pooled_text: the caption also enters AdaLN (docs/model.md, deviations). prediction "x0": the final
 # layer predicts clean patches (x-prediction); with t_mu 0.8 below, single object 23 / 23 % against
 # 16 / 16 % for velocity prediction at t_mu 0 on the validation items, two seeds at 8,000 steps
-# (docs/model.md, "x-prediction and the timestep shift"). shape_head_layer 2: a head on block 2's
+# (docs/experiments.md, "x-prediction and the timestep shift"). shape_head_layer 2: a head on block 2's
 # output learns each token's shape label, weight 0.1; at 8,000 steps, over seeds 0-2, it took
 # validation single object / colours from 36 / 29 % to 44 / 35 % (two objects and position unchanged;
-# block 1: no gain; docs/model.md, "The shape head"). text_segments with the "layout" rule: the
+# block 1: no gain; docs/experiments.md, "The shape head"). text_segments with the "layout" rule: the
 # object that lies right of / below the other is marked; with an init paired to the unmarked one,
 # seeds 0-1 at 10,000 / 12,000 steps gave validation position 13.5 / 21.5 % against 2.5 / 5 %,
-# single object 55.5 / 65 against 56 / 68.5 (docs/model.md, "Marks by layout, paired").
+# single object 55.5 / 65 against 56 / 68.5 (docs/experiments.md, "Marks by layout, paired").
 _TINY = ModelConfig(name="tiny", image_size=32, channels=3, patch_size=4, depth=4, width=64,
                     num_heads=4, num_kv_heads=2, num_experts=8, text_width=32, text_depth=2,
                     text_heads=4, freq_dim=128, pooled_text=True, prediction="x0", shape_head_layer=2,
@@ -450,7 +450,7 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 TRAIN_PRESETS: dict[str, TrainConfig] = {
-    # tiny (docs/model.md, "AdamW and the timestep shift"): AdamW lr 2e-3 (b2 0.99), 200 warmup steps;
+    # tiny (docs/experiments.md, "AdamW and the timestep shift"): AdamW lr 2e-3 (b2 0.99), 200 warmup steps;
     # at 8,000 steps it took validation single object / colours from 23 / 15 % (the paper's RMSProp with
     # momentum, lr 5e-4, the best RMSProp setting measured) to 34 / 25 % (lr 1e-3: 30 / 17; 4e-3: 28 / 24).
     # t_mu 1.2: more timesteps at the high-noise end, where the layout of a sample is decided (0.8:
@@ -466,7 +466,7 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
     # 27 / 17 % against 38 / 31 %. pair_caption_order "layout": an "and" caption names its objects left to
     # right (or top to bottom), so the layout segment marks mean one side there too; over seeds 0-2 it took
     # validation two objects from 12.0 to 26.7 % at 10,000 steps and from 15.7 to 33.3 % at 12,000
-    # (docs/model.md, "Pair captions in reading order").
+    # (docs/experiments.md, "Pair captions in reading order").
     "tiny": TrainConfig(batch_size=16, optimizer="adamw", learning_rate=2e-3, warmup_steps=200, mask_ratio=0.0,
                         grad_clip=1.0, text_lr_scale=0.0, ema_decay=0.999, t_mu=1.2, pair_caption_order="layout"),
     "small": TrainConfig(batch_size=128, learning_rate=5e-4, warmup_steps=1000, mask_ratio=0.5,
@@ -475,7 +475,7 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
 # Sampling defaults of the command line and the reports. CFG 5 was chosen on the validation
 # items (seen prompts, fresh seeds: ecdit.systems.shapes.validation_items), never on the held-out ones:
 # over seven tiny runs, single object / colours averaged 18 / 13 % at CFG 3 and 21 / 16 % at 5
-# (docs/model.md). 20 Euler steps: 50 and 100 scored within noise of 20.
+# (docs/model.md, "Sampling defaults"). 20 Euler steps: 50 and 100 scored within noise of 20.
 DEFAULT_GUIDANCE = 5.0
 DEFAULT_SAMPLE_STEPS = 20
 # Held-out items per category scored by `ecdit demo` and `ecdit eval`: at 100 one item is one
