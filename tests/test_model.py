@@ -1,6 +1,8 @@
 """The whole model: reference == accelerated, patches, masking, groups, config and the counter."""
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ecdit.accelerated import model as A
 from ecdit.core.config import TrainConfig, preset, train_preset
@@ -8,7 +10,7 @@ from ecdit.core.params import count as num_params
 from ecdit.core.params import count_params, init_model, randomize_zero_init
 from ecdit.reference import model as R
 from ecdit.systems import text
-from tests.helpers import small_config
+from tests.helpers import normal, seeds, small_config
 from tests.tolerances import MEANINGFULLY_DIFFERENT, PAPER_TABLE1, PAPER_TABLE1_ACTIVATED, assert_close
 
 KINDS = ("dense", "expert_choice", "token_choice")
@@ -81,6 +83,69 @@ def test_forward_matches_reference_with_masking_and_groups(kind, prediction):
     assert v_ref.shape == (4, 8, cfg.patch_dim)
     assert_close(v_acc, v_ref)
     np.testing.assert_array_equal(np.asarray(r_acc[1]["experts_per_token"]), r_ref[1]["experts_per_token"])
+
+
+# The pieces `forward` is made of, each against its reference on its own, so that a difference is
+# found in the piece that makes it (the walkthrough lists these beside each function).
+
+def _parts(kind="expert_choice", **changes):
+    cfg = small_config(kind, **changes)
+    params = randomize_zero_init(init_model(cfg, 1))
+    return (cfg, params) + inputs(cfg)
+
+
+@pytest.mark.parametrize("pos", ("sincos", "learned"))
+def test_patch_embedding_and_positions_match_reference(pos):
+    cfg, params, x, _, _, _ = _parts(pos_embedding=pos)
+    table = R.positional_embedding(params, cfg)
+    assert table.shape == (cfg.num_tokens, cfg.width)
+    assert_close(A.positional_embedding(params, cfg), table)
+    assert_close(A.sincos_embedding_2d(cfg.grid_size, cfg.width), R.sincos_embedding_2d(cfg.grid_size, cfg.width))
+    tokens = R.embed_patches(x, params, cfg)
+    assert_close(tokens, R.patchify(x, cfg.patch_size) @ params["patch_embed"]["w"] + params["patch_embed"]["b"]
+                 + table[None])                                  # the linear patch embedding plus positions
+    assert_close(A.embed_patches(x, params, cfg), tokens)
+
+
+@given(b=st.integers(1, 3), s=st.integers(1, 12), kept=st.floats(0, 1), seed=seeds)
+def test_keep_tokens_gathers_each_images_listed_tokens_in_both_halves(b, s, kept, seed):
+    rng = np.random.default_rng(seed)
+    tokens = normal(rng, (b, s, 4))                              # (B, S, D)
+    n = max(1, round(kept * s))
+    keep = np.sort(np.stack([rng.permutation(s)[:n] for _ in range(b)]), axis=1)  # (B, S')
+    out = R.keep_tokens(tokens, keep)
+    np.testing.assert_array_equal(out, np.stack([tokens[i, keep[i]] for i in range(b)]))
+    np.testing.assert_array_equal(np.asarray(A.keep_tokens(tokens, keep)), out)
+
+
+@pytest.mark.parametrize("pooled", (False, True))
+def test_conditioning_text_encoder_timestep_and_pooled_caption_match_reference(pooled):
+    cfg, params, _, t, ids, mask = _parts(pooled_text=pooled)
+    y = R.text_encoder(ids, mask, params["text"], cfg.text_heads)
+    assert y.shape == (len(ids), cfg.max_text_len, cfg.text_width)
+    assert_close(A.text_encoder(ids, mask, params["text"], cfg.text_heads), y)
+    c = R.timestep_condition(t, params["t_mlp"], cfg)
+    assert_close(A.timestep_condition(t, params["t_mlp"], cfg), c)
+    if pooled:
+        assert_close(A.pooled_text(y, mask, params["text_pool"]), R.pooled_text(y, mask, params["text_pool"]))
+
+
+def test_model_block_and_final_layer_match_reference():
+    cfg, params, x, t, ids, mask = _parts("expert_choice")      # layer 1 dense, layer 2 expert choice
+    tokens = R.embed_patches(x, params, cfg)                     # (B, S, D)
+    c = R.timestep_condition(t, params["t_mlp"], cfg)            # (B, D)
+    y = R.text_encoder(ids, mask, params["text"], cfg.text_heads)  # (B, L, Dy)
+    for block in params["blocks"]:
+        out_r, r_r = R.model_block(tokens, c, y, block, cfg, None, mask)
+        out_a, r_a = A.model_block(tokens, c, y, block, cfg, None, mask)
+        assert_close(out_a, out_r)
+        assert (r_a is None) == (r_r is None)
+        if r_r is not None:
+            np.testing.assert_array_equal(np.asarray(r_a["experts_per_token"]), r_r["experts_per_token"])
+        tokens = out_r
+    v = R.final_layer(tokens, c, params["final"])
+    assert v.shape == (len(x), cfg.num_tokens, cfg.patch_dim)
+    assert_close(A.final_layer(tokens, c, params["final"]), v)
 
 
 def test_velocity_is_unpatchified_forward():

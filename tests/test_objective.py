@@ -80,6 +80,25 @@ def test_every_token_choice_layer_adds_its_own_balancing_loss(half):
     assert_close(float(loss), float(m["flow_loss"]) + 0.5 * float(per_layer.sum()), tol=ARITHMETIC)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_routing_stats_match_reference_and_count_experts_per_token(kind):
+    cfg, tc, params, batch = _setup(kind)
+    t = RF.logit_normal_timesteps(batch["z"], tc.t_mu, tc.t_sigma)
+    _, routing = R.flow_matching_loss(params, batch["x0"], batch["noise"], t, batch["text_ids"], batch["text_mask"],
+                                      cfg, batch["keep_index"])
+    stats = R.routing_stats(routing)
+    got = A.routing_stats(routing)
+    assert sorted(got) == sorted(stats)
+    for key, value in stats.items():
+        assert_close(got[key], value, err_msg=key)
+    layers = [r["experts_per_token"] for r in routing if r is not None]
+    if not layers:
+        assert stats == {}
+        return
+    np.testing.assert_array_equal(stats["unrouted"], [np.mean(e == 0) for e in layers])
+    np.testing.assert_array_equal(stats["experts_max"], [e.max() for e in layers])
+
+
 @pytest.mark.parametrize("half", [R, A], ids=["reference", "accelerated"])
 def test_caption_dropout_replaces_exactly_the_dropped_rows_by_the_null_caption(half):
     ids, mask = text.tokenize_batch(["a red circle", "two squares", "a cross"], 8)

@@ -1,6 +1,6 @@
 """`ecdit`: the command line. Start with `ecdit demo`.
 
-Subcommands: demo, train, sample, eval, heatmap, compare, bench. Bad input (an unknown word, a bad
+Subcommands: demo, train, sample, eval, heatmap, compare, bench, walkthrough. Bad input (an unknown word, a bad
 config value, a missing or corrupt checkpoint) prints one line `ecdit: error: ...` and exits 2; a
 training run that diverges (a non-finite loss or gradient) prints one line and exits 3.
 
@@ -258,6 +258,19 @@ def cmd_bench(a):
     return rc
 
 
+def cmd_walkthrough(a) -> int:
+    """Build the annotated walkthrough pages (ecdit.app.walkthrough) into --out."""
+    from ecdit.app.walkthrough import WalkthroughError, build
+    try:
+        summary = build(a.out)
+    except WalkthroughError as e:                               # one line per problem, each naming its function
+        for line in str(e).splitlines():
+            print(f"ecdit: error: walkthrough: {line}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"ecdit walkthrough: {summary.line()}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 # Parser
 # ---------------------------------------------------------------------------------------------
@@ -367,6 +380,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also measure the expert-parallel EC layer's exchange on this mesh (bytes from the compiled "
                         "program and the formula; time on simulated CPU devices is a sanity check only)")
     b.set_defaults(fn=cmd_bench)
+
+    w = sub.add_parser("walkthrough", help="build the annotated pages: each equation, its spec beside its twin, "
+                                           "and the tests that prove them equal",
+                       description="Build the annotated walkthrough from the source: one self-contained HTML page per "
+                                   "module of the spec (the NumPy spec beside its JAX twin, each formula rendered, "
+                                   "the tests that prove them equal) and an index (layers, shapes glossary, equation "
+                                   "table, deviations, errata). Needs a source checkout (pip install -e .).")
+    w.add_argument("--out", default="pages", help="output folder (default %(default)s); open OUT/index.html")
+    w.set_defaults(fn=cmd_walkthrough)
     return p
 
 
