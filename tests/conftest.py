@@ -49,3 +49,11 @@ def _release_compiled_code_before_the_map_limit():
     if memory_map_count() > MAX_MAPS:
         jax.clear_caches()
         gc.collect()
+
+
+@pytest.fixture(scope="session")
+def walkthrough_pages(tmp_path_factory):
+    """The walkthrough built once from this checkout: (output folder, BuildSummary)."""
+    from ecdit.app.walkthrough import build
+    out = tmp_path_factory.mktemp("walkthrough")
+    return out, build(out)

@@ -93,13 +93,13 @@ def mark_departures(spec: list[Line], twin: list[Line]) -> None:
             twin[b[j][0]].departs = True
 
 
-def _token_html(ttype, value: str, resolve: Resolver) -> str:
+def _token_html(ttype, value: str, resolve: Resolver, after_dot: bool = False) -> str:
     cls = STANDARD_TYPES.get(ttype)
     while cls is None and ttype.parent is not None:
         ttype = ttype.parent
         cls = STANDARD_TYPES.get(ttype)
     text = html.escape(value, quote=False)
-    if ttype in Name and ttype not in Name.Function and ttype not in Name.Decorator:
+    if ttype in Name and ttype not in Name.Function and ttype not in Name.Decorator and not after_dot:
         href = resolve(value)
         if href:
             return f'<a class="{cls} ref" href="{html.escape(href)}">{text}</a>'
@@ -117,7 +117,8 @@ def pane(lines: list[Line], resolve: Resolver, id_prefix: str | None, note_ids: 
     for line in lines:
         classes = "ln departs" if (departures and line.departs) else "ln"
         ident = f' id="{id_prefix}{line.number}"' if id_prefix else ""
-        code = "".join(_token_html(t, v, resolve) for t, v in line.tokens) or " "
+        code = "".join(_token_html(t, v, resolve, k > 0 and line.tokens[k - 1][1] == ".")   # x.name is an attribute
+                       for k, (t, v) in enumerate(line.tokens)) or " "
         mark = ""
         if line.note is not None and note_ids and line.number in note_ids:
             mark = f'<a class="note-mark" href="#{note_ids[line.number]}">JAX</a>'

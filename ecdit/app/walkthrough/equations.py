@@ -74,7 +74,7 @@ PAPER = {
     6: PaperEquation(
         6, "each expert keeps its top-C tokens",
         r"\mathbf{G}_{s,i} = \begin{cases} \mathbf{A}_{s,i}, & \mathbf{A}_{s,i} \in "
-        r"\operatorname{top-k}\left(\{\mathbf{A}_{s,i} \mid 1 \le s \le S\},\ k = C\right) \\ 0, & \text{otherwise} \end{cases}",
+        r"\operatorname{top}\text{-}k\left(\{\mathbf{A}_{s,i} \mid 1 \le s \le S\},\ k = C\right) \\ 0, & \text{otherwise} \end{cases}",
         r"\text{ties in top-}C\text{ go to the lower token index};\quad C = \operatorname{round}(S f_c / E),\ "
         r"\text{halves up}",
         "Eq. 6: ties"),

@@ -284,7 +284,7 @@ class Renderer:
         site = self.site
         spec, twin = site.spec[m], site.twin[m]
         link = self.prose_linker(m)
-        title = spec.docstring.splitlines()[0].rstrip(".") if spec.docstring else m
+        title, rest = _title_and_rest(spec.docstring)
         cited = source.cited_equations(spec.docstring)
         for n in site.rows[m]:
             fn = site.shared.get(f"{m}.{n}") or spec.functions[n]
@@ -295,8 +295,7 @@ class Renderer:
                  'counterpart on the other side</span><span><span class="chip">JAX</span> a <code># JAX:</code> '
                  'note, shown under the twin</span><span>click a name in the code to mark it in both halves'
                  '</span></p>',
-                 '<div class="prose">' + markup.docstring(spec.docstring.split("\n", 1)[1] if "\n" in spec.docstring
-                                                           else "", link) + "</div>"]
+                 '<div class="prose">' + markup.docstring(rest, link) + "</div>"]
         notes = source.docstring_jax_notes(twin.docstring)
         if notes:
             parts.append('<div class="callout"><strong>Where the twin departs, module-wide.</strong> '
@@ -339,7 +338,7 @@ class Renderer:
         cited = source.cited_equations(spec_fn.docstring)
         math, k = _formula_block(formula.latex, qual, _eq_tag(cited))
         self.math += k
-        chips = "".join(f'<a class="chip" href="#eq-{n}">Eq. {n}</a>' for n in cited)
+        chips = "".join(f'<a class="chip" href="#eq-{n}">the paper\'s Eq. {n}</a>' for n in cited)
         link = self.prose_linker(m)
         parts = [f'<section class="row" id="{name}">',
                  f'<h2><a class="self" href="#{name}">{name}</a><span class="source-label">'
@@ -451,7 +450,7 @@ class Renderer:
                  'equal. Built from the source; every page is checked in a headless browser by the test suite.</p>',
                  '<h2 id="pages">The pages, in reading order</h2><ol>']
         for m in site.modules:
-            title = site.spec[m].docstring.splitlines()[0].rstrip(".")
+            title, _ = _title_and_rest(site.spec[m].docstring)
             parts.append(f'<li><a href="{m}.html"><code>{m}</code></a>: {markup.inline(title, link)} '
                          f'({len(site.rows[m])} functions)</li>')
         parts.append("</ol>")
@@ -521,6 +520,12 @@ class Renderer:
         body = (f"<h1><code>tests/{html.escape(name)}</code></h1>"
                 + code.pane(lines, lambda _: None, "L", departures=False).replace('class="code"', 'class="code source"'))
         return _page(f"ecdit · tests/{name}", body, _nav(self.site, None, depth=1), depth=1)
+
+
+def _title_and_rest(docstring: str) -> tuple[str, str]:
+    """A module docstring's first paragraph, on one line and without its full stop, and the rest."""
+    first, _, rest = docstring.strip().partition("\n\n")
+    return " ".join(first.split()).rstrip("."), rest
 
 
 def _section(path: Path, heading: str) -> str:

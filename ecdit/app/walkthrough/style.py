@@ -80,6 +80,7 @@ table { border-collapse: collapse; margin: 0.8rem 0; font-size: 0.9rem; display:
 th, td { border: 1px solid var(--rule); padding: 0.3rem 0.5rem; vertical-align: top; text-align: left; }
 th { background: var(--panel); }
 blockquote { margin: 0.6rem 0; padding: 0.1rem 0.9rem; border-left: 3px solid var(--rule); color: var(--muted); }
+pre.layers { line-height: 1.25; }
 .layers a { font-weight: 600; }
 pre.source { background: var(--panel); border: 1px solid var(--rule); border-radius: 4px; padding: 0.4rem 0;
   font-size: 0.8rem; line-height: 1.45; }
