@@ -23,3 +23,16 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert "pytest" in test_command
     ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert test_command in ci_lines, f"{test_command!r} is not a line of .ci/run"
+
+
+SYSTEM_COMMAND = ".venv/bin/python -m pytest -m system"
+
+
+def test_ci_also_runs_the_system_tests_the_readme_names():
+    """The end-to-end tests are left out of the quick start's command (pyproject's addopts), so
+    the README must name the command that runs them, and CI must run it too."""
+    readme = (ROOT / "README.md").read_text()
+    assert SYSTEM_COMMAND in readme
+    ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert SYSTEM_COMMAND in ci_lines
+    assert "-m 'not system'" in (ROOT / "pyproject.toml").read_text()

@@ -45,9 +45,9 @@ PAPER = {
     1: PaperEquation(
         1, "the rectified-flow objective",
         r"\mathcal{L}(\theta) = \mathbb{E}_{t \sim \pi(t),\, \epsilon \sim \mathcal{N}(0,1)}"
-        r"\left[\lVert \mathbf{x}_1 - \mathbf{x}_0 - v_\theta(\mathbf{x}_t, t) \rVert^2\right],"
+        r"\left[\left\lVert \mathbf{x}_1 - \mathbf{x}_0 - v_\theta(\mathbf{x}_t, t) \right\rVert^2\right],"
         r"\quad \mathbf{x}_t = t\,\mathbf{x} + (1-t)\,\epsilon",
-        r"\mathcal{L}(\theta) = \mathbb{E}_{t,\epsilon}\left[\lVert (\epsilon - x_0) - v_\theta(x_t, t) \rVert^2\right],"
+        r"\mathcal{L}(\theta) = \mathbb{E}_{t,\epsilon}\left[\left\lVert (\epsilon - x_0) - v_\theta(x_t, t) \right\rVert^2\right],"
         r"\quad x_t = (1-t)\,x_0 + t\,\epsilon,\quad t = \operatorname{sigmoid}(u),\ u \sim \mathcal{N}(\mu, \sigma)",
         "Eq. 1: direction of the path"),
     2: PaperEquation(
@@ -125,7 +125,7 @@ FUNCTIONS = {
         r"v = \frac{x_t - \hat{x}_0}{\max(t, t_{\min})}"),
     "flow.rectified_flow_loss": _f(
         "Eq. 1, the loss",
-        r"\mathcal{L} = \frac{1}{B}\sum_{b=1}^{B} w_b\, \frac{1}{n}\lVert (\epsilon_b - x_{0,b}) - v_b \rVert^2,"
+        r"\mathcal{L} = \frac{1}{B}\sum_{b=1}^{B} w_b\, \frac{1}{n}\left\lVert (\epsilon_b - x_{0,b}) - v_b \right\rVert^2,"
         r"\quad w_b = 1 \text{ unless weights are given}"),
     "flow.loss_weights": _f(
         "deviation: per-sample weights",

@@ -336,7 +336,8 @@ class Renderer:
         spec_fn = shared or site.spec[m].functions[name]
         formula = equations.FUNCTIONS[qual]
         cited = source.cited_equations(spec_fn.docstring)
-        math, k = _formula_block(formula.latex, qual, _eq_tag(cited))
+        paper = formula.source.startswith(("Eq.", "Algorithm"))      # the formula is the paper's own
+        math, k = _formula_block(formula.latex, qual, _eq_tag(cited) if paper else "")
         self.math += k
         chips = "".join(f'<a class="chip" href="#eq-{n}">the paper\'s Eq. {n}</a>' for n in cited)
         link = self.prose_linker(m)
@@ -493,7 +494,7 @@ class Renderer:
         out = ['<h2 id="table">Equation → spec → twin → tests</h2>',
                '<p class="prose">Every public function of the spec, what it computes, and how many tests prove its '
                'twin equal (or check one property on both halves).</p>',
-               "<table><thead><tr><th>source</th><th>formula</th><th>spec</th><th>twin</th><th>tests</th></tr>"
+               "<table><thead><tr><th>function, source</th><th>formula</th><th>spec</th><th>twin</th><th>tests</th></tr>"
                "</thead><tbody>"]
         for m in site.modules:
             for n in site.rows[m]:
@@ -505,10 +506,14 @@ class Renderer:
                     raise WalkthroughError(str(e)) from None
                 self.math += 1
                 g = site.tests_of(qual)
-                twin = (f'<a href="{m}.html#{n}">accelerated.{m}.{n}</a>' if qual not in site.shared
-                        else "the same function")
-                out.append(f"<tr><td>{html.escape(f.source)}</td><td>{formula}</td>"
-                           f'<td><a href="{m}.html#{n}"><code>reference.{m}.{n}</code></a></td><td>{twin}</td>'
+                if qual in site.shared:
+                    spec = twin = f'<a href="{m}.html#{n}">{SHARED[qual]}</a> (one function)'
+                else:
+                    s_fn, t_fn = site.spec[m].functions[n], site.twin[m].functions[n]
+                    spec = f'<a href="{m}.html#r{s_fn.def_line}">reference/{m}.py:{s_fn.def_line}</a>'
+                    twin = f'<a href="{m}.html#a{t_fn.def_line}">accelerated/{m}.py:{t_fn.def_line}</a>'
+                out.append(f'<tr><td><a href="{m}.html#{n}"><code>{m}.{n}</code></a><br>{html.escape(f.source)}</td>'
+                           f'<td>{formula}</td><td>{spec}</td><td>{twin}</td>'
                            f'<td>{len(g["equal"])} equal, {len(g["both"])} both halves</td></tr>')
         out.append("</tbody></table>")
         return "".join(out)
