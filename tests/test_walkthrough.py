@@ -245,3 +245,9 @@ def test_nothing():
     assert tests["test_spec_only"].kind("routing.router_affinity") == "spec"
     assert "test_nothing" not in tests
     assert tests["test_property"].sentence == "Property."
+
+
+def test_equation_citations_expand_ranges_and_leave_other_works_out():
+    from ecdit.app.walkthrough import source
+    assert source.cited_equations("Eq. 5-8, then Eq. 2 and Eq. 6 again") == [5, 6, 7, 8, 2]
+    assert source.cited_equations("Switch Transformer's Eq. 4 and the paper's Eq. 3") == [3]

@@ -134,9 +134,13 @@ def docstring_jax_notes(docstring: str) -> list[str]:
 
 
 def cited_equations(text: str) -> list[int]:
-    """Equation numbers cited as 'Eq. N' or 'Eq. N-M' (ranges expanded), in order, no repeats."""
+    """The paper's equation numbers cited as 'Eq. N' or 'Eq. N-M' (ranges expanded), in order, no
+    repeats. An equation of another work ("Switch Transformer's Eq. 4") is not the paper's."""
     out = []
     for m in EQUATION.finditer(text):
+        owner = re.search(r"(\w+)'s\s+$", text[max(0, m.start() - 40):m.start()])
+        if owner and owner.group(1) != "paper":
+            continue
         first = int(m.group("first"))
         last = int(m.group("last") or first)
         for n in range(first, max(first, last) + 1):
