@@ -2,7 +2,10 @@
 
 Subcommands: demo, train, sample, eval, heatmap, compare, bench, walkthrough. Bad input (an unknown word, a bad
 config value, a missing or corrupt checkpoint) prints one line `ecdit: error: ...` and exits 2; a
-training run that diverges (a non-finite loss or gradient) prints one line and exits 3.
+training run that diverges (a non-finite loss or gradient) prints one line and exits 3. A command
+that writes a file or folder checks that it can, before any work (`outputs.check_output`). SIGINT
+(Ctrl-C) or SIGTERM during `train` or `compare` finishes the current step, saves it, prints one
+line and exits 130 / 143 (docs/checkpoints.md, "Stopping, preemption and recovery").
 
 Each subcommand imports its machinery when it runs (the only function-level imports of the
 project, for start-up time: `ecdit --help` and argument errors answer without loading JAX).
@@ -14,7 +17,8 @@ import ast
 import os
 import sys
 
-from ecdit.core.errors import TrainingDiverged
+from ecdit.app.outputs import check_output
+from ecdit.core.errors import TrainingDiverged, TrainingStopped
 from ecdit.core.config import DEFAULT_EVAL_PER_CATEGORY, DEFAULT_GUIDANCE, DEFAULT_SAMPLE_STEPS, FFN_KINDS
 
 EXIT_BAD_INPUT = 2
@@ -64,6 +68,13 @@ def _positive(convert, what):
 
 
 _positive_int = _positive(int, "integer")
+
+
+def _step_number(text):
+    """An argparse type: a training step, a whole number >= 0."""
+    if not (text.strip().isascii() and text.strip().isdigit()):
+        raise argparse.ArgumentTypeError(f"expected a step number (a whole number >= 0), got {text!r}")
+    return int(text)
 _positive_float = _positive(float, "number")
 
 
@@ -118,6 +129,7 @@ def _sampling_args(p):
 # ---------------------------------------------------------------------------------------------
 
 def cmd_demo(a):
+    check_output(a.out, "--out", "folder")
     from ecdit.app.demo import run_demo
     s = run_demo(a.out, steps=a.steps, minutes=a.minutes, per_category=a.per_category, sample_steps=a.sample_steps,
                  guidance_scale=a.guidance, seed=a.seed, model_changes=_overrides(a.set, "set"),
@@ -130,23 +142,27 @@ def cmd_demo(a):
 
 
 def cmd_train(a):
-    from ecdit.app.plots import plot_loss
     from ecdit.core.config import preset, train_preset
-    from ecdit.systems.train import train
     changes = _overrides(a.set, "set")
     if a.ffn:
         changes.setdefault("ffn_kind", a.ffn)
     cfg = preset(a.preset, **changes)
     tc = train_preset(a.preset, **_overrides(a.train_set, "train-set"))
-    out = a.out or os.path.join("runs", cfg.name)
+    out = check_output(a.out or os.path.join("runs", cfg.name), "--out", "folder")
+    if a.resume_step is not None and a.no_resume:
+        raise UsageError("train: --resume-step resumes a run; --no-resume starts afresh: give one of them")
+    from ecdit.app.plots import plot_loss
     from ecdit.systems import distributed
     from ecdit.systems.checkpoint import DIRNAME, in_run
     from ecdit.systems.mesh import describe_mesh, parse_mesh
-    distributed.initialize(distributed.resolve(a.distributed))  # no flag, no ECDIT_* variables: one process
+    from ecdit.systems.stopping import StopSignals
+    from ecdit.systems.train import train
+    distributed.initialize(distributed.resolve(a.distributed),  # no flag, no ECDIT_* variables: one process
+                           checkpoint_dir=os.path.join(out, DIRNAME))
     axes = parse_mesh(a.mesh)
     _, history = train(cfg, tc, a.steps, out, minutes=a.minutes, resume=not a.no_resume,
                        checkpoint_every=a.checkpoint_every, progress=not a.quiet, desc=f"train {cfg.name}",
-                       mesh=axes)
+                       mesh=axes, stop=StopSignals(), resume_step=a.resume_step)
     if not distributed.is_main_process():
         return 0
     if history:
@@ -158,6 +174,7 @@ def cmd_train(a):
 
 
 def cmd_sample(a):
+    check_output(a.out, "--out", "file")
     from ecdit.app.heatmap import save_image_grid
     from ecdit.systems.checkpoint import load_params
     from ecdit.systems.sampling import generate
@@ -177,6 +194,8 @@ def cmd_sample(a):
 
 
 def cmd_eval(a):
+    if a.out:
+        check_output(a.out, "--out", "file")
     import json
 
     from ecdit.app.reports import evaluate_model, scores_table
@@ -215,6 +234,7 @@ def cmd_eval(a):
 
 
 def cmd_heatmap(a):
+    check_output(a.out, "--out", "file")
     from ecdit.app.heatmap import plot_allocation
     from ecdit.systems.checkpoint import load_params
     from ecdit.systems.sampling import generate
@@ -231,13 +251,15 @@ def cmd_heatmap(a):
 
 
 def cmd_compare(a):
+    check_output(a.out, "--out", "folder")
     from ecdit.app.compare import run_compare, run_compare_seeds
     from ecdit.systems.mesh import parse_mesh
+    from ecdit.systems.stopping import StopSignals
     rows = tuple(k.strip() for k in a.rows.split(",") if k.strip())
     kw = dict(steps=a.steps, per_category=a.per_category, sample_steps=a.sample_steps, guidance_scale=a.guidance,
               seed=a.seed, rows=rows, model_changes=_overrides(a.set, "set"),
               train_changes=_overrides(a.train_set, "train-set"), progress=not a.quiet, mesh=parse_mesh(a.mesh),
-              base=a.preset)
+              base=a.preset, stop=StopSignals())
     r = run_compare(a.out, **kw) if a.seeds == 1 else run_compare_seeds(a.out, seeds=a.seeds, **kw)
     print(r["markdown"])
     print(f"table: {os.path.join(a.out, 'compare.md')}")
@@ -248,6 +270,7 @@ def cmd_bench(a):
     # The benchmarks sit above the application (they measure it), so the command line runs them
     # as their own program instead of importing them.
     import subprocess
+    check_output(a.out, "--out", "folder")
     axes = _mesh(a)
     size = ["--full"] if a.full else ["--smoke"] if a.smoke else []
     rc = subprocess.run([sys.executable, "-m", "ecdit.benchmarks", *size, "--out-dir", a.out]).returncode
@@ -260,6 +283,7 @@ def cmd_bench(a):
 
 def cmd_walkthrough(a) -> int:
     """Build the annotated walkthrough pages (ecdit.app.walkthrough) into --out."""
+    check_output(a.out, "--out", "folder")
     from ecdit.app.walkthrough import WalkthroughError, build
     try:
         summary = build(a.out)
@@ -305,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--minutes", type=_positive_float, default=None, help="stop after this many minutes")
     t.add_argument("--out", default=None, help="run folder (default runs/PRESET)")
     t.add_argument("--no-resume", action="store_true", help="start afresh even if OUT has a checkpoint")
+    t.add_argument("--resume-step", type=_step_number, default=None, metavar="N",
+                   help="resume from the committed step N of OUT/checkpoint/ instead of the newest (e.g. when the "
+                        "newest is corrupt); the steps after N are moved aside (each renamed STEP.set-aside), not deleted")
     t.add_argument("--checkpoint-every", type=_positive_int, default=200, help="steps between checkpoints")
     t.add_argument("--ffn", choices=FFN_KINDS, default=None,
                    help="FFN kind of the interleaved layers (default: the preset's, expert_choice); diffmoe: "
@@ -409,6 +436,9 @@ def main(argv=None) -> int:
     except TrainingDiverged as e:
         print(f"ecdit: error: {e}", file=sys.stderr)
         return EXIT_DIVERGED
+    except TrainingStopped as e:                                 # SIGINT / SIGTERM: the step is saved
+        print(f"ecdit: {e}", file=sys.stderr)
+        return e.status
     except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError, ModuleNotFoundError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"ecdit: error: {msg}", file=sys.stderr)

@@ -136,12 +136,19 @@ def pick_rows(keys) -> tuple[Row, ...]:
 
 def run_compare(out_dir="compare", *, steps=600, per_category=30, sample_steps=DEFAULT_SAMPLE_STEPS,
                 guidance_scale=DEFAULT_GUIDANCE, seed=0, rows=tuple(r.key for r in SEED_ROWS),
-                model_changes=None, train_changes=None, progress=True, mesh=None, base="tiny") -> dict:
+                model_changes=None, train_changes=None, progress=True, mesh=None, base="tiny", stop=None) -> dict:
     """Train each model of `rows` once for `steps` on the same data stream (same seed), evaluate
     each row, write compare.md, compare.json and the figures. Returns {"rows", "markdown"}.
     `base`: the model and training preset every row is made from ("tiny"; "small" for a GPU).
     `mesh` ({"data": n, "expert": m}): train and sample every model on that device mesh (the
-    held-out loss runs on one device)."""
+    held-out loss runs on one device).
+
+    Each model trains in out_dir/MODEL/; one whose checkpoint there was written with the same
+    configs at or before `steps` resumes from it (`_resumable`; a comparison stopped by a signal
+    goes on where it stopped, and a model already trained is not trained again), any other is
+    removed first. `stop` (a `stopping.StopSignals`) is passed to `train`: a signal during training
+    saves the current step and raises TrainingStopped. A row's train_seconds counts the training
+    this call did."""
     picked = pick_rows(rows)
     os.makedirs(out_dir, exist_ok=True)
     settings = _settings(steps=steps, per_category=per_category, sample_steps=sample_steps,
@@ -159,9 +166,11 @@ def run_compare(out_dir="compare", *, steps=600, per_category=30, sample_steps=D
         cfg = configs[row.model]
         if row.model not in trained:
             run_dir = os.path.join(out_dir, row.model)
-            checkpoint.remove(run_dir)
+            if not _resumable(run_dir, cfg, tc, steps):
+                checkpoint.remove(run_dir)
             t0 = time.perf_counter()
-            params, history = train(cfg, tc, steps, run_dir, progress=progress, desc=f"train {row.model}", mesh=mesh)
+            params, history = train(cfg, tc, steps, run_dir, progress=progress, desc=f"train {row.model}", mesh=mesh,
+                                    stop=stop)
             trained[row.model] = (params, time.perf_counter() - t0, history)
             histories[row.model] = history
         params, train_s, history = trained[row.model]
@@ -206,6 +215,19 @@ def run_compare(out_dir="compare", *, steps=600, per_category=30, sample_steps=D
 
 
 SETTINGS = "settings.json"
+
+
+def _resumable(run_dir: str, cfg: ModelConfig, tc: TrainConfig, steps: int) -> bool:
+    """Whether run_dir holds a readable checkpoint of this model's training (the same model and
+    train configs) at step `steps` or before: training goes on from it."""
+    found = checkpoint.in_run(run_dir)
+    if found is None:
+        return False
+    try:
+        meta = checkpoint.read_meta(found)
+        return checkpoint.configs(meta, found) == (cfg, tc) and int(meta["step"]) <= steps
+    except checkpoint.CheckpointError:
+        return False
 
 
 def _settings(*, steps=600, per_category=30, sample_steps=DEFAULT_SAMPLE_STEPS, guidance_scale=DEFAULT_GUIDANCE,

@@ -11,3 +11,15 @@ class TrainingDiverged(RuntimeError):
     def __init__(self, message: str, step: int, quantity: str, checkpoint_step: int | None):
         super().__init__(message)
         self.step, self.quantity, self.checkpoint_step = step, quantity, checkpoint_step
+
+
+class TrainingStopped(RuntimeError):
+    """A training run stopped on a signal (SIGINT, SIGTERM, or under several processes JAX's
+    preemption notice) after finishing a step. `step` is the step it stopped at, `signal` the
+    signal's name ("SIGINT", "SIGTERM", "preemption notice"), `status` the conventional exit status
+    (128 + the signal's number: 130, 143), `saved` whether that step is committed on disk (False
+    only for a run without a run folder)."""
+
+    def __init__(self, message: str, step: int, signal: str, status: int, saved: bool):
+        super().__init__(message)
+        self.step, self.signal, self.status, self.saved = step, signal, status, saved

@@ -39,6 +39,7 @@ import atexit
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -73,6 +74,18 @@ _V1_NAMES = ((re.compile(r"(^|/)blocks/(\d+)/moe/"), r"\1blocks/\2/expert_choice
              (re.compile(r"(^|/)blocks/(\d+)/ffn/"), r"\1blocks/\2/dense/"))
 # The fingerprint's multiplier step: 2^32 / golden ratio, odd, so nearby positions get far-apart multipliers.
 _K = 0x9E3779B1
+
+
+class _NoPreemptionNotes(logging.Filter):
+    """orbax logs "Reached preemption sync point, step=N" (a WARNING, from inside every save once
+    JAX's preemption sync point is reached); the training loop stops at that step itself and says
+    so in its one line (systems/stopping.py), so the note is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Reached preemption sync point" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_NoPreemptionNotes())   # orbax logs through absl's Python logger
 
 
 def _from_v1(name: str) -> str:
@@ -469,7 +482,20 @@ def configs(meta, path) -> tuple[ModelConfig, TrainConfig | None]:
 def load_params(path) -> tuple[dict, ModelConfig, dict]:
     """(params as NumPy, model config, meta) from a checkpoint (a run folder, a checkpoint
     directory or step folder, or a legacy .npz): what sampling needs. A training checkpoint with
-    an EMA of the parameters gives the EMA (meta["weights"] says which); only those arrays are read."""
+    an EMA of the parameters gives the EMA (meta["weights"] says which); only those arrays are read.
+    When the newest step of a directory does not load and an older committed one does
+    (`intact_before`), the error names that step's folder."""
+    try:
+        return _load_params(path)
+    except CheckpointError as err:
+        older = intact_before(path)
+        if older is None:
+            raise
+        raise CheckpointError(f"{err}; the older step {older} is intact: point --checkpoint at "
+                              f"{os.path.join(find(path), str(older))!r} to use it") from None
+
+
+def _load_params(path) -> tuple[dict, ModelConfig, dict]:
     kind, where = _resolve(path)
     if kind == "npz":
         arrays, meta = load_npz(where)
@@ -525,6 +551,64 @@ def load_train_state(path, shardings=None) -> tuple[dict, ModelConfig, TrainConf
     if "ema" in abstract:
         state["ema"] = unflatten_like(abstract["ema"], restored, "ema")
     return state, model_cfg, train_cfg, meta
+
+
+# ---------------------------------------------------------------------------------------------
+# Older steps: going on past a corrupt newest one (docs/checkpoints.md, "Stopping, preemption
+# and recovery")
+# ---------------------------------------------------------------------------------------------
+
+SET_ASIDE = ".set-aside"                                         # STEP.set-aside: a step moved out of the way
+
+
+def step_folder(directory: str, step: int, what: str = "step") -> str:
+    """The folder of the committed step `step` of a checkpoint directory; CheckpointError naming
+    `what` (e.g. "--resume-step") and the committed steps when there is no such step."""
+    steps = _steps(directory)
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or int(step) not in steps:
+        have = ", ".join(map(str, steps)) or "none"
+        raise CheckpointError(f"{what}: {directory!r} has no committed step {step!r} (committed: {have})")
+    return os.path.join(directory, str(int(step)))
+
+
+def intact_before(path) -> int | None:
+    """The newest committed step older than the newest one of the checkpoint directory at `path`
+    (a run folder or a checkpoint directory) that loads in full: the metadata, and every array read
+    and checked against its fingerprint (`load_train_state` onto this host's default device, so no
+    collective; `load_params` for a checkpoint of parameters only). None when no older step
+    loads, or `path` is a step folder or a file (it names one checkpoint, not a choice)."""
+    found = find(path) if isinstance(path, (str, os.PathLike)) else None
+    if found is None or os.path.isfile(found) or _is_step_dir(found):
+        return None
+    for step in reversed(_steps(found)[:-1]):
+        where = os.path.join(found, str(step))
+        try:
+            _, train_cfg = configs(_read_meta(where), where)
+            if train_cfg is None:
+                _load_params(where)
+            else:
+                load_train_state(where)
+        except CheckpointError:
+            continue
+        return step
+    return None
+
+
+def set_aside_after(directory: str, step: int) -> list[str]:
+    """Rename every committed step after `step` of a checkpoint directory to STEP.set-aside
+    (STEP.set-aside-2, ... when that name is taken): no longer a step (loading, resuming and orbax
+    pass over it), and nothing deleted. Returns the new paths, oldest step first. One process only."""
+    moved = []
+    for s in _steps(directory):
+        if s <= step:
+            continue
+        target, n = os.path.join(directory, f"{s}{SET_ASIDE}"), 1
+        while os.path.exists(target):
+            n += 1
+            target = os.path.join(directory, f"{s}{SET_ASIDE}-{n}")
+        os.rename(os.path.join(directory, str(s)), target)
+        moved.append(target)
+    return moved
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,10 +36,24 @@ process must call it, with the same tree. Replicated arrays (the step's metrics)
 
 Errors name where the value came from: ValueError("--distributed: ...") for the flag,
 ValueError("ECDIT_PROCESS_ID: ...") for a variable, on one line, so the CLI can print them as they are.
+
+A lost process (docs/checkpoints.md, "Stopping, preemption and recovery"): every process sends
+the coordination service a heartbeat; one silent for the heartbeat timeout (HEARTBEAT_TIMEOUT_S,
+or ECDIT_HEARTBEAT_TIMEOUT seconds) is declared dead, and the service ends every other process
+(from a C++ thread: abort(), exit status 134). `initialize` first starts the process's stderr
+guard (`stderr_guard`), which turns that end's log records and stack trace into one line naming
+the lost process and the last committed step. A collective that fails in Python first (the
+peer's sockets closed) waits for that verdict (`await_lost_process`) instead of printing a
+traceback.
 """
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 from dataclasses import dataclass
 
 import jax
@@ -55,6 +69,14 @@ ENV_PROCESS_ID = "ECDIT_PROCESS_ID"
 ENV_VARS = (ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID)
 # Seconds a process waits for all the others to connect to the coordinator (jax's default is 300).
 DEFAULT_TIMEOUT_S = 300
+# Seconds without a heartbeat after which the coordination service declares a process dead and ends
+# the others (jax's default is 100). Heartbeats come from a C++ thread of each process, not from
+# Python or the training step, so only a process that is gone (or frozen, or cut off) stays silent
+# this long; the survivors exit within about HEARTBEAT_TIMEOUT_S + LOST_MARGIN_S seconds
+# (docs/checkpoints.md: measured). ECDIT_HEARTBEAT_TIMEOUT (seconds) changes it.
+HEARTBEAT_TIMEOUT_S = 30
+ENV_HEARTBEAT = "ECDIT_HEARTBEAT_TIMEOUT"
+LOST_MARGIN_S = 10                                               # the service's check period, the abort, the line
 
 
 @dataclass(frozen=True)
@@ -151,9 +173,49 @@ def resolve(flag: str | None = None, environ=None) -> DistributedConfig | None:
 # ---------------------------------------------------------------------------------------------
 
 _started: DistributedConfig | None = None
+_heartbeat_s: int = HEARTBEAT_TIMEOUT_S
+_guard: subprocess.Popen | None = None
 
 
-def initialize(cfg: DistributedConfig | None, *, timeout_s: int = DEFAULT_TIMEOUT_S) -> tuple[int, int, int]:
+def heartbeat_timeout(environ=None) -> int:
+    """ECDIT_HEARTBEAT_TIMEOUT (a positive whole number of seconds), else HEARTBEAT_TIMEOUT_S;
+    ValueError naming the variable when it is malformed."""
+    environ = os.environ if environ is None else environ
+    text = environ.get(ENV_HEARTBEAT, "").strip()
+    return _integer(text, ENV_HEARTBEAT, "the heartbeat timeout in seconds", 1) if text else HEARTBEAT_TIMEOUT_S
+
+
+def _start_guard(cfg: DistributedConfig, heartbeat_s: int, checkpoint_dir: str | None) -> None:
+    """Start the stderr guard and point file descriptor 2 at it (see `stderr_guard`). It inherits
+    SIGINT, SIGTERM and SIGHUP ignored (set around the start: a disposition of SIG_IGN survives
+    exec), so a signal to every process of a job cannot end it before the process it guards."""
+    global _guard
+    args = [sys.executable, "-m", "ecdit.systems.stderr_guard", "--process-id", str(cfg.process_id),
+            "--processes", str(cfg.num_processes), "--heartbeat", str(heartbeat_s)]
+    if checkpoint_dir:
+        args += ["--checkpoint-dir", os.path.abspath(checkpoint_dir)]
+    quiet = threading.current_thread() is threading.main_thread()
+    saved = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)} if quiet else {}
+    try:
+        _guard = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=2, start_new_session=True)
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+    sys.stderr.flush()
+    os.dup2(_guard.stdin.fileno(), 2)
+
+
+def await_lost_process() -> None:
+    """After a collective failed in a run of several processes: most likely a process died, and
+    the coordination service will end this one within the heartbeat timeout (its stderr guard
+    then prints the line). Wait for that, at most the heartbeat timeout plus LOST_MARGIN_S; if
+    this process is still alive then, return (the caller re-raises the error)."""
+    if jax.process_count() > 1:
+        time.sleep(_heartbeat_s + LOST_MARGIN_S)
+
+
+def initialize(cfg: DistributedConfig | None, *, timeout_s: int = DEFAULT_TIMEOUT_S,
+               heartbeat_s: int | None = None, checkpoint_dir: str | None = None) -> tuple[int, int, int]:
     """Join the cluster `cfg` describes: (process_index, process_count, global device count).
 
     Must run before JAX computes anything (the backends read the cluster when they start);
@@ -161,6 +223,10 @@ def initialize(cfg: DistributedConfig | None, *, timeout_s: int = DEFAULT_TIMEOU
     missing after about `timeout_s` makes XLA abort this process (SIGABRT, exit code 134, with
     "DEADLINE_EXCEEDED ... RegisterTask" on stderr): no Python exception, so a launcher should
     start every process within the timeout and treat 134 as "the cluster never formed".
+    `heartbeat_s` (None: `heartbeat_timeout()`, from ECDIT_HEARTBEAT_TIMEOUT or 30 s) is the
+    coordination service's heartbeat timeout: a process silent that long is declared dead and
+    the others end (exit status 134) with one line from their stderr guard, started here first,
+    naming it and the newest committed step of `checkpoint_dir`.
     The CPU backend's cross-process collectives are set to gloo first (they would be "none" on
     older jax, and a sharded step across processes would fail to run); this does not touch GPU
     or TPU collectives. Calling it again with the same cfg returns the same numbers (a second
@@ -180,16 +246,27 @@ def initialize(cfg: DistributedConfig | None, *, timeout_s: int = DEFAULT_TIMEOU
                                    f"{jax.process_count()}; cannot become {cfg.describe()}")
             _started = cfg
         return jax.process_index(), jax.process_count(), jax.device_count()
+    global _heartbeat_s
+    _heartbeat_s = heartbeat_timeout() if heartbeat_s is None else positive_seconds(heartbeat_s)
     if jax.config.jax_cpu_collectives_implementation in (None, "none"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    _start_guard(cfg, _heartbeat_s, checkpoint_dir)
     try:
         jax.distributed.initialize(coordinator_address=cfg.coordinator_address, num_processes=cfg.num_processes,
-                                   process_id=cfg.process_id, initialization_timeout=int(timeout_s))
+                                   process_id=cfg.process_id, initialization_timeout=int(timeout_s),
+                                   heartbeat_timeout_seconds=_heartbeat_s)
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise RuntimeError(f"{FLAG}: {cfg.describe()} could not join the cluster: {first}") from err
     _started = cfg
     return jax.process_index(), jax.process_count(), jax.device_count()
+
+
+def positive_seconds(value) -> int:
+    """`value` as a positive whole number of seconds; ValueError naming heartbeat_s otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"heartbeat_s: expected a positive whole number of seconds, got {value!r}")
+    return int(value)
 
 
 def is_main_process() -> bool:

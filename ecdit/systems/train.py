@@ -14,6 +14,7 @@ Shapes: B batch, S tokens, S' kept tokens, P patch values, L text tokens.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -31,12 +32,13 @@ from ecdit.accelerated.objective import flow_matching_loss, training_loss, updat
 from ecdit.core import contracts
 from ecdit.core.checks import Contract, Instance, Int, Params, positive_int
 from ecdit.core.config import ModelConfig, TrainConfig
-from ecdit.core.errors import TrainingDiverged
+from ecdit.core.errors import TrainingDiverged, TrainingStopped
 from ecdit.core.params import init_model
 from ecdit.systems import checkpoint, distributed, shapes, text
 from ecdit.systems import mesh as mesh_lib
 from ecdit.systems.optim import init_state, learning_rate_schedule, make_optimizer, sampling_params, update_ema
 from ecdit.systems.sampling import check_thresholds
+from ecdit.systems.stopping import StopSignals
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,7 +250,7 @@ def _first_non_finite(pending: list) -> tuple[int, str, dict] | None:
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, steps: int, run_dir=None, *,
           minutes: float | None = None, resume: bool = True, checkpoint_every: int = 200,
           log_every: int = 10, progress: bool = True, init_seed: int | None = None, desc: str = "train",
-          mesh: dict | None = None):
+          mesh: dict | None = None, stop: StopSignals | None = None, resume_step: int | None = None):
     """Train for `steps` steps in total (counting any resumed ones), or until `minutes` pass.
 
     With run_dir: resumes from run_dir's checkpoint if present (and resume: the newest committed
@@ -276,7 +278,22 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, steps: int, run_dir=No
     step and the quantity; nothing past the last good step is saved (the newest checkpoint on disk
     is left as it was), and the log ends with a strict-JSON record of the bad step (non-finite
     values as null, "diverged": the quantity). A time-limited run's progress bar counts seconds
-    toward the limit."""
+    toward the limit.
+
+    Stopping (`stop`, a `stopping.StopSignals`, entered for the loop and the final save only;
+    docs/checkpoints.md): after every step the loop asks `stop.reached(step)`; once true it saves
+    that step (unless it is on disk already) and raises TrainingStopped naming it. A signal that arrives after the last step
+    (during the final save) lets the run finish and save, then raises TrainingStopped too. Under
+    several processes every process stops at the same step (JAX's preemption sync point) and
+    saves it together; a collective that fails because a process died is left to the
+    coordination service, which ends this process within its heartbeat timeout
+    (`distributed.await_lost_process`).
+
+    `resume_step`: resume from that committed step of run_dir/checkpoint/ instead of the newest
+    (ValueError naming --resume-step when there is none); the committed steps after it are moved
+    aside (`checkpoint.set_aside_after`: renamed, not deleted) once it has loaded. When the newest
+    step does not load and an older committed one does, the error names the older one and this
+    argument."""
     positive_int("steps", steps, minimum=0)
     text.check_config(model_cfg)
     if train_cfg.category_weights is not None and len(train_cfg.category_weights) != len(shapes.CATEGORIES):
@@ -298,13 +315,18 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, steps: int, run_dir=No
     history: list[dict] = []
     device_mesh = mesh_lib.make_mesh(axes) if axes else None
     found = checkpoint.in_run(run_dir) if run_dir and resume else None
+    if resume_step is not None:
+        if not (run_dir and resume):
+            raise ValueError("--resume-step: needs a run folder to resume (--out), and not --no-resume")
+        found = checkpoint.step_folder(ckpt_dir, resume_step, what="--resume-step")
     if found:                                                    # restored straight into the mesh's shardings
-        meta = checkpoint.read_meta(found)
-        if checkpoint.configs(meta, found) != (model_cfg, train_cfg):
-            raise ValueError(f"resume: the checkpoint in {run_dir} was written with a different config; "
-                             "use another --out folder or --no-resume")
-        state, _, _, _ = checkpoint.load_train_state(found, shardings=device_mesh)
+        state, meta = _restore(found, run_dir, model_cfg, train_cfg, device_mesh, explicit=resume_step is not None)
         history = read_metrics(log_path, upto=int(meta["step"])) if log_path else []
+        if resume_step is not None:                              # the later steps, moved aside by process 0
+            if main:
+                checkpoint.set_aside_after(ckpt_dir, resume_step)
+            if multi:
+                distributed.from_main(np.int32(0))               # every process waits for the move
     else:
         seed = train_cfg.seed if init_seed is None else init_seed
         state = init_state(init_model(model_cfg, seed), train_cfg)
@@ -332,6 +354,12 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, steps: int, run_dir=No
         checkpoint.save_train_state(ckpt_dir, state, model_cfg, train_cfg, fresh=fresh)
         fresh = False
 
+    def stopped(at: int) -> TrainingStopped:
+        said = ("checkpoint saved: resume with the same command" if ckpt_dir
+                else "no run folder: nothing saved")
+        return TrainingStopped(f"stopped at step {at} ({stop.name}); {said}", at, stop.name, stop.status,
+                               bool(ckpt_dir))
+
     deadline = None if minutes is None else time.monotonic() + 60.0 * minutes
     fetch = _Prefetch(start, steps, model_cfg, train_cfg)
     bar = _progress_bar(steps, start, minutes, desc, disable=not (progress and main))
@@ -357,7 +385,11 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, steps: int, run_dir=No
         raise TrainingDiverged(f"train: {quantity} is {values[quantity]} at step {bad_step} (training diverged; "
                                f"{kept})", bad_step, quantity, saved)
 
+    signals = contextlib.ExitStack()                              # the stop's handlers, for the loop only
     try:
+        if stop is not None:
+            signals.enter_context(stop)
+            stop.committed = (start, ckpt_dir) if found and ckpt_dir and not os.path.isfile(found) else None
         while step < steps:
             i, batch = fetch.get()
             state, metrics = step_fn(state, batch)
@@ -381,18 +413,57 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, steps: int, run_dir=No
                 check_finite()
                 save(state)
                 saved = step
+                if stop is not None:
+                    stop.committed = (saved, ckpt_dir)
+            if stop is not None and stop.reached(step):          # a signal (several processes: the same step
+                check_finite()                                   # in every one): save this step, then stop
+                if ckpt_dir and saved != step:
+                    save(state)
+                    saved = step
+                raise stopped(step)
             if deadline is not None and _past(deadline, multi):
                 break
         check_finite()
+        if ckpt_dir and saved != step:                           # the final step, unless on disk already: a resumed
+            save(state)                                          # run that ran no step, or a time limit reached
+            saved = step                                         # right after a periodic save
+            if stop is not None:
+                stop.committed = (saved, ckpt_dir)
+        params = (distributed.gather(sampling_params(state)) if multi
+                  else jax.tree.map(np.asarray, sampling_params(state)))
+    except jax.errors.JaxRuntimeError:
+        if multi:                                                # most likely a process died: let the
+            distributed.await_lost_process()                     # coordination service say which
+        raise
     finally:
+        signals.close()
         fetch.close()
         bar.close()
-    if ckpt_dir and saved != step:                               # the final step, unless on disk already: a resumed
-        save(state)                                              # run that ran no step, or a time limit reached
-                                                                 # right after a periodic save
-    if multi:
-        return distributed.gather(sampling_params(state)), history
-    return jax.tree.map(np.asarray, sampling_params(state)), history
+    if stop is not None and stop.requested:                      # a signal during the last step or the final save
+        raise stopped(step)
+    return params, history
+
+
+def _restore(found: str, run_dir: str, model_cfg: ModelConfig, train_cfg: TrainConfig, device_mesh,
+             explicit: bool) -> tuple[dict, dict]:
+    """(state, meta) of the checkpoint `found` of `run_dir`, restored into the mesh's shardings;
+    ValueError when it was written with other configs. When the newest step of the run's
+    checkpoint directory does not load (`explicit` False) and an older committed step does, the
+    CheckpointError names the older step and --resume-step."""
+    try:
+        meta = checkpoint.read_meta(found)
+        if checkpoint.configs(meta, found) != (model_cfg, train_cfg):
+            raise ValueError(f"resume: the checkpoint in {run_dir} was written with a different config; "
+                             "use another --out folder or --no-resume")
+        state, _, _, _ = checkpoint.load_train_state(found, shardings=device_mesh)
+    except checkpoint.CheckpointError as err:
+        older = None if explicit or os.path.isfile(found) else checkpoint.intact_before(found)
+        if older is None:
+            raise
+        raise checkpoint.CheckpointError(
+            f"{err}; the older step {older} is intact: resume from it with --resume-step {older} (the steps "
+            f"after it are then moved aside in {found}, not deleted)") from None
+    return state, meta
 
 
 def _progress_bar(steps: int, start: int, minutes: float | None, desc: str, disable: bool):
