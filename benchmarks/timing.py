@@ -73,14 +73,16 @@ def spread(values) -> float:
 # ---------------------------------------------------------------------------------------------
 
 def matmul_peak(sizes=(1024, 2048, 3072), repeats: int = 5, dtype: str = "float32",
-                numpy: bool = True) -> dict:
+                numpy: bool = True, precision: str | None = None) -> dict:
     """Best achieved GFLOP/s of square n x n matmuls, JAX (jit) and NumPy, on this machine now.
 
     The peak a layer is measured against is the best of a few large square matmuls in the same
     run, not a datasheet number: it already includes the cores' clock, the BLAS and the other
-    load on the machine. Returns {'jax': best, 'numpy': best, 'per_size': {...}, 'peak': max}."""
+    load on the machine. `precision`: JAX's matmul precision ('highest' = true float32; None =
+    the default, which is TF32 for float32 on recent NVIDIA GPUs and bf16 passes on TPU).
+    Returns {'jax': best, 'numpy': best, 'per_size': {...}, 'peak': max}."""
     rng = np.random.default_rng(0)
-    f = jax.jit(lambda a, b: a @ b)
+    f = jax.jit(lambda a, b: jnp.matmul(a, b, precision=precision))
     per_size = {}
     best = {"jax": 0.0, "numpy": 0.0}
     for n in sizes:
@@ -98,7 +100,7 @@ def matmul_peak(sizes=(1024, 2048, 3072), repeats: int = 5, dtype: str = "float3
             best[k] = max(best[k], v)
         del ja, jb
     return {"jax": best["jax"], "numpy": best["numpy"] if numpy and dtype == "float32" else None,
-            "peak": max(best.values()), "per_size": per_size, "dtype": dtype}
+            "peak": max(best.values()), "per_size": per_size, "dtype": dtype, "precision": precision or "default"}
 
 
 def rounds_for(seconds_per_call: float, budget_s: float = 2.0, lo: int = 3, hi: int = 20) -> int:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import math
+from unittest import mock
 from dataclasses import dataclass, field
 
 import jax
@@ -560,18 +561,109 @@ class OverheadCase:
             f" (D={cfg.width}, E={cfg.num_experts}, {cfg.num_tokens} tokens, batch {self.batch}, {self.steps} steps)"
 
 
-def make_overhead_calls(case: OverheadCase) -> dict:
-    """{kind: (sampler callable, activated parameters)} for 'expert_choice' and 'dense'."""
+def make_overhead_calls(case: OverheadCase, params_fn=None) -> dict:
+    """{kind: (sampler callable, activated parameters)} for 'expert_choice' and 'dense'.
+    params_fn(cfg) -> device parameters; default: init_model with its zero-initialised layers
+    filled (randomize_zero_init); `device_params` for the paper's sizes."""
     out = {}
     for kind in ("expert_choice", "dense"):
         cfg = case.config(kind)
-        params = jax.tree.map(jnp.asarray, randomize_zero_init(init_model(cfg, 0)))
+        params = (params_fn(cfg) if params_fn is not None
+                  else jax.tree.map(jnp.asarray, randomize_zero_init(init_model(cfg, 0))))
         ids, mask = text.tokenize_batch(["a red circle"] * case.batch, cfg.max_text_len)
         noise = sample_noise(np.random.default_rng(0), case.batch, cfg)
         call = (lambda params=params, noise=noise, ids=ids, mask=mask, cfg=cfg: jax.block_until_ready(
             sample(params, noise, ids, mask, cfg, num_steps=case.steps)))
         out[kind] = (call, P.count_params(cfg)["activated"])
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper's sizes: parameters made on the device, a latent batch, the donated train step
+# ---------------------------------------------------------------------------------------------
+
+def _scale_only(rng, shape, fan_in):
+    """Stands in for core.params._normal while `device_params` reads init_model's tree: no draws,
+    a zero-stride array of the right shape whose one value is the std 1 / sqrt(fan_in)."""
+    return np.broadcast_to(np.float32(1.0 / math.sqrt(fan_in)), shape)
+
+
+def device_params(cfg: ModelConfig, seed: int = 0) -> dict:
+    """Parameters with init_model's tree, shapes, dtypes and scales, drawn on the device.
+
+    init_model draws in NumPy, one float64 normal at a time: the XL preset's 5.4B parameters take
+    minutes on a CPU core. Timing does not depend on the values (expert choice gives every expert
+    exactly C tokens whatever they are), so here init_model runs with its normal draws replaced by
+    zero-stride arrays carrying the scale (`_scale_only`; nothing allocated), and each such leaf
+    becomes scale times a window, at a random offset, of one vector of N(0, 1) draws made on the
+    device (one compiled program per distinct shape, not one per leaf). The small arrays init_model
+    draws itself (text embeddings) are kept; zero-initialised matrices (AdaLN-Zero, the final layer)
+    get scale 0.05 as in randomize_zero_init, so no matmul runs on zeros; biases stay 0."""
+    with mock.patch.object(P, "_normal", _scale_only):
+        host = init_model(cfg, seed)
+    leaves, treedef = jax.tree.flatten(host)
+    drawn = {}                                                    # leaf index -> std
+    for i, a in enumerate(leaves):
+        a = np.asarray(a)
+        if a.ndim and a.size > 1 and not any(a.strides):           # a scale-only stand-in
+            drawn[i] = float(a.reshape(-1)[0])
+        elif a.ndim >= 2 and not a.any():                           # AdaLN-Zero, final layer
+            drawn[i] = 0.05
+    out = [jnp.asarray(a) for a in leaves]
+    if drawn:
+        largest = max(leaves[i].size for i in drawn)
+        base = jax.random.normal(jax.random.PRNGKey(seed), (2 * largest,), jnp.float32)
+        offsets = np.random.default_rng(seed).integers(0, largest + 1, size=len(leaves))
+        for i, std in drawn.items():
+            out[i] = _scaled_window(base, int(offsets[i]), std, tuple(leaves[i].shape))
+    return jax.tree.unflatten(treedef, out)
+
+
+@functools.partial(jax.jit, static_argnums=(3,))
+def _scaled_window(base, offset, std, shape):
+    """std * base[offset : offset + prod(shape)] reshaped to `shape` (compiled once per shape)."""
+    return jax.lax.dynamic_slice(base, (offset,), (math.prod(shape),)).reshape(shape) * std
+
+
+def synthetic_step_batch(cfg: ModelConfig, tcfg: TrainConfig, seed: int = 0) -> dict:
+    """One training step's inputs (`sample_step_inputs`) for any preset: uniform random images of
+    the config's shape and channels (the Table 1 presets take 8-channel latents, which the shapes
+    data set does not draw), one caption, masking as the train config says, on the device."""
+    rng = np.random.default_rng(seed)
+    b = tcfg.batch_size
+    images = rng.random((b, cfg.image_size, cfg.image_size, cfg.channels), dtype=np.float32)
+    labels = [np.zeros((b, cfg.num_tokens), np.int32)] if cfg.shape_head_layer is not None else []
+    batch = T.sample_step_inputs(rng, images, ["a red circle"] * b, cfg, tcfg, *labels)
+    return jax.tree.map(jnp.asarray, batch)
+
+
+def compile_train_step(cfg: ModelConfig, tcfg: TrainConfig, params_fn=device_params) -> dict:
+    """The train step as a training loop runs it, compiled once: its state donated (the new state
+    takes the old one's memory, so a step needs one copy of parameters and optimiser state).
+
+    Returns {call: zero-argument callable running one step on its own carried state, flops: XLA's
+    cost analysis of the step (every dot and elementwise op), memory: XLA's memory analysis
+    (bytes of arguments, outputs, temporaries), compile_s, images: batch size}."""
+    import time
+    state = init_state(params_fn(cfg), tcfg)
+    batch = synthetic_step_batch(cfg, tcfg)
+    step = jax.jit(T.train_step.jitted, static_argnums=(2, 3, 4), donate_argnums=(0,))
+    t0 = time.perf_counter()
+    compiled = step.lower(state, batch, cfg, tcfg, cfg.train_group_size).compile()
+    compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    mem = compiled.memory_analysis()
+    memory = None if mem is None else {"argument": int(mem.argument_size_in_bytes),
+                                       "output": int(mem.output_size_in_bytes),
+                                       "alias": int(mem.alias_size_in_bytes), "temp": int(mem.temp_size_in_bytes)}
+    carried = {"state": state}
+
+    def call():
+        carried["state"], metrics = compiled(carried["state"], batch)
+        return jax.block_until_ready(metrics)
+    return {"call": call, "flops": float(cost.get("flops", float("nan"))) if cost else float("nan"),
+            "memory": memory, "compile_s": compile_s, "images": tcfg.batch_size}
 
 
 def make_sampler_call(size: str, kind: str, batch_size: int, num_steps: int):

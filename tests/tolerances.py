@@ -63,6 +63,9 @@ LAYER_NORM_VARIANCE = dict(rtol=1e-3, atol=1e-3)
 # --- statistics and measurements ------------------------------------------------------------
 # sample median of 20,001 logit-normal draws: its standard error is ~0.002, so 0.01 is ~5 of them
 MEDIAN_OF_20001 = dict(rtol=0.0, atol=0.01)
+# the sample std of >= 512 normal draws against another's of the same scale: each has a relative
+# standard error of 1 / sqrt(2 n) <= 3.1 %, so their ratio lies within 15 % at over 3 sigma
+DRAWN_SCALE = dict(rtol=0.15, atol=0.0)
 # shape constants by 512 x 512 midpoint quadrature: one boundary row of cells, <= 1/512 (the diamond: 1.95e-3)
 QUADRATURE = dict(rtol=0.0, atol=2e-3)
 # a detected centroid against the drawn one, in pixels at 32 x 32: anti-aliased edges move it under a pixel

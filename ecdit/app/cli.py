@@ -271,6 +271,11 @@ def cmd_bench(a):
     # as their own program instead of importing them.
     import subprocess
     check_output(a.out, "--out", "folder")
+    if a.accelerator:                                            # one prepared run for a GPU or TPU
+        if a.full or a.mesh:
+            raise UsageError("bench: --accelerator takes no --full or --mesh (it sizes itself to the device)")
+        return subprocess.run([sys.executable, "-m", "ecdit.benchmarks.accelerator", *(["--smoke"] if a.smoke else []),
+                               "--out", a.out]).returncode
     axes = _mesh(a)
     size = ["--full"] if a.full else ["--smoke"] if a.smoke else []
     rc = subprocess.run([sys.executable, "-m", "ecdit.benchmarks", *size, "--out-dir", a.out]).returncode
@@ -406,6 +411,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--mesh", default="", metavar="data=N,expert=M",
                    help="also measure the expert-parallel EC layer's exchange on this mesh (bytes from the compiled "
                         "program and the formula; time on simulated CPU devices is a sanity check only)")
+    b.add_argument("--accelerator", action="store_true",
+                   help="instead: the accelerator run (python -m ecdit.benchmarks.accelerator): the twin checked against "
+                        "the spec on the device, the paper's shapes timed, OUT/benchmarks-<device>.md and .json; exit 1 "
+                        "if an equivalence check fails (with --smoke: tiny sizes, under a minute, any machine)")
     b.set_defaults(fn=cmd_bench)
 
     w = sub.add_parser("walkthrough", help="build the annotated pages: each equation, its spec beside its twin, "

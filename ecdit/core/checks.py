@@ -155,7 +155,8 @@ def finite(name: str, a) -> None:
                 pass
     else:
         arr = np.asarray(a)
-        ok = (not np.issubdtype(arr.dtype, np.inexact)) or bool(np.isfinite(arr).all())
+        inexact = np.issubdtype(arr.dtype, np.inexact) or is_extended_float(arr.dtype)
+        ok = not inexact or bool(np.isfinite(arr).all())
     if not ok:
         raise ValueError(f"{name}: contains NaN or infinity")
 
@@ -234,6 +235,16 @@ class _Binding:
 
 _DTYPES = ("numeric", "int", "bool")
 
+# Floating types NumPy knows only through the ml_dtypes extension that JAX registers (their
+# kind is 'V', so np.issubdtype(dtype, np.number) is False): accepted as numeric, so the twin runs
+# in bfloat16 on accelerators (benchmarks/accelerator.py times it there).
+EXTENDED_FLOATS = ("bfloat16",)
+
+
+def is_extended_float(dtype) -> bool:
+    """True for a floating dtype of EXTENDED_FLOATS (bfloat16)."""
+    return getattr(dtype, "name", None) in EXTENDED_FLOATS
+
 
 @dataclass(frozen=True)
 class Array:
@@ -265,7 +276,7 @@ class Array:
             raise ValueError(f"{name}: expected integer entries {_layout(self.axes)}, got dtype {dtype}")
         if self.dtype == "bool" and not np.issubdtype(dtype, np.bool_):
             raise ValueError(f"{name}: expected booleans {_layout(self.axes)}, got dtype {dtype}")
-        if not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)):
+        if not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_) or is_extended_float(dtype)):
             raise ValueError(f"{name}: expected a numeric array {_layout(self.axes)}, got dtype {dtype}")
         tokens = _parse_axes(self.axes)
         fixed = [t for t in tokens if t[0] not in ("any", "star")]
