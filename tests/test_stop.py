@@ -316,7 +316,7 @@ def trained(run) -> bool:
     return (run / "metrics.jsonl").exists() and (run / "metrics.jsonl").stat().st_size > 0
 
 
-STEPS = 400                                          # the stop comes near step 10; the resumed run goes on to here
+STEPS = 150                                          # the stop comes near step 10; the resumed run goes on to here
 TRAIN = ["-m", "ecdit", "train", "--quiet", *SMALL, "--checkpoint-every", "100000"]
 
 
@@ -439,7 +439,7 @@ def test_a_process_killed_without_warning_ends_the_other_within_the_bound_with_o
         kill_all(procs)
     lines = (tmp_path / "p0.err").read_text().splitlines()
     bound = int(two_device_env[D.ENV_HEARTBEAT]) + D.LOST_MARGIN_S
-    assert code == 134 and seconds <= bound, (code, seconds, lines)
+    assert code == -signal.SIGABRT and seconds <= bound, (code, seconds, lines)   # the shell shows 134
     committed = [d for d in step_dirs(run / C.DIRNAME) if d.isdigit()]
     assert len(lines) == 1, lines
     assert lines[0] == (f"ecdit: error: --distributed: process 1 of 2 stopped answering (no heartbeat for 5 s); this "
