@@ -23,8 +23,9 @@ and writes DIR/benchmarks-<device>.md and .json (default DIR docs/), prints a on
 and exits 1 if an equivalence check failed (or did not finish) or a section raised, else 0.
 
 Time: a budget (default 7.5 minutes, compilation included) is shared by the sections: the layer
-grid runs in two passes (before and after the train step) and stops where the budget ends; the
-sampler and the train step start only with enough time left. What was skipped says so.
+grid runs in two passes, the first until 150 s before the budget ends (the train step's reserve),
+the second after the train step until the end; the sampler and the train step start only with
+enough time left. What was skipped says so.
 
 On a CPU (or with --smoke) every section runs at tiny sizes in well under a minute: the
 rehearsal that keeps this command working between accelerator runs (tests/test_accelerator.py).
@@ -130,7 +131,7 @@ class DevicePlan:
     layer_tokens: int
     layer_dtypes: tuple
     layer_rounds: int
-    layer_first_pass_s: float                # the grid's share before the train step
+    train_reserve_s: float                   # the grid's first pass stops this long before the budget ends
     overhead: W.OverheadCase | None
     overhead_rounds: int
     overhead_min_s: float                    # start the sampler only with this much budget left
@@ -150,7 +151,7 @@ def make_plan(name: str, memory_bytes: int | None = None, cores: int = 1, backen
             name="smoke", budget_s=budget_s, equivalence_modules=("primitives",), equivalence_examples=1,
             equivalence_workers=1, equivalence_limit_s=120.0, peak_sizes=(64, 128), peak_repeats=1,
             bandwidth_floats=1 << 16, layer_D=(16,), layer_E=(8,), layer_S=32, layer_S_train=32, layer_tokens=64,
-            layer_dtypes=("bfloat16", "float32"), layer_rounds=1, layer_first_pass_s=budget_s,
+            layer_dtypes=("bfloat16", "float32"), layer_rounds=1, train_reserve_s=0.0,
             overhead=W.OverheadCase("micro", 2, 2), overhead_rounds=1, overhead_min_s=0.0,
             train=(("micro", 4),), train_rounds=1, train_min_s=0.0, device_init=True, fast_compile=True,
             notes=("smoke sizes: every section at tiny shapes with XLA's optimisations off; the times "
@@ -173,9 +174,9 @@ def make_plan(name: str, memory_bytes: int | None = None, cores: int = 1, backen
         peak_sizes=(4096, 8192), peak_repeats=10, bandwidth_floats=1 << 28,
         layer_D=PAPER_WIDTHS, layer_E=PAPER_EXPERTS, layer_S=xl.inference_group_size,
         layer_S_train=xl.train_group_size, layer_tokens=LAYER_TOKENS, layer_dtypes=("bfloat16", "float32"),
-        layer_rounds=5, layer_first_pass_s=0.2 * budget_s,
+        layer_rounds=5, train_reserve_s=150.0 if train else 0.0,
         overhead=None if batch is None else W.OverheadCase("XL", batch, SAMPLER_STEPS), overhead_rounds=3,
-        overhead_min_s=75.0, train=train, train_rounds=5, train_min_s=100.0, device_init=True, notes=tuple(notes))
+        overhead_min_s=75.0, train=train, train_rounds=5, train_min_s=90.0, device_init=True, notes=tuple(notes))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -431,8 +432,8 @@ def run(smoke: bool = False, out_dir="docs", budget_s: float = 450.0, command: s
     results["device"] = {**devices.device_info(), "host": machine.info()}
     _section(results, "peaks", lambda: measure_peaks(plan), clock, out_dir)
     _section(results, "overhead", lambda: measure_overhead(plan, clock), clock, out_dir)
-    first_until = clock.elapsed() + plan.layer_first_pass_s
-    _section(results, "layers", lambda: measure_layers(plan, results, clock, first_until), clock, out_dir)
+    _section(results, "layers", lambda: measure_layers(plan, results, clock, budget_s - plan.train_reserve_s),
+             clock, out_dir)
     _section(results, "train", lambda: measure_train(plan, results, clock, probe.get("memory_bytes")), clock, out_dir)
     if (results.get("layers") or {}).get("stopped_at"):
         _section(results, "layers", lambda: measure_layers(plan, results, clock, budget_s), clock, out_dir)

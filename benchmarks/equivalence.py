@@ -10,9 +10,10 @@ two halves (SELECTION), each hypothesis property with `examples` derandomized ex
 every test, so float32 products are true float32 on GPUs (not TF32) and the tolerance table of
 tests/tolerances.py applies unchanged.
 
-The files are split over `workers` processes that run at once (compiling is most of the time,
-and it uses the host's cores); each keeps the device's memory free until it needs it
-(XLA_PYTHON_CLIENT_PREALLOCATE=false). At the time limit each worker is interrupted (SIGINT, so
+With several `workers`, the selected tests are collected first and dealt out to that many
+pytest processes that run at once (compiling is most of the time, and it uses the host's
+cores), heaviest first by the measured cost of their file (FILE_SECONDS); each process keeps the
+device's memory free until it needs it (XLA_PYTHON_CLIENT_PREALLOCATE=false). At the time limit each worker is interrupted (SIGINT, so
 pytest still writes its JUnit XML) and then killed; the tests it did not reach count as not run,
 and a module with tests not run is "incomplete", not passed.
 
@@ -49,36 +50,64 @@ EQUIVALENCE_TESTS = {
 # The tests that compare the halves are named so ("..._matches_reference", "..._as_its_reference")
 SELECTION = "matches_reference or match_reference or as_its_reference"
 PROFILE = "ecdit-device"            # the hypothesis profile equivalence_plugin.py registers
-# Relative cost of each module's selection (seconds on a 2-core CPU, 12 examples), to balance workers
-WEIGHTS = {"primitives": 10, "flow": 25, "attention": 10, "routing": 25, "token_choice": 25, "diffmoe": 260,
-           "blocks": 20, "model": 40, "objective": 45, "sample": 30}
+# Seconds each file's selection took in one process (4 examples per property; a 2-core CPU shared
+# with other work, 2026-12-07; 512 s in all): the weights that spread the tests over workers
+FILE_SECONDS = {"tests/test_diffmoe_model.py": 210, "tests/test_model.py": 120, "tests/test_objective.py": 42,
+                "tests/test_sample.py": 38, "tests/test_shape_head.py": 28, "tests/test_diffmoe.py": 15,
+                "tests/test_blocks.py": 15, "tests/test_diffmoe_pools.py": 13, "tests/test_routing.py": 10,
+                "tests/test_token_choice.py": 7, "tests/test_primitives.py": 7, "tests/test_flow.py": 6,
+                "tests/test_attention.py": 3}
 
 
-def split(modules: list[str], workers: int) -> list[list[str]]:
-    """Modules over at most `workers` groups, heaviest first onto the lightest group (by WEIGHTS)."""
-    groups: list[list[str]] = [[] for _ in range(max(1, min(workers, len(modules))))]
-    load = [0.0] * len(groups)
-    for m in sorted(modules, key=lambda m: -WEIGHTS.get(m, 10)):
+def assign(tests: list[str], workers: int) -> list[list[str]]:
+    """Test node ids ('tests/test_x.py::test_y[p]') over at most `workers` groups: each test weighs
+    its file's FILE_SECONDS shared equally among the file's selected tests, and the heaviest goes
+    to the least loaded group first (longest-processing-time scheduling). Order within a group
+    follows the input, so a module-scoped fixture is built once per group."""
+    per_file: dict[str, int] = {}
+    for t in tests:
+        per_file[t.split("::")[0]] = per_file.get(t.split("::")[0], 0) + 1
+    weight = {t: FILE_SECONDS.get(t.split("::")[0], 10) / per_file[t.split("::")[0]] for t in tests}
+    n = max(1, min(workers, len(tests)))
+    groups: list[list[str]] = [[] for _ in range(n)]
+    load = [0.0] * n
+    for t in sorted(tests, key=lambda t: -weight[t]):
         i = load.index(min(load))
-        groups[i].append(m)
-        load[i] += WEIGHTS.get(m, 10)
-    return [g for g in groups if g]
+        groups[i].append(t)
+        load[i] += weight[t]
+    order = {t: k for k, t in enumerate(tests)}
+    return [sorted(g, key=order.get) for g in groups if g]
 
 
-def pytest_command(modules: list[str], junit: str, examples_profile: str) -> list[str]:
-    files = [f for m in modules for f in EQUIVALENCE_TESTS[m]]
-    return [sys.executable, "-m", "pytest", *files, "-k", SELECTION, "-q", "-p", "no:cacheprovider",
+def collect(files: list[str], env: dict) -> list[str]:
+    """The node ids the selection picks in `files` (`pytest --collect-only -q`)."""
+    proc = subprocess.run([sys.executable, "-m", "pytest", *files, "-k", SELECTION, "--collect-only", "-q",
+                           "-p", "no:cacheprovider"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    tests = [ln.strip() for ln in proc.stdout.splitlines() if "::" in ln and ln.strip().startswith("tests/")]
+    if not tests:
+        raise RuntimeError(f"collecting the equivalence tests failed: {(proc.stdout + proc.stderr)[-800:]}")
+    return tests
+
+
+def pytest_command(targets: list[str], junit: str, examples_profile: str) -> list[str]:
+    """pytest on `targets` (files or node ids), the selection, the device profile, a JUnit report."""
+    return [sys.executable, "-m", "pytest", *targets, "-k", SELECTION, "-q", "-p", "no:cacheprovider",
             "-p", "ecdit.benchmarks.equivalence_plugin", f"--hypothesis-profile={examples_profile}",
             f"--junitxml={junit}"]
 
 
-def module_of(classname: str) -> str | None:
-    """'tests.test_routing' (a JUnit classname) -> 'routing' (its twin module in EQUIVALENCE_TESTS)."""
-    path = classname.replace(".", "/") + ".py"
+def module_of_file(target: str) -> str | None:
+    """'tests/test_routing.py' or a node id in it -> 'routing' (its twin module in EQUIVALENCE_TESTS)."""
+    path = target.split("::")[0]
     for module, files in EQUIVALENCE_TESTS.items():
         if path in files:
             return module
     return None
+
+
+def module_of(classname: str) -> str | None:
+    """'tests.test_routing' (a JUnit classname) -> 'routing'."""
+    return module_of_file(classname.replace(".", "/") + ".py")
 
 
 def read_junit(path) -> list[dict]:
@@ -148,25 +177,28 @@ def run_equivalence(modules=None, examples: int = 4, workers: int = 1, time_limi
     except ImportError:
         result["note"] = "not run: pytest and hypothesis are not installed (pip install -e \".[test]\")"
         return result
-    groups = split(chosen, workers)
     child_env = dict(os.environ if env is None else env, XLA_PYTHON_CLIENT_PREALLOCATE="false",
                      ECDIT_DEVICE_EXAMPLES=str(examples))
+    files = [f for m in chosen for f in EQUIVALENCE_TESTS[m]]
     t0 = time.perf_counter()
+    # one worker runs the files; several share the tests, so no file's tests wait behind another's
+    groups = [files] if workers <= 1 else assign(collect(files, child_env), workers)
     tmp = tempfile.mkdtemp(prefix="ecdit-equivalence-")
     procs = []
     for i, group in enumerate(groups):
         junit = os.path.join(tmp, f"worker{i}.xml")
-        cmd = pytest_command(group, junit, PROFILE)
         if log:
-            log(f"equivalence worker {i}: {', '.join(group)}")
-        procs.append((group, junit, subprocess.Popen(cmd, cwd=ROOT, env=child_env, stdout=subprocess.PIPE,
-                                                     stderr=subprocess.STDOUT, text=True)))
+            log(f"equivalence worker {i}: {len(group)} " + ("files" if workers <= 1 else "tests") + " of "
+                + ", ".join(sorted({module_of_file(t) for t in group})))
+        procs.append((group, junit, subprocess.Popen(pytest_command(group, junit, PROFILE), cwd=ROOT, env=child_env,
+                                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
     result["workers"] = len(procs)
-    shown = pytest_command(chosen, "REPORT.xml", PROFILE)
+    shown = pytest_command(files, "REPORT.xml", PROFILE)
     shown[0] = "python"
     result["command"] = " ".join(f'"{a}"' if " " in a else a for a in shown)
     deadline = t0 + time_limit_s
-    cases, complete, tails = [], {}, []
+    cases, tails = [], []
+    complete = {m: True for m in chosen}
     for group, junit, proc in procs:
         try:
             out, _ = proc.communicate(timeout=max(1.0, deadline - time.perf_counter()))
@@ -179,8 +211,9 @@ def run_equivalence(modules=None, examples: int = 4, workers: int = 1, time_limi
         tails.append((out or "")[-1500:])
         if os.path.isfile(junit):
             cases += read_junit(junit)
-        for m in group:
-            complete[m] = finished and proc.returncode in (0, 1) and os.path.isfile(junit)
+        ok = finished and proc.returncode in (0, 1) and os.path.isfile(junit)
+        for m in {module_of_file(t) for t in group}:
+            complete[m] = complete.get(m, True) and ok
     result["duration_s"] = time.perf_counter() - t0
     result["modules"] = summarise(cases, chosen, complete)
     result["output_tail"] = tails

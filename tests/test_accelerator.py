@@ -139,11 +139,15 @@ def test_the_equivalence_run_covers_every_twin_module():
         assert selected, f"{module}: no test of {files} compares the halves"
 
 
-def test_workers_share_the_modules_each_once_heaviest_first():
-    groups = EQ.split(list(EQ.EQUIVALENCE_TESTS), 4)
-    assert len(groups) == 4 and sorted(m for g in groups for m in g) == sorted(EQ.EQUIVALENCE_TESTS)
-    assert ["diffmoe"] in groups                              # the heaviest module has a worker to itself
-    assert EQ.split(["routing"], 4) == [["routing"]]
+def test_workers_share_the_tests_each_once_heaviest_apart():
+    tests = [f"tests/test_diffmoe_model.py::test_{i}" for i in range(10)] + ["tests/test_routing.py::test_a",
+                                                                          "tests/test_routing.py::test_b"]
+    groups = EQ.assign(tests, 4)
+    assert len(groups) == 4 and sorted(t for g in groups for t in g) == sorted(tests)
+    assert all(3 <= len(g) for g in groups)                     # 21 s each of diffmoe_model: spread, not stacked
+    assert all(g == sorted(g, key=tests.index) for g in groups)  # file order kept within a worker
+    assert EQ.assign(["tests/test_routing.py::test_a"], 4) == [["tests/test_routing.py::test_a"]]
+    assert EQ.module_of_file("tests/test_shape_head.py::test_x[0.5]") == "objective"
 
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest">
