@@ -19,8 +19,6 @@ import subprocess
 import sys
 import time
 
-import jax
-import numpy as np
 import pytest
 
 from ecdit.app.cli import EXIT_BAD_INPUT, main
@@ -32,7 +30,7 @@ from ecdit.systems import stderr_guard as G
 from ecdit.systems import train as T
 from ecdit.systems.stopping import StopSignals
 from tests.helpers import ROOT, simulated_devices_env, small_config, small_train
-from tests.test_checkpoint import assert_same_tree, largest_array_file, step_dirs
+from tests.test_checkpoint import assert_same_tree, step_dirs
 from tests.test_cli import SMALL
 from tests.test_distributed import free_port
 
@@ -180,11 +178,11 @@ def test_stop_signals_turn_sigint_and_sigterm_into_a_request_and_put_the_handler
 def test_a_corrupt_newest_step_names_the_intact_older_one_and_resume_step_goes_on_from_it(tmp_path, capsys):
     run = tmp_path / "run"
     T.train(CFG, TC, 4, str(run), progress=False, checkpoint_every=2)
-    target = largest_array_file(str(run / C.DIRNAME / "4"))
-    data = bytearray(open(target, "rb").read())
-    for i in range(len(data) // 3, len(data) // 3 + 64):                # flipped bytes: the fingerprint's catch
-        data[i] ^= 0xFF
-    open(target, "wb").write(bytes(data))
+    for target in (run / C.DIRNAME / "4" / "state").glob("ocdbt.process_*/d/*"):   # every array file
+        data = bytearray(target.read_bytes())
+        for i in range(len(data) // 3, len(data) // 3 + 64):            # flipped bytes: the fingerprint's catch
+            data[i] ^= 0xFF
+        target.write_bytes(bytes(data))
     args = ["train", *SMALL, "--steps", "6", "--checkpoint-every", "2", "--out", str(run), "--quiet"]
     assert main(args) == EXIT_BAD_INPUT
     err = capsys.readouterr().err.strip().splitlines()

@@ -390,6 +390,12 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, steps: int, run_dir=No
         if stop is not None:
             signals.enter_context(stop)
             stop.committed = (start, ckpt_dir) if found and ckpt_dir and not os.path.isfile(found) else None
+            # JAX's sync point is the largest step any process last passed it, plus one: tell it the
+            # start now, so that a notice before the first step (which compiles) stops after that step.
+            if stop.reached(start):
+                if ckpt_dir and saved != start:
+                    save(state)
+                raise stopped(start)
         while step < steps:
             i, batch = fetch.get()
             state, metrics = step_fn(state, batch)
