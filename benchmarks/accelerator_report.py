@@ -8,7 +8,8 @@ from .derived import overhead_rows, ratio
 from .markdown import fmt_bytes, ms, table
 from .plans import DENSE, EC, ONEHOT, TC, key
 
-SECTIONS = ("equivalence", "peaks", "overhead", "layers", "train")
+SECTIONS = ("equivalence", "peaks", "overhead", "layers", "train")   # accelerator.SECTIONS, in its order
+
 HEADINGS = {
     "summary": "## Summary",
     "device": "## Device",

@@ -214,6 +214,17 @@ def run_equivalence(modules=None, examples: int = 4, workers: int = 1, time_limi
         ok = finished and proc.returncode in (0, 1) and os.path.isfile(junit)
         for m in {module_of_file(t) for t in group}:
             complete[m] = complete.get(m, True) and ok
+    left = time_limit_s - (time.perf_counter() - t0)
+    if len(procs) > 1 and not cases and not result["timed_out"] and left > 30:
+        # no worker reported a single test: the device may admit one process at a time (a GPU in
+        # exclusive-process mode); once more in one process, in the time that is left
+        if log:
+            log("equivalence: no worker reported a test; once more in one process")
+        again = run_equivalence(modules, examples, 1, left, log, env)
+        again["note"] = "several workers reported nothing (their output is in the JSON); run again in one process"
+        again["first_try_output"] = tails
+        again["duration_s"] = time.perf_counter() - t0
+        return again
     result["duration_s"] = time.perf_counter() - t0
     result["modules"] = summarise(cases, chosen, complete)
     result["output_tail"] = tails

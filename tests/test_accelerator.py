@@ -106,13 +106,21 @@ def test_the_device_plan_times_the_papers_shapes():
     assert plan.overhead.size == "XL" and plan.overhead.depth is None     # the preset's full depth
     assert plan.overhead.config("expert_choice").depth == 28
     assert plan.train[0] == ("XL-8E", 64) and plan.equivalence_modules is None
-    assert plan.equivalence_workers == 4
+    assert plan.equivalence_workers == 5                            # 16 host cores: 3 for each compiling worker
     assert A.make_plan("device", 16 * GIB, cores=16, backend="tpu").equivalence_workers == 1
     assert A.make_plan("device", 16 * GIB, cores=16, backend="tpu").overhead is None
     for d in plan.layer_D:                                    # every cell is flop-equal to its dense FFN
         for e in plan.layer_E:
             case = W.Case(S=plan.layer_S, D=d, E=e, fc=2.0, G=plan.layer_tokens // plan.layer_S)
             assert case.flop_equal and case.tokens == plan.layer_tokens
+
+
+def test_a_later_try_may_name_the_sections_it_runs():
+    assert A.SECTIONS == R.SECTIONS == ("equivalence", "peaks", "overhead", "layers", "train")
+    with pytest.raises(ValueError, match="sections: unknown"):
+        A.run(sections=("layers", "roofline"))                      # refused before anything starts
+    with pytest.raises(SystemExit):
+        A.main(["--sections", "layers,bogus"])
 
 
 def test_the_smoke_plan_runs_every_section_at_tiny_sizes():
