@@ -210,10 +210,19 @@ PROBE = ("import json, jax; d = jax.devices()[0]; s = None\n"
          "'memory_bytes': (s or {}).get('bytes_limit')}))")
 
 
+def without_cpu_defaults(environ) -> dict:
+    """`environ` without the XLA:CPU flag `import ecdit.accelerated` adds (accelerated/xla_flags.py)
+    and with ECDIT_XLA_DEFAULTS=0, so no process of an accelerator run passes a CPU-only flag to a
+    GPU's or TPU's XLA (an XLA that no longer knows a flag aborts)."""
+    from .sweep import _without_ynn_flag
+    return dict(environ, ECDIT_XLA_DEFAULTS="0", XLA_FLAGS=_without_ynn_flag(environ.get("XLA_FLAGS", "")))
+
+
 def probe_device() -> dict:
     """Backend, device kind and memory from a short-lived process: the device is free again when it
     returns (a TPU admits one process at a time, and the equivalence workers run next)."""
-    proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=300,
+                          env=without_cpu_defaults(os.environ))
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"the device probe failed: {(proc.stderr or proc.stdout)[-500:]}")
@@ -411,6 +420,8 @@ def run(smoke: bool = False, out_dir="docs", budget_s: float = 420.0, command: s
     # --smoke needs no sizes from the device: its report reads the device after the equivalence run
     probe = {"backend": "unknown", "device_kind": "unknown", "memory_bytes": None} if smoke else probe_device()
     name = "smoke" if smoke or probe["backend"] == "cpu" else "device"
+    if probe["backend"] not in ("cpu", "unknown"):                # read when this process creates its backend
+        os.environ.update(without_cpu_defaults(os.environ))
     cores = os.cpu_count() or 1
     plan = make_plan(name, probe.get("memory_bytes"), cores, probe["backend"], budget_s)
     results = {"command": command or "python -m ecdit.benchmarks.accelerator" + (" --smoke" if smoke else ""),

@@ -115,6 +115,12 @@ def test_the_device_plan_times_the_papers_shapes():
             assert case.flop_equal and case.tokens == plan.layer_tokens
 
 
+def test_no_process_of_a_device_run_passes_the_cpu_only_xla_flag():
+    env = A.without_cpu_defaults({"XLA_FLAGS": "--xla_dump_to=/tmp/x --xla_cpu_experimental_ynn_fusion_type=",
+                                  "PATH": "/bin"})
+    assert env == {"XLA_FLAGS": "--xla_dump_to=/tmp/x", "ECDIT_XLA_DEFAULTS": "0", "PATH": "/bin"}
+
+
 def test_a_later_try_may_name_the_sections_it_runs():
     assert A.SECTIONS == R.SECTIONS == ("equivalence", "peaks", "overhead", "layers", "train")
     with pytest.raises(ValueError, match="sections: unknown"):
