@@ -168,7 +168,8 @@ def source_copy(tmp_path):
     for path in (ROOT / "tests").glob("*.py"):
         shutil.copy(path, root / "tests" / path.name)
     (root / "ecdit" / "core").mkdir(parents=True)
-    shutil.copy(ROOT / "ecdit" / "core" / "config.py", root / "ecdit" / "core" / "config.py")
+    for name in ("config.py", "contracts.py"):
+        shutil.copy(ROOT / "ecdit" / "core" / name, root / "ecdit" / "core" / name)
     return root
 
 

@@ -71,6 +71,7 @@ class Site:
     shared: dict[str, source.Function]
     tests: list[testindex.Test]
     tolerances: dict[str, testindex.Tolerance]
+    contracts: dict[str, list[tuple[str, str]]] = field(default_factory=dict)   # contract -> [(argument, dims)]
     rows: dict[str, list[str]] = field(default_factory=dict)   # module -> function names, in page order
 
     def qualnames(self):
@@ -102,7 +103,8 @@ def read_site(root: Path) -> Site:
         known[m].add(n)
     tolerances = testindex.read_tolerances(root / "tests" / "tolerances.py")
     tests = testindex.read_tests(root / "tests", modules, known, set(tolerances))
-    site = Site(root, modules, spec, twin, shared, tests, tolerances)
+    site = Site(root, modules, spec, twin, shared, tests, tolerances,
+                contracts=source.contract_shapes(root / "ecdit" / "core" / "contracts.py"))
     for m in modules:
         names = list(spec[m].public)
         for qual in SHARED:
@@ -344,7 +346,8 @@ class Renderer:
         parts = [f'<section class="row" id="{name}">',
                  f'<h2><a class="self" href="#{name}">{name}</a><span class="source-label">'
                  f'{html.escape(formula.source)}</span>{chips}</h2>',
-                 f'<div class="signature"><code>{html.escape(spec_fn.signature)}</code></div>', math,
+                 f'<div class="signature"><code>{html.escape(spec_fn.signature)}</code>{self.shapes(spec_fn)}</div>',
+                 math,
                  f'<div class="prose">{markup.docstring(spec_fn.docstring, link)}</div>']
         if shared:
             lines = code.lines_of(shared)
@@ -393,6 +396,14 @@ class Renderer:
         parts.append(self.tests_block(qual))
         parts.append("</section>")
         return "\n".join(parts)
+
+    def shapes(self, fn: source.Function) -> str:
+        """The argument shapes the function's contract declares, linked to the glossary."""
+        declared = self.site.contracts.get(source.contract_name(fn) or "", [])
+        if not declared:
+            return ""
+        items = " · ".join(f"<code>{html.escape(a)}</code> {html.escape(d)}" for a, d in declared)
+        return f' <span class="shapes"><a href="index.html#shapes">shapes</a>: {items}</span>'
 
     def tests_block(self, qual: str) -> str:
         groups = self.site.tests_of(qual)

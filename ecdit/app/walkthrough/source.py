@@ -147,3 +147,45 @@ def cited_equations(text: str) -> list[int]:
             if n not in out:
                 out.append(n)
     return out
+
+
+def contract_shapes(path: Path) -> dict[str, list[tuple[str, str]]]:
+    """Each contract of ecdit/core/contracts.py as [(argument, dims)] for the arguments whose shape
+    it declares ("G S D"): the shapes a reader sees beside a function's signature."""
+    tree = ast.parse(path.read_text())
+    values: dict[str, ast.AST] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    values[target.id] = node.value
+
+    def resolve(value, depth=0):
+        while isinstance(value, ast.Name) and value.id in values and depth < 10:
+            value, depth = values[value.id], depth + 1
+        return value
+
+    def dims(value) -> str | None:
+        value = resolve(value)
+        if isinstance(value, ast.Constant) and isinstance(value.value, str):
+            return value.value
+        if isinstance(value, ast.Call) and getattr(value.func, "id", "") == "Array" and value.args \
+                and isinstance(value.args[0], ast.Constant):
+            return value.args[0].value
+        return None
+
+    out = {}
+    for name in values:
+        value = resolve(ast.Name(id=name))
+        if isinstance(value, ast.Call) and getattr(value.func, "id", "") == "Contract":
+            out[name] = [(k.arg, d) for k in value.keywords if k.arg and (d := dims(k.value)) is not None]
+    return out
+
+
+def contract_name(fn: Function) -> str | None:
+    """NAME of the `@checked(contracts.NAME)` / `@checked_jit(contracts.NAME, ...)` decorator."""
+    for line in fn.lines[:fn.def_line - fn.first_line]:
+        m = re.search(r"contracts\.(\w+)", line)
+        if m:
+            return m.group(1)
+    return None

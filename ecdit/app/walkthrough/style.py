@@ -47,6 +47,7 @@ section.row h2 a.self { text-decoration: none; color: inherit; }
 .source-label { display: inline-block; background: var(--chip); border-radius: 3px; padding: 0 0.45rem;
   font-size: 0.85rem; color: var(--muted); margin-left: 0.4rem; font-family: system-ui, sans-serif; }
 .signature { color: var(--muted); font-size: 0.9rem; }
+.shapes { margin-left: 1rem; }
 .pair { display: grid; grid-template-columns: minmax(0, 1fr) minmax(0, 1fr); gap: 1rem; margin: 0.8rem 0; }
 @media (max-width: 1100px) { .pair { grid-template-columns: minmax(0, 1fr); } }
 .half h3 { font-size: 0.9rem; margin: 0 0 0.3rem; font-weight: 600; }
