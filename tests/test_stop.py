@@ -271,6 +271,17 @@ def test_the_guard_passes_everything_else_and_drops_the_services_notes(monkeypat
     assert b"".join(out) == error + b"more\n"
 
 
+def test_the_heartbeat_timeout_comes_from_its_variable_or_is_30_s():
+    assert D.heartbeat_timeout({}) == D.HEARTBEAT_TIMEOUT_S == 30
+    assert D.heartbeat_timeout({D.ENV_HEARTBEAT: " 5 "}) == 5
+    for bad in ("0", "-1", "2.5", "soon"):
+        with pytest.raises(ValueError, match=f"^{D.ENV_HEARTBEAT}: the heartbeat timeout in seconds must be"):
+            D.heartbeat_timeout({D.ENV_HEARTBEAT: bad})
+    t = time.perf_counter()
+    D.await_lost_process(RuntimeError("Gloo all-reduce failed: Connection reset by peer"))   # one process
+    assert time.perf_counter() - t < 1
+
+
 # ---------------------------------------------------------------------------------------------
 # Real processes: signals and a killed process
 # ---------------------------------------------------------------------------------------------

@@ -336,7 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-resume", action="store_true", help="start afresh even if OUT has a checkpoint")
     t.add_argument("--resume-step", type=_step_number, default=None, metavar="N",
                    help="resume from the committed step N of OUT/checkpoint/ instead of the newest (e.g. when the "
-                        "newest is corrupt); the steps after N are moved aside (each renamed STEP.set-aside), not deleted")
+                        "newest is corrupt); the steps after N are moved aside (each renamed STEP.set-aside), not "
+                        "deleted")
     t.add_argument("--checkpoint-every", type=_positive_int, default=200, help="steps between checkpoints")
     t.add_argument("--ffn", choices=FFN_KINDS, default=None,
                    help="FFN kind of the interleaved layers (default: the preset's, expert_choice); diffmoe: "

@@ -190,12 +190,15 @@ def _start_guard(cfg: DistributedConfig, heartbeat_s: int, checkpoint_dir: str |
     SIGINT, SIGTERM and SIGHUP ignored (set around the start: a disposition of SIG_IGN survives
     exec), so a signal to every process of a job cannot end it before the process it guards."""
     global _guard
-    args = [sys.executable, "-m", "ecdit.systems.stderr_guard", "--process-id", str(cfg.process_id),
-            "--processes", str(cfg.num_processes), "--heartbeat", str(heartbeat_s)]
+    # Run by its file (it imports only the standard library), so it starts whatever sys.path the
+    # process has; -P keeps its own folder (this package's modules) off its sys.path.
+    args = [sys.executable, "-P", os.path.join(os.path.dirname(os.path.abspath(__file__)), "stderr_guard.py"),
+            "--process-id", str(cfg.process_id), "--processes", str(cfg.num_processes), "--heartbeat", str(heartbeat_s)]
     if checkpoint_dir:
         args += ["--checkpoint-dir", os.path.abspath(checkpoint_dir)]
     quiet = threading.current_thread() is threading.main_thread()
-    saved = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)} if quiet else {}
+    ignored = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if quiet else ()
+    saved = {s: signal.signal(s, signal.SIG_IGN) for s in ignored}
     try:
         _guard = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=2, start_new_session=True)
     finally:
@@ -205,12 +208,18 @@ def _start_guard(cfg: DistributedConfig, heartbeat_s: int, checkpoint_dir: str |
     os.dup2(_guard.stdin.fileno(), 2)
 
 
-def await_lost_process() -> None:
-    """After a collective failed in a run of several processes: most likely a process died, and
-    the coordination service will end this one within the heartbeat timeout (its stderr guard
-    then prints the line). Wait for that, at most the heartbeat timeout plus LOST_MARGIN_S; if
-    this process is still alive then, return (the caller re-raises the error)."""
-    if jax.process_count() > 1:
+# Words of a failed collective whose peer is gone (gloo: "Gloo all-reduce failed: ... Read error
+# ...: Connection reset by peer"; NCCL and the coordination service's RPCs alike).
+PEER_GONE = ("Gloo", "NCCL", "onnection", "peer", "Socket closed", "UNAVAILABLE", "DEADLINE_EXCEEDED", "arrier")
+
+
+def await_lost_process(err: BaseException) -> None:
+    """After `err` in a run of several processes: when it reads like a collective whose peer is
+    gone (PEER_GONE), the coordination service will end this process within the heartbeat timeout
+    (its stderr guard then prints the line): wait for that, at most the heartbeat timeout plus
+    LOST_MARGIN_S, and return if this process is still alive then (the caller re-raises). Any
+    other error (out of memory, say) returns at once."""
+    if jax.process_count() > 1 and any(word in str(err) for word in PEER_GONE):
         time.sleep(_heartbeat_s + LOST_MARGIN_S)
 
 

@@ -6,8 +6,8 @@ within its heartbeat timeout and every other process ends itself from a C++ thre
 record ("Terminating process because the JAX distributed service detected fatal errors ...")
 with the service's status, a stack trace of some 20 lines, and abort() (exit status 134). No
 Python code runs in that process any more, so the line has to come from another one: this one.
-`distributed.initialize` starts it (`python -m ecdit.systems.stderr_guard ...`) and points the
-process's stderr (file descriptor 2) at its stdin; it copies everything to the real stderr except
+`distributed.initialize` starts it (`python -P .../stderr_guard.py ...`) and points the process's
+stderr (file descriptor 2) at its stdin; it copies everything to the real stderr except
 
     the coordination service's log records        warnings and notes are dropped ("SIGTERM caught
     (*coordination*, *preemption*, client.h, ...) at ...", the preemption notifier's); errors are
@@ -25,9 +25,9 @@ sending heartbeats): 1", or "Failed to send RPC to coordination service" when th
 process 0, is gone); the last committed step from the checkpoint directory (a step folder's name
 is its number once committed; a save in progress has a temporary name).
 
-It imports nothing of JAX (it starts in a few tens of milliseconds) and ignores SIGINT, SIGTERM
-and SIGHUP (a scheduler that signals every process of a job must not end it before the process
-it guards: the process would lose its stderr); it ends when its input ends.
+It imports only the standard library (it starts in a few tens of milliseconds) and ignores
+SIGINT, SIGTERM and SIGHUP (a scheduler that signals every process of a job must not end it
+before the process it guards: the process would lose its stderr); it ends when its input ends.
 """
 from __future__ import annotations
 

@@ -282,10 +282,10 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, steps: int, run_dir=No
 
     Stopping (`stop`, a `stopping.StopSignals`, entered for the loop and the final save only;
     docs/checkpoints.md): after every step the loop asks `stop.reached(step)`; once true it saves
-    that step (unless it is on disk already) and raises TrainingStopped naming it. A signal that arrives after the last step
-    (during the final save) lets the run finish and save, then raises TrainingStopped too. Under
-    several processes every process stops at the same step (JAX's preemption sync point) and
-    saves it together; a collective that fails because a process died is left to the
+    that step (unless it is on disk already) and raises TrainingStopped naming it. A signal during
+    the last step or the final save lets the run finish and save, then raises TrainingStopped too.
+    Under several processes every process stops at the same step (JAX's preemption sync point)
+    and saves it together; a collective that fails because a process died is left to the
     coordination service, which ends this process within its heartbeat timeout
     (`distributed.await_lost_process`).
 
@@ -437,9 +437,9 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, steps: int, run_dir=No
                 stop.committed = (saved, ckpt_dir)
         params = (distributed.gather(sampling_params(state)) if multi
                   else jax.tree.map(np.asarray, sampling_params(state)))
-    except jax.errors.JaxRuntimeError:
-        if multi:                                                # most likely a process died: let the
-            distributed.await_lost_process()                     # coordination service say which
+    except jax.errors.JaxRuntimeError as err:
+        if multi:                                                # a process died? Then the coordination
+            distributed.await_lost_process(err)                  # service says which, in one line
         raise
     finally:
         signals.close()
