@@ -103,6 +103,12 @@ def summary(results: dict) -> str:
     lines = [f"EC-DiT accelerator command: {dev.get('device_kind', '?')} ({dev.get('backend', '?')}), "
              f"{results.get('date', '')}, {results.get('duration_s', 0) / 60:.1f} min"
              + (" -- SMOKE REHEARSAL: tiny sizes, the times measure nothing" if _smoke(results) else "")]
+    if dev.get("jax"):
+        cuda = ", ".join(f"{k.replace('_', ' ')} {dev[k]}" for k in ("cuda_runtime", "cuda_driver", "cudnn") if dev.get(k))
+        lines.append(f"device: {dev.get('device_count', 1)} x {dev['device_kind']}, memory "
+                     f"{fmt_bytes(dev['memory_bytes']) if dev.get('memory_bytes') else 'not reported'}; jax {dev['jax']}, "
+                     f"jaxlib {dev['jaxlib']}" + (f"; {cuda}" if cuda else "")
+                     + (f"; vendor table: {dev['nominal']}" if dev.get("nominal") else "; not in the vendor table"))
     eq = results.get("equivalence") or {}
     mods = eq.get("modules", {})
     if mods:
@@ -192,7 +198,8 @@ def section_device(results: dict) -> list[str]:
               ("host CPU", f"{host.get('cpu')}, {host.get('cores')} cores, {host.get('memory_gib')} GiB" if host else None),
               ("Python / NumPy", f"{host.get('python')} / {host.get('numpy')}" if host else None),
               ("XLA_FLAGS", host.get("xla_flags"))]
-    return [HEADINGS["device"] + "\n", table(["", ""], [[k, v] for k, v in fields if v is not None]), ""]
+    rows = [[k, " ".join(str(v).split())] for k, v in fields if v is not None]     # one line per cell
+    return [HEADINGS["device"] + "\n", table(["", ""], rows), ""]
 
 
 def section_peaks(results: dict) -> list[str]:

@@ -262,6 +262,7 @@ def test_the_summary_fits_one_screen_and_names_every_figure():
     lines = R.summary(fake_results()).splitlines()
     assert len(lines) <= 20 and all(len(line) <= 240 for line in lines)
     text = "\n".join(lines)
+    assert "device: 1 x NVIDIA H100 80GB HBM3, memory 79.00 GiB; jax 0.11.2, jaxlib 0.11.2; cuda runtime 13000" in text
     assert "equivalence: PASSED -- 10/10 modules" in text
     assert "bfloat16 800.0 = 81% of 989.5" in text and "memory bandwidth: 3000 GB/s = 90% of 3350" in text
     assert "EC/dense 1.25x fwd, 1.20x fwd+bwd" in text
