@@ -56,9 +56,9 @@ class StopSignals:
 
     def __enter__(self) -> "StopSignals":
         self.signum, self.committed = None, None
+        self.several = jax.process_count() > 1                   # then `reached` is JAX's sync point
         if threading.current_thread() is not threading.main_thread():
             return self                                          # signals reach the main thread only
-        self.several = jax.process_count() > 1
         # Several processes: SIGTERM stays with JAX's preemption notifier (a handler set here would
         # replace it and no process would learn of the notice).
         for signum in (signal.SIGINT,) if self.several else (signal.SIGINT, signal.SIGTERM):
